@@ -1,0 +1,120 @@
+"""The library's public entry points: load a model, detect anomalies, train.
+
+These are what the command line, the Slicer module and console scripts call; each is one call.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload
+from MedAutoencoderLib.config import DetectOptions, TrainConfig
+from MedAutoencoderLib.detection import DetectionResult, finish_detection, score_volume
+from MedAutoencoderLib.device import configure_for_speed, resolve_device
+from MedAutoencoderLib.errors import ModelFileError
+from MedAutoencoderLib.inference import reconstruct
+from MedAutoencoderLib.io import output_path, read_image, refuse_overwrite, volume_stem, write_image
+from MedAutoencoderLib.preprocessing import prepare_volume
+from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
+from MedAutoencoderLib.training import StopRequest, Trainer
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_brain_t1.pt"
+OUTPUT_KINDS = ("reconstruction", "anomaly_map", "anomaly_mask")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference with the configuration it was trained with."""
+
+    network: nn.Module
+    record: ModelRecord
+    device: torch.device
+    path: Optional[Path] = None
+
+
+def load_model(path: Union[str, Path, None] = None, device: str = "auto") -> LoadedModel:
+    """Load a model file (``None``: the bundled default brain T1 model) onto ``device``."""
+    model_path = Path(path) if path is not None else DEFAULT_MODEL
+    if path is None and not model_path.is_file():
+        raise ModelFileError(f"no bundled default model at {model_path}; pass a model file (--model)")
+    payload = read_model_file(model_path)
+    record = record_from_payload(payload, model_path)
+    torch_device = resolve_device(device)
+    configure_for_speed(torch_device)
+    network = network_from_payload(payload, record, model_path).to(torch_device).eval()
+    return LoadedModel(network=network, record=record, device=torch_device, path=model_path)
+
+
+def _threshold(model: LoadedModel, options: DetectOptions) -> float:
+    if options.threshold is not None:
+        return float(options.threshold)
+    if model.record.threshold is None:
+        raise ModelFileError(f"{model.path}: has no calibrated threshold (its training was interrupted before "
+                             "calibration); give a threshold explicitly")
+    return float(model.record.threshold)
+
+
+def detect_image(image: sitk.Image, model: LoadedModel, options: Optional[DetectOptions] = None,
+                 name: str = "input") -> DetectionResult:
+    """Reconstruction, anomaly map, anomaly mask and summary of one volume, on its own grid."""
+    options = options or DetectOptions()
+    threshold = _threshold(model, options)
+    record = model.record
+    prepared = prepare_volume(image, record.preprocess, name=name)
+    reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
+    scored = score_volume(prepared, reconstruction, record.detection)
+    return finish_detection(prepared, reconstruction, scored, threshold, record.detection)
+
+
+def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path], model: LoadedModel,
+                 options: Optional[DetectOptions] = None, output_format: Optional[str] = None,
+                 overwrite: bool = False, progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, str]]:
+    """Detect in each file, writing ``<stem>_{reconstruction,anomaly_map,anomaly_mask}`` and a summary JSON.
+
+    All target paths are checked before anything is written; the model is loaded once for all inputs.
+    """
+    paths = [Path(p) for p in inputs]
+    targets = {p: {**{kind: output_path(p, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
+                   "summary": Path(output_dir) / f"{volume_stem(p)}_summary.json"} for p in paths}
+    if not overwrite:
+        refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths)
+    tracker = ProgressTracker(progress, total=len(paths))
+    tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
+    written: Dict[str, Dict[str, str]] = {}
+    for i, path in enumerate(paths):
+        tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
+        result = detect_image(read_image(path), model, options, name=str(path))
+        for kind in OUTPUT_KINDS:
+            write_image(getattr(result, kind), targets[path][kind])
+        targets[path]["summary"].write_text(json.dumps(result.summary, indent=2))
+        written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
+        tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
+                     f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
+    tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
+    return written
+
+
+def train_model(config: TrainConfig, progress: Optional[ProgressCallback] = None,
+                should_stop: Optional[StopRequest] = None) -> Path:
+    """Train a model as ``config`` says and return the path of the written model file."""
+    return Trainer(config, progress=progress, should_stop=should_stop).run()
+
+
+def describe_model(model_path: Union[str, Path]) -> Dict[str, object]:
+    """The model card of a file: type, data, preprocessing, threshold and metrics, as plain data."""
+    path = Path(model_path)
+    payload = read_model_file(path)
+    record = record_from_payload(payload, path)
+    training = {k: v for k, v in record.training.items() if k != "history"}
+    history: List[dict] = record.training.get("history", [])
+    return {"file": str(path), "library_version": record.library_version, "model": payload["model"],
+            "preprocess": payload["preprocess"], "detection": payload["detection"],
+            "calibration": record.calibration, "training": training,
+            "last_epoch": history[-1] if history else None,
+            "parameters": sum(t.numel() for t in payload["state_dict"].values())}

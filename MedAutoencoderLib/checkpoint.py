@@ -1,0 +1,109 @@
+"""Model files: everything needed to use a model, stored as plain data plus tensors.
+
+A model file carries the architecture and its config, the preprocessing, the detection settings with the
+threshold calibrated on healthy data, a summary of the training data and metrics, and the library version.
+It loads with ``torch.load(weights_only=True)``: no pickled code runs when a user opens a model they were sent.
+Files are written through a temporary name so that an interrupted save never leaves a broken model behind.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from MedAutoencoderLib import __version__
+from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, from_plain, to_plain
+from MedAutoencoderLib.errors import ModelFileError
+from MedAutoencoderLib.networks import build_network
+
+FORMAT = "MedAutoencoder-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelRecord:
+    """The content of a model file apart from the weights, as config objects."""
+
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    detection: DetectionConfig
+    calibration: Dict[str, Any] = field(default_factory=dict)  # threshold, target_fpr, volumes, voxels
+    training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
+    library_version: str = __version__
+
+    @property
+    def threshold(self) -> Optional[float]:
+        return self.calibration.get("threshold")
+
+
+def save_model(path: Path, network: nn.Module, record: ModelRecord,
+               training_state: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a model file atomically; ``training_state`` (optimizer, epoch...) makes it resumable."""
+    payload: Dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": record.library_version,
+        "model": to_plain(record.model),
+        "preprocess": to_plain(record.preprocess),
+        "detection": to_plain(record.detection),
+        "calibration": dict(record.calibration),
+        "training": dict(record.training),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+    }
+    if training_state is not None:
+        payload["training_state"] = training_state
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def read_model_file(path: Path) -> Dict[str, Any]:
+    """The raw payload of a model file, with clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: is a PyTorch file but not a MedAutoencoder model (no '{FORMAT}' marker)")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: made by MedAutoencoderLib {payload.get('library_version')} (format "
+            f"{payload['format_version']}); this is {__version__}, which reads format {FORMAT_VERSION}: upgrade"
+        )
+    return payload
+
+
+def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:
+    """Config objects of a model file; an unknown setting names the file."""
+    where = str(path)
+    return ModelRecord(
+        model=from_plain(ModelConfig, payload["model"], where),
+        preprocess=from_plain(PreprocessConfig, payload["preprocess"], where),
+        detection=from_plain(DetectionConfig, payload["detection"], where),
+        calibration=payload.get("calibration", {}),
+        training=payload.get("training", {}),
+        library_version=payload.get("library_version", "unknown"),
+    )
+
+
+def network_from_payload(payload: Dict[str, Any], record: ModelRecord, path: Path) -> nn.Module:
+    """Rebuild the network and load its weights; a mismatch is reported as a corrupt model file."""
+    network = build_network(record.model)
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(exc)[:200]})") from None
+    return network

@@ -1,0 +1,225 @@
+"""Command line: ``python -m MedAutoencoderLib {train,detect,evaluate,info}`` (alias ``medautoencoder``).
+
+Errors meant for the user print as ``error: ...`` (exit 1) instead of a traceback; a cancelled training run
+exits 130 after saving its best model. ``--progress json`` prints one JSON event per line on stdout for
+programs such as the Slicer module.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Optional, Sequence
+
+from MedAutoencoderLib import __version__
+from MedAutoencoderLib.config import (
+    MODEL_TYPES,
+    RECONSTRUCTION_LOSSES,
+    DetectionConfig,
+    DetectOptions,
+    ModelConfig,
+    PreprocessConfig,
+    TrainConfig,
+)
+from MedAutoencoderLib.errors import Cancelled, MedAutoencoderError
+from MedAutoencoderLib.progress import make_reporter
+
+EXIT_USER_ERROR = 1
+EXIT_CANCELLED = 130
+
+
+def _threshold(text: str) -> Optional[float]:
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a number, not {text!r}") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="progress as a bar (people), JSON lines on stdout (programs) or nothing")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on healthy volumes",
+                       description="Train an autoencoder on healthy volumes; a held-out share of them calibrates "
+                                   "the anomaly threshold.")
+    p.add_argument("--data", nargs="+", required=True, help="volume files, folders or glob patterns (healthy)")
+    p.add_argument("--out", required=True, help="model file to write (refused if it exists, see --overwrite)")
+    p.add_argument("--model", choices=MODEL_TYPES, default="dae", help="autoencoder type (default: dae)")
+    p.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2, help="2: slice-wise; 3: patch-wise")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget; the best model so far is kept")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="features per level")
+    p.add_argument("--latent-channels", type=int, default=8, help="code width (ae, sparse, vae)")
+    p.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="mse", help="reconstruction loss")
+    p.add_argument("--noise", choices=("coarse", "gaussian"), default="coarse", help="dae corruption")
+    p.add_argument("--noise-std", type=float, default=0.2)
+    p.add_argument("--sparsity", choices=("l1", "kl"), default="l1", help="sparse AE penalty")
+    p.add_argument("--kl-weight", type=float, default=1e-3, help="VAE beta")
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], help="model grid spacing, mm")
+    p.add_argument("--size", type=int, nargs=3, default=[128, 128, 112], help="model grid size, voxels (x y z)")
+    p.add_argument("--patch-size", type=int, nargs=3, default=[64, 64, 64], help="3D patch size (x y z)")
+    p.add_argument("--normalization", choices=("percentile", "zscore"), default="percentile")
+    p.add_argument("--residual", choices=("abs", "positive", "negative"), default="abs",
+                   help="which residual sign counts as anomalous (positive: brighter than expected)")
+    p.add_argument("--target-fpr", type=float, default=0.002,
+                   help="share of healthy validation voxels allowed above the automatic threshold")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", help="continue training from this model file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--stop-file", help="stop cooperatively (keeping the best model) when this file appears")
+    _common(p)
+
+
+def _add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="detect anomalies in volumes",
+                       description="Write <stem>_reconstruction, <stem>_anomaly_map, <stem>_anomaly_mask and "
+                                   "<stem>_summary.json for each input.")
+    p.add_argument("inputs", nargs="+", help="volume files or DICOM series folders")
+    p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--threshold", type=_threshold, default=None,
+                   help="'auto' (default: calibrated on healthy data, stored in the model) or a number")
+    p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), help="output format (default: input's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _common(p)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on volumes with ground-truth anomaly masks")
+    p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
+    p.add_argument("--images", nargs="+", required=True, help="volumes (files, folders or globs)")
+    p.add_argument("--masks", nargs="+", required=True,
+                   help="ground-truth masks matched to images by name (<stem>, <stem>_mask, <stem>_seg...)")
+    p.add_argument("--healthy", nargs="*", default=[], help="healthy control volumes (no lesion)")
+    p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
+    _common(p)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print a model card")
+    p.add_argument("model", help="model file")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m MedAutoencoderLib",
+                                     description="Autoencoders for unsupervised anomaly detection in medical volumes.")
+    parser.add_argument("--version", action="version", version=f"MedAutoencoderLib {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_detect, _add_evaluate, _add_info):
+        add(sub)
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    model = ModelConfig(name=args.model, spatial_dims=args.spatial_dims, channels=tuple(args.channels),
+                        latent_channels=args.latent_channels, patch_size=tuple(args.patch_size),
+                        sparsity=args.sparsity, kl_weight=args.kl_weight, noise=args.noise,
+                        noise_std=args.noise_std, reconstruction_loss=args.loss)
+    preprocess = PreprocessConfig(spacing=tuple(args.spacing), size=tuple(args.size),
+                                  normalization=args.normalization)
+    detection = DetectionConfig(residual=args.residual, target_fpr=args.target_fpr)
+    return TrainConfig(data=list(args.data), out=args.out, model=model, preprocess=preprocess,
+                       detection=detection, epochs=args.epochs, max_minutes=args.max_minutes,
+                       batch_size=args.batch_size, learning_rate=args.learning_rate,
+                       validation_fraction=args.validation_fraction, patience=args.patience,
+                       augment=not args.no_augment, seed=args.seed, device=args.device, resume=args.resume,
+                       overwrite=args.overwrite, stop_file=args.stop_file)
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM ask a training run to stop at the next step instead of killing it mid-save."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import train_model
+
+    train_model(train_config_from_args(args), progress=make_reporter(args.progress), should_stop=StopOnSignal())
+    return 0
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import detect_files, load_model
+
+    model = load_model(args.model, device=args.device)
+    detect_files(args.inputs, args.output_dir, model, DetectOptions(threshold=args.threshold, device=args.device),
+                 output_format=args.format, overwrite=args.overwrite, progress=make_reporter(args.progress))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.evaluation import evaluate_model, format_report, pair_images_with_masks
+
+    model = load_model(args.model, device=args.device)
+    pairs = pair_images_with_masks(args.images, args.masks)
+    report = evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress))
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump(report, handle, indent=2)
+    print(format_report(report) if args.progress != "json" else json.dumps({"event": "report", **report}))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import describe_model
+
+    card = describe_model(args.model)
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    calibration = card["calibration"]
+    training = card["training"]
+    print(f"MedAutoencoder model {card['file']} (library {card['library_version']})")
+    print(f"  type: {card['model']['name']} {card['model']['spatial_dims']}D, channels {card['model']['channels']}, "
+          f"{card['parameters']:,} parameters, loss {card['model']['reconstruction_loss']}")
+    print(f"  preprocessing: spacing {card['preprocess']['spacing']} mm, grid {card['preprocess']['size']}, "
+          f"{card['preprocess']['normalization']} normalisation")
+    print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
+    print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "
+          f"stopped by {training.get('stop_reason')}, best validation loss {training.get('best_val_loss')}")
+    threshold = calibration.get("threshold")
+    print(f"  threshold: {threshold if threshold is not None else 'not calibrated'}"
+          + (f" (voxel FPR {calibration['target_fpr']} on {calibration['healthy_volumes']} healthy volume(s))"
+             if threshold is not None else ""))
+    return 0
+
+
+COMMANDS = {"train": run_train, "detect": run_detect, "evaluate": run_evaluate, "info": run_info}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    json_progress = getattr(args, "progress", None) == "json"
+    try:
+        return COMMANDS[args.command](args)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MedAutoencoderError as exc:
+        if json_progress:
+            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR

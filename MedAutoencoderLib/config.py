@@ -1,0 +1,169 @@
+"""Configuration objects.
+
+Every choice that changes what a model sees or outputs lives in one of these dataclasses and is stored in the
+model file as plain data (dicts of str/int/float/bool/lists), so that a checkpoint loads with
+``torch.load(weights_only=True)`` and a model is always used with exactly the preprocessing it was trained
+with.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+
+from MedAutoencoderLib.errors import ConfigurationError
+
+T = TypeVar("T")
+
+MODEL_TYPES = ("ae", "sparse", "dae", "vae")
+RECONSTRUCTION_LOSSES = ("mse", "l1", "ssim", "bce")
+
+
+def to_plain(config: Any) -> Dict[str, Any]:
+    """A dataclass as a dict of plain Python values (tuples become lists), safe for ``weights_only`` loading."""
+    return dataclasses.asdict(config)
+
+
+def from_plain(cls: Type[T], data: Dict[str, Any], where: str = "configuration") -> T:
+    """Rebuild ``cls`` from :func:`to_plain` output; unknown keys are an error naming ``where``."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}")
+    values = {
+        key: tuple(value) if isinstance(value, list) and isinstance(names[key].default, tuple) else value
+        for key, value in data.items()
+    }
+    return cls(**values)
+
+
+@dataclass
+class PreprocessConfig:
+    """How a volume is brought onto the model's grid, recorded in the model.
+
+    The model grid is axis-aligned in patient space (LPS, identity direction), has ``spacing`` (mm, x y z)
+    and ``size`` (voxels, x y z), and is centred on the foreground's centroid. One resampling therefore does
+    orientation, spacing and crop/pad at once, and the inverse is a resampling onto the input's own grid.
+    """
+
+    spacing: Tuple[float, float, float] = (1.5, 1.5, 1.5)
+    size: Tuple[int, int, int] = (128, 128, 112)
+    normalization: str = "percentile"  # "percentile": divide by the foreground's upper percentile; "zscore"
+    upper_percentile: float = 99.0
+    clip_max: float = 1.5  # normalised intensities are clipped to [0, clip_max] ("percentile" only)
+    mask_min_fraction: float = 0.05  # 2D training keeps slices whose foreground covers at least this share
+
+    def validate(self) -> None:
+        if self.normalization not in ("percentile", "zscore"):
+            raise ConfigurationError(f"normalization must be 'percentile' or 'zscore', not {self.normalization!r}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ConfigurationError(f"spacing must be three positive numbers (mm), got {self.spacing}")
+        if len(self.size) != 3 or min(self.size) < 8:
+            raise ConfigurationError(f"size must be three integers >= 8, got {self.size}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the autoencoder; ``name`` picks an entry of :mod:`MedAutoencoderLib.networks`."""
+
+    name: str = "dae"
+    spatial_dims: int = 2  # 2: slice-wise on axial slices; 3: patch-wise with sliding-window inference
+    channels: Tuple[int, ...] = (16, 32, 64, 128)
+    latent_channels: int = 8  # width of the code at the bottleneck (small on purpose, Cai et al. 2024)
+    patch_size: Tuple[int, int, int] = (64, 64, 64)  # 3D models only (x y z)
+    sparsity: str = "l1"  # sparse AE: "l1" on the code, or "kl" towards ``sparsity_target``
+    sparsity_weight: float = 1e-3
+    sparsity_target: float = 0.05
+    kl_weight: float = 1e-3  # VAE beta
+    noise: str = "coarse"  # DAE: "coarse" (low-resolution, upsampled; Kascenas 2022) or "gaussian"
+    noise_std: float = 0.2
+    noise_resolution: int = 16  # coarse noise is drawn on this many cells per axis
+    reconstruction_loss: str = "mse"
+
+    def validate(self) -> None:
+        if self.name not in MODEL_TYPES:
+            raise ConfigurationError(f"unknown model type {self.name!r}; choose one of {', '.join(MODEL_TYPES)}")
+        if self.spatial_dims not in (2, 3):
+            raise ConfigurationError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ConfigurationError(
+                f"unknown loss {self.reconstruction_loss!r}; choose one of {', '.join(RECONSTRUCTION_LOSSES)}"
+            )
+        if self.sparsity not in ("l1", "kl"):
+            raise ConfigurationError(f"sparsity must be 'l1' or 'kl', not {self.sparsity!r}")
+        if self.noise not in ("coarse", "gaussian"):
+            raise ConfigurationError(f"noise must be 'coarse' or 'gaussian', not {self.noise!r}")
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Grid sizes must be multiples of this (each encoder level halves the resolution)."""
+        return 2 ** len(self.channels)
+
+
+@dataclass
+class DetectionConfig:
+    """How a reconstruction becomes an anomaly map and mask; stored in the model, overridable per run."""
+
+    residual: str = "abs"  # "abs", "positive" (hyperintense targets) or "negative" (hypointense targets)
+    median_size: int = 5  # in-plane median filter of the residual (Kascenas 2022; Baur 2021)
+    mask_erosion_mm: float = 3.0  # edges of the foreground reconstruct badly: score only inside the eroded mask
+    target_fpr: float = 0.002  # share of healthy validation voxels allowed above the automatic threshold
+    min_component_ml: float = 0.05  # connected components smaller than this are removed from the mask
+    batch_size: int = 32  # slices (2D) or patches (3D) per forward pass
+
+    def validate(self) -> None:
+        if self.residual not in ("abs", "positive", "negative"):
+            raise ConfigurationError(f"residual must be 'abs', 'positive' or 'negative', not {self.residual!r}")
+        if not 0 < self.target_fpr < 1:
+            raise ConfigurationError(f"target_fpr must be between 0 and 1, got {self.target_fpr}")
+
+
+@dataclass
+class DetectOptions:
+    """Per-run choices of ``detect`` that do not change the model."""
+
+    threshold: Optional[float] = None  # None: the threshold calibrated on healthy data and stored in the model
+    device: str = "auto"
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``train`` needs; the command line and the Slicer module both fill one of these."""
+
+    data: List[str] = field(default_factory=list)  # files, folders (volumes inside) or glob patterns
+    out: str = "model.pt"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    epochs: int = 50
+    max_minutes: Optional[float] = None
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.2  # share of volumes held out (healthy) for early stopping and threshold
+    patience: int = 10  # epochs without validation improvement before stopping
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    resume: Optional[str] = None
+    overwrite: bool = False
+    stop_file: Optional[str] = None
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigurationError("no training data given (files, folders or glob patterns)")
+        if self.epochs < 1:
+            raise ConfigurationError(f"epochs must be at least 1, got {self.epochs}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigurationError(f"max_minutes must be positive, got {self.max_minutes}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigurationError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        self.model.validate()
+        self.preprocess.validate()
+        self.detection.validate()
+        factor = self.model.downsampling_factor
+        grid = self.model.patch_size if self.model.spatial_dims == 3 else self.preprocess.size[:2]
+        if any(s % factor for s in grid):
+            raise ConfigurationError(
+                f"{'patch' if self.model.spatial_dims == 3 else 'grid'} size {tuple(grid)} must be a multiple "
+                f"of {factor} for a network with {len(self.model.channels)} levels"
+            )

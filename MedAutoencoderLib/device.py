@@ -1,0 +1,64 @@
+"""Choosing the compute device and turning GPU failures into advice.
+
+``auto`` takes the first CUDA GPU when there is one. Out-of-memory on the GPU becomes a :class:`DeviceError`
+that says what to lower, instead of a raw CUDA trace.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from MedAutoencoderLib.errors import DeviceError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a torch device, checked to exist."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "gpu":
+        name = "cuda"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("a CUDA GPU was requested but torch sees none (CPU build of torch, or no driver); "
+                              "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{name} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif device.type != "cpu":
+        raise DeviceError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def configure_for_speed(device: torch.device) -> None:
+    """cuDNN autotuning for fixed-size slice batches; TF32 matmuls on GPUs that have them."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); plain float32 on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(task: str, batch_size: int) -> Iterator[None]:
+    """Re-raise a CUDA out-of-memory error as advice naming the settings to lower."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise DeviceError(
+            f"the GPU ran out of memory during {task} with batch size {batch_size}; lower --batch-size "
+            "(or the patch size of a 3D model), close other GPU programs, or run with --device cpu"
+        ) from None

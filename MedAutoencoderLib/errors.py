@@ -1,0 +1,35 @@
+"""User-facing errors.
+
+Everything the library raises on purpose derives from :class:`MedAutoencoderError`; its message is written
+for the person who runs the tool (it names the file or node and says what is wrong), so the command line and
+the Slicer module show it as it is instead of a traceback.
+"""
+from __future__ import annotations
+
+
+class MedAutoencoderError(Exception):
+    """Base class of errors whose message is meant for the user."""
+
+
+class InputImageError(MedAutoencoderError):
+    """An input volume cannot be used (unreadable, not 3D scalar, empty, NaN, constant...)."""
+
+
+class ModelFileError(MedAutoencoderError):
+    """A model file is missing, corrupt, not one of ours, or incompatible with this library."""
+
+
+class ConfigurationError(MedAutoencoderError):
+    """An option or combination of options is invalid."""
+
+
+class OutputExistsError(MedAutoencoderError):
+    """Writing would overwrite a file the user already has."""
+
+
+class DeviceError(MedAutoencoderError):
+    """The requested compute device is unavailable or ran out of memory."""
+
+
+class Cancelled(MedAutoencoderError):
+    """The user asked the job to stop (signal or stop file)."""

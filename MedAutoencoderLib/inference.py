@@ -1,0 +1,54 @@
+"""Running a network over a prepared volume: slice batches in 2D, MONAI sliding windows in 3D."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.device import autocast, explain_out_of_memory
+from MedAutoencoderLib.losses import reconstruction_from_output
+from MedAutoencoderLib.preprocessing import PreparedVolume
+
+
+def foreground_slices(foreground: np.ndarray) -> np.ndarray:
+    """Indices of axial slices that hold foreground; the others need no network pass."""
+    return np.flatnonzero(foreground.reshape(foreground.shape[0], -1).any(axis=1))
+
+
+def _reconstruct_slices(network: nn.Module, volume: np.ndarray, slices: np.ndarray, config: ModelConfig,
+                        batch_size: int, device: torch.device) -> np.ndarray:
+    result = np.zeros_like(volume)
+    for start in range(0, len(slices), batch_size):
+        chosen = slices[start:start + batch_size]
+        batch = torch.from_numpy(volume[chosen][:, None]).to(device)
+        with autocast(device):
+            output = network(batch)["reconstruction"]
+        result[chosen] = reconstruction_from_output(output.float(), config)[:, 0].cpu().numpy()
+    return result
+
+
+def _reconstruct_patches(network: nn.Module, volume: np.ndarray, config: ModelConfig, batch_size: int,
+                         device: torch.device) -> np.ndarray:
+    inputs = torch.from_numpy(volume[None, None]).to(device)
+    roi_zyx = tuple(reversed(config.patch_size))
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        return reconstruction_from_output(network(patch)["reconstruction"].float(), config)
+
+    with autocast(device):
+        output = sliding_window_inference(inputs, roi_zyx, batch_size, predictor, overlap=0.25, mode="gaussian")
+    return output[0, 0].float().cpu().numpy()
+
+
+def reconstruct(network: nn.Module, prepared: PreparedVolume, config: ModelConfig, batch_size: int,
+                device: torch.device) -> np.ndarray:
+    """The network's reconstruction of ``prepared.image`` on the model grid ((z, y, x) float32)."""
+    network.eval()
+    with torch.inference_mode(), explain_out_of_memory("reconstruction", batch_size):
+        if config.spatial_dims == 2:
+            slices = foreground_slices(prepared.foreground)
+            return _reconstruct_slices(network, prepared.image, slices, config, batch_size, device)
+        return _reconstruct_patches(network, prepared.image, config, batch_size, device)
+

@@ -1,0 +1,148 @@
+"""Reading, checking and writing volumes with SimpleITK.
+
+Accepts NIfTI, NRRD, MHA/MHD and DICOM series folders. Only 3D scalar volumes are accepted, and every problem
+is reported as an :class:`InputImageError` that names the file, instead of failing later inside torch.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Iterable, List, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from MedAutoencoderLib.errors import InputImageError, OutputExistsError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
+
+
+def volume_suffix(path: PathLike) -> str:
+    """The volume extension of ``path`` ('.nii.gz' counts as one), or '' for anything else."""
+    name = os.fspath(path).lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), "")
+
+
+def volume_stem(path: PathLike) -> str:
+    """File name without its volume extension (a DICOM folder keeps its folder name)."""
+    p = Path(path)
+    suffix = volume_suffix(p)
+    return p.name[: len(p.name) - len(suffix)] if suffix else p.name
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputImageError(f"{folder}: folder holds no volume files and no DICOM series")
+    if len(series) > 1:
+        raise InputImageError(
+            f"{folder}: folder holds {len(series)} DICOM series; point to a folder with a single series"
+        )
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
+
+
+def check_volume(image: sitk.Image, name: str) -> sitk.Image:
+    """Raise a clear error unless ``image`` is a usable 3D scalar volume; returns it unchanged."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB); "
+            "a scalar (grey-value) volume is needed"
+        )
+    size = image.GetSize()
+    if image.GetDimension() == 4 and size[3] == 1:
+        return check_volume(image[:, :, :, 0], name)
+    if image.GetDimension() != 3:
+        raise InputImageError(f"{name}: is {image.GetDimension()}D with size {size}; a 3D volume is needed")
+    if min(size) < 2:
+        raise InputImageError(f"{name}: size {size} is a single slice, not a volume; a 3D volume is needed")
+    values = sitk.GetArrayViewFromImage(image)
+    if values.size == 0:
+        raise InputImageError(f"{name}: is empty")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise InputImageError(f"{name}: contains NaN or infinite values; fix or mask them before use")
+    if values.min() == values.max():
+        raise InputImageError(f"{name}: every voxel has the same value ({values.min()}); the volume carries no image")
+    return image
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """Read a 3D scalar volume from a file or a DICOM series folder, checked (see :func:`check_volume`)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputImageError(f"{p}: no such file or folder")
+    try:
+        image = _read_dicom_series(p) if p.is_dir() else sitk.ReadImage(str(p))
+    except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputImageError(f"{p}: cannot be read as a medical image ({first_line})") from None
+    return check_volume(image, str(p))
+
+
+def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
+    """Expand files, folders and glob patterns into a sorted list of volumes.
+
+    A folder contributes its volume files, or itself when it is a DICOM series folder.
+    """
+    found: List[Path] = []
+    for source in sources:
+        text = os.fspath(source)
+        matches = [Path(m) for m in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
+        if not matches:
+            raise InputImageError(f"{text}: pattern matches no files")
+        for match in matches:
+            found.extend(_volumes_in(match))
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputImageError(f"no volumes found in {', '.join(os.fspath(s) for s in sources)}")
+    return unique
+
+
+def _volumes_in(path: Path) -> Iterable[Path]:
+    if not path.exists():
+        raise InputImageError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p))
+    if files:
+        return files
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir())
+    if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+        return [path]
+    return [p for p in subfolders if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))]
+
+
+def output_path(input_path: PathLike, output_dir: PathLike, kind: str, fmt: str | None = None) -> Path:
+    """``<output_dir>/<stem>_<kind>.<ext>``; the input's own format unless ``fmt`` is given."""
+    if fmt is None:
+        suffix = volume_suffix(input_path)
+        fmt = suffix[1:] if suffix and suffix not in (".nhdr", ".mhd") else "nrrd"
+    if fmt not in OUTPUT_FORMATS:
+        raise InputImageError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    return Path(output_dir) / f"{volume_stem(input_path)}_{kind}.{fmt}"
+
+
+def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = ()) -> None:
+    """Raise before anything is written if a target exists or is one of the user's inputs."""
+    protected_set = {Path(p).resolve() for p in protected}
+    for path in paths:
+        if path.resolve() in protected_set:
+            raise OutputExistsError(f"{path}: output would overwrite an input; choose another output folder")
+        if path.exists():
+            raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def write_image(image: sitk.Image, path: PathLike) -> Path:
+    """Write ``image`` (compressed where the format allows) through a temporary file, so that an interrupted
+    write never leaves a half-written file under the final name."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.partial{volume_suffix(target) or '.nrrd'}")
+    sitk.WriteImage(image, str(temporary), useCompression=True)
+    os.replace(temporary, target)
+    return target

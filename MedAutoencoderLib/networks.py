@@ -1,0 +1,97 @@
+"""The autoencoder family, built from MONAI blocks, behind a registry by name.
+
+Every network maps ``(B, 1, *spatial)`` to a dict with ``reconstruction`` and ``code`` (and ``mu``/``logvar``
+for the VAE), so that training, detection and feature extraction treat them alike:
+
+- ``ae``: undercomplete convolutional AE; MONAI ``AutoEncoder`` encoder/decoder with a narrow 1x1-conv
+  bottleneck of ``latent_channels`` (a small code avoids the identity shortcut, Cai et al. 2024).
+- ``sparse``: the same AE; the training loss adds an L1 or KL sparsity penalty on the code.
+- ``vae``: the AE with mean/log-variance heads and reparameterisation; inference decodes the mean. (MONAI's
+  ``VarAutoEncoder`` is not used: in 1.5.x it samples in eval mode, MONAI issue 8413, and its dense bottleneck
+  is large in 3D.)
+- ``dae``: MONAI ``BasicUNet`` trained to remove (coarse) noise; the strongest simple AE for anomaly detection
+  (Kascenas et al. 2022). Its "code" is the deepest encoder feature map.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.layers import Conv
+from monai.networks.nets import AutoEncoder, BasicUNet
+from torch import nn
+
+from MedAutoencoderLib.config import ModelConfig
+
+_NORM = ("instance", {"affine": True})
+
+
+class BottleneckAutoencoder(nn.Module):
+    """Convolutional encoder -> ``latent_channels``-wide spatial code -> decoder; optionally variational."""
+
+    def __init__(self, config: ModelConfig, variational: bool = False) -> None:
+        super().__init__()
+        dims = config.spatial_dims
+        channels = list(config.channels)
+        backbone = AutoEncoder(
+            spatial_dims=dims, in_channels=1, out_channels=1, channels=channels, strides=[2] * len(channels),
+            num_res_units=1, norm=_NORM, act="PRELU",
+        )
+        self.variational = variational
+        self.encoder = backbone.encode
+        code_width = config.latent_channels * (2 if variational else 1)
+        self.to_code = Conv[Conv.CONV, dims](channels[-1], code_width, kernel_size=1)
+        self.from_code = Convolution(dims, config.latent_channels, channels[-1], kernel_size=1, norm=_NORM, act="PRELU")
+        self.decoder = backbone.decode
+
+    def encode(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        code = self.to_code(self.encoder(x))
+        if not self.variational:
+            return {"code": code}
+        mu, logvar = torch.chunk(code, 2, dim=1)
+        return {"code": mu, "mu": mu, "logvar": logvar.clamp(-30.0, 20.0)}
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.from_code(code))
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        encoded = self.encode(x)
+        latent = encoded["code"]
+        if self.variational and self.training:
+            latent = encoded["mu"] + torch.randn_like(encoded["mu"]) * torch.exp(0.5 * encoded["logvar"])
+        return {"reconstruction": self.decode(latent), **encoded}
+
+
+class DenoisingUNet(nn.Module):
+    """MONAI ``BasicUNet`` with group norm and swish, as in Kascenas et al. (2022), scaled by ``channels``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        base = config.channels[0]
+        features = (base, base, 2 * base, 4 * base, 8 * base, base)
+        self.unet = BasicUNet(
+            spatial_dims=config.spatial_dims, in_channels=1, out_channels=1, features=features,
+            act="swish", norm=("group", {"num_groups": min(8, base)}),
+        )
+
+    def encode(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        u = self.unet
+        return {"code": u.down_4(u.down_3(u.down_2(u.down_1(u.conv_0(x)))))}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"reconstruction": self.unet(x)}
+
+
+NETWORKS: Dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "ae": lambda c: BottleneckAutoencoder(c),
+    "sparse": lambda c: BottleneckAutoencoder(c),
+    "vae": lambda c: BottleneckAutoencoder(c, variational=True),
+    "dae": DenoisingUNet,
+}
+
+
+def build_network(config: ModelConfig) -> nn.Module:
+    """The network named by ``config.name`` (validated first)."""
+    config.validate()
+    return NETWORKS[config.name](config)

@@ -1,0 +1,268 @@
+"""Training an autoencoder on healthy volumes, with a healthy validation split and threshold calibration.
+
+The loop is Adam with a cosine schedule; it stops at the epoch limit, the time budget, early stopping on the
+validation loss, or a cooperative cancel (callback, SIGINT/SIGTERM through the command line, or a stop file).
+The best model so far is always on disk; at the end (also after a cancel) the best weights are reloaded and the
+anomaly threshold is calibrated on the held-out healthy volumes, so that a finished or cancelled run leaves a
+usable model.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload, save_model
+from MedAutoencoderLib.config import TrainConfig
+from MedAutoencoderLib.data import make_loader
+from MedAutoencoderLib.detection import calibrate_threshold, score_volume
+from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory, resolve_device
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
+from MedAutoencoderLib.inference import reconstruct
+from MedAutoencoderLib.io import find_volumes, read_image
+from MedAutoencoderLib.losses import AutoencoderLoss
+from MedAutoencoderLib.networks import build_network
+from MedAutoencoderLib.noise import corrupt
+from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
+from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
+
+StopRequest = Callable[[], bool]
+
+
+@dataclass
+class TrainingState:
+    """What changes during training and is saved for resuming."""
+
+    epoch: int = 0
+    best_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    history: List[Dict[str, float]] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_volumes(paths: Sequence[Path], fraction: float, seed: int) -> Tuple[List[Path], List[Path]]:
+    """Held-out healthy volumes for validation and calibration; with one volume both use it."""
+    if len(paths) < 2 or fraction == 0:
+        return list(paths), list(paths)
+    order = np.random.default_rng(seed).permutation(len(paths))
+    n_val = min(len(paths) - 1, max(1, int(round(fraction * len(paths)))))
+    val = sorted(paths[i] for i in order[:n_val])
+    return [p for p in paths if p not in val], val
+
+
+def prepare_all(paths: Sequence[Path], config: TrainConfig, tracker: ProgressTracker) -> List[PreparedVolume]:
+    volumes = []
+    for i, path in enumerate(paths):
+        tracker.emit("log", 0, f"preparing {path.name} ({i + 1}/{len(paths)})")
+        volumes.append(prepare_volume(read_image(path), config.preprocess, name=str(path)))
+    return volumes
+
+
+class Trainer:
+    """One training run; ``run()`` returns the path of the written model file."""
+
+    def __init__(self, config: TrainConfig, progress: Optional[ProgressCallback] = None,
+                 should_stop: Optional[StopRequest] = None) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(config.out)
+        self.progress = progress
+        self.should_stop = should_stop or (lambda: False)
+        self.device = resolve_device(config.device)
+        self.state = TrainingState()
+        self.started = time.monotonic()
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def _check_output(self) -> None:
+        resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
+        if self.out.exists() and not (self.config.overwrite or resuming_in_place):
+            raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
+                                    "or choose another --out")
+
+    def _build(self) -> None:
+        seed_everything(self.config.seed)
+        configure_for_speed(self.device)
+        resumed = read_model_file(Path(self.config.resume)) if self.config.resume else None
+        if resumed is not None:  # a resumed run continues with the stored model, preprocessing and detection
+            record = record_from_payload(resumed, Path(self.config.resume))
+            self.config.model, self.config.preprocess, self.config.detection = (
+                record.model, record.preprocess, record.detection)
+            self.network: nn.Module = network_from_payload(resumed, record, Path(self.config.resume))
+        else:
+            self.network = build_network(self.config.model)
+        self.network.to(self.device)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.config.epochs)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self._needs_grad_scaling())
+        self.loss = AutoencoderLoss(self.config.model)
+        if resumed is not None:
+            self._restore_training_state(resumed, Path(self.config.resume))
+
+    def _needs_grad_scaling(self) -> bool:
+        return self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+    def _restore_training_state(self, payload: Dict[str, Any], path: Path) -> None:
+        saved = payload.get("training_state")
+        if not saved:
+            raise ConfigurationError(f"{path}: holds no training state (not saved by a training run); cannot resume")
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainingState(epoch=saved["epoch"], best_val_loss=saved["best_val_loss"],
+                                   epochs_without_improvement=saved["epochs_without_improvement"],
+                                   history=list(payload["training"].get("history", [])))
+
+    # -- loop -----------------------------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        stop_file = self.config.stop_file
+        return self.should_stop() or bool(stop_file and Path(stop_file).exists())
+
+    def _out_of_time(self) -> bool:
+        budget = self.config.max_minutes
+        return budget is not None and time.monotonic() - self.started > budget * 60
+
+    def _model_input(self, batch: Dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        image = batch["image"]
+        if self.config.model.name == "dae":
+            return corrupt(image, batch["mask"], self.config.model, generator)
+        return image
+
+    def _train_epoch(self, loader, tracker: ProgressTracker, generator: torch.Generator) -> float:
+        self.network.train()
+        total, count = 0.0, 0
+        steps = len(loader)
+        for step, batch in enumerate(loader):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast(self.device):
+                outputs = self.network(self._model_input(batch, generator))
+                outputs["reconstruction"] = outputs["reconstruction"].float()
+                loss = self.loss(outputs, batch["image"])["total"]
+            if not torch.isfinite(loss):
+                raise ConfigurationError(f"training diverged at epoch {self.state.epoch + 1} (loss {loss.item()}); "
+                                         "lower --learning-rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item() * len(batch["image"])
+            count += len(batch["image"])
+            done = self.state.epoch + (step + 1) / steps
+            tracker.emit("progress", done, f"epoch {self.state.epoch + 1}/{self.config.epochs} "
+                         f"loss {total / count:.5f}", epoch=self.state.epoch + 1, step=step + 1, steps=steps)
+            if self._stop_requested() or self._out_of_time():
+                break
+        return total / max(count, 1)
+
+    def _validation_loss(self, loader) -> float:
+        self.network.eval()
+        generator = torch.Generator().manual_seed(self.config.seed + 1)  # same noise every epoch: comparable
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for batch in loader:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                with autocast(self.device):
+                    outputs = self.network(self._model_input(batch, generator))
+                    outputs["reconstruction"] = outputs["reconstruction"].float()
+                    loss = self.loss(outputs, batch["image"])["reconstruction"]
+                total += loss.item() * len(batch["image"])
+                count += len(batch["image"])
+        return total / max(count, 1)
+
+    def _record(self, calibration: Optional[Dict[str, Any]] = None) -> ModelRecord:
+        return ModelRecord(model=self.config.model, preprocess=self.config.preprocess,
+                           detection=self.config.detection, calibration=calibration or {},
+                           training={**self.data_summary, "history": self.state.history,
+                                     "epochs": self.state.epoch, "best_val_loss": self.state.best_val_loss,
+                                     "stop_reason": self.state.stop_reason, "device": str(self.device),
+                                     "seconds": round(time.monotonic() - self.started, 1),
+                                     "seed": self.config.seed, "batch_size": self.config.batch_size,
+                                     "learning_rate": self.config.learning_rate})
+
+    def _training_state(self) -> Dict[str, Any]:
+        return {"epoch": self.state.epoch, "best_val_loss": self.state.best_val_loss,
+                "epochs_without_improvement": self.state.epochs_without_improvement,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def _end_epoch(self, train_loss: float, val_loss: float) -> None:
+        self.state.epoch += 1
+        self.scheduler.step()
+        self.state.history.append({"epoch": self.state.epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = val_loss
+            self.state.epochs_without_improvement = 0
+            save_model(self.out, self.network, self._record(), self._training_state())
+        else:
+            self.state.epochs_without_improvement += 1
+
+    def _loop(self, train_loader, val_loader, tracker: ProgressTracker) -> None:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        while self.state.epoch < self.config.epochs:
+            with explain_out_of_memory("training", self.config.batch_size):
+                train_loss = self._train_epoch(train_loader, tracker, generator)
+                val_loss = self._validation_loss(val_loader)
+            self._end_epoch(train_loss, val_loss)
+            tracker.emit("progress", self.state.epoch, f"epoch {self.state.epoch}/{self.config.epochs} "
+                         f"train {train_loss:.5f} val {val_loss:.5f}", epoch=self.state.epoch,
+                         train_loss=train_loss, val_loss=val_loss)
+            if self._stop_requested():
+                self.state.stop_reason = "cancelled"
+            elif self._out_of_time():
+                self.state.stop_reason = "time budget"
+            elif self.state.epochs_without_improvement >= self.config.patience:
+                self.state.stop_reason = "early stopping"
+            if self.state.stop_reason:
+                return
+        self.state.stop_reason = "epochs"
+
+    # -- end ------------------------------------------------------------------------------------------------
+    def _calibrate(self, healthy: Sequence[PreparedVolume], tracker: ProgressTracker) -> Dict[str, Any]:
+        best = read_model_file(self.out)
+        self.network.load_state_dict(best["state_dict"])
+        tracker.emit("log", self.state.epoch, f"calibrating the threshold on {len(healthy)} healthy volume(s)")
+        scored = [score_volume(v, reconstruct(self.network, v, self.config.model, self.config.detection.batch_size,
+                                              self.device), self.config.detection) for v in healthy]
+        calibration = calibrate_threshold(scored, self.config.detection.target_fpr)
+        calibration["calibrated_on"] = self.data_summary["validation_files"]
+        return calibration
+
+    def run(self) -> Path:
+        self._check_output()
+        tracker = ProgressTracker(self.progress, total=self.config.epochs)
+        tracker.emit("start", 0, f"training {self.config.model.name} on {self.device}")
+        paths = find_volumes(self.config.data)
+        train_paths, val_paths = split_volumes(paths, self.config.validation_fraction, self.config.seed)
+        self.data_summary = {"n_volumes": len(paths), "train_files": [p.name for p in train_paths],
+                             "validation_files": [p.name for p in val_paths],
+                             "validation_is_held_out": set(train_paths).isdisjoint(val_paths)}
+        self._build()
+        train_volumes = prepare_all(train_paths, self.config, tracker)
+        val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
+            prepare_all(val_paths, self.config, tracker)
+        common = dict(model=self.config.model, preprocess=self.config.preprocess,
+                      batch_size=self.config.batch_size, seed=self.config.seed)
+        train_loader = make_loader(train_volumes, augment=self.config.augment, **common)
+        val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
+        if len(train_loader) == 0:
+            raise ConfigurationError("no training samples: the volumes' foreground is empty on the model grid")
+        self._loop(train_loader, val_loader, tracker)
+        calibration = self._calibrate(val_volumes, tracker)
+        save_model(self.out, self.network, self._record(calibration), self._training_state())
+        if self.state.stop_reason == "cancelled":
+            tracker.emit("cancelled", self.state.epoch, f"cancelled; best model so far saved to {self.out}",
+                         outputs={"model": str(self.out)})
+            raise Cancelled(f"training cancelled after {self.state.epoch} epoch(s); best model saved to {self.out}")
+        tracker.emit("done", self.config.epochs, f"model saved to {self.out} ({self.state.stop_reason})",
+                     outputs={"model": str(self.out)})
+        return self.out
