@@ -9,18 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 from torch import nn
 
 from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload
 from MedAutoencoderLib.config import DetectOptions, TrainConfig
-from MedAutoencoderLib.detection import DetectionResult, finish_detection, score_volume
+from MedAutoencoderLib.detection import DetectionResult, ScoredVolume, finish_detection, score_volume
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
 from MedAutoencoderLib.errors import ModelFileError
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import output_path, read_image, refuse_overwrite, volume_stem, write_image
-from MedAutoencoderLib.preprocessing import prepare_volume
+from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.training import StopRequest, Trainer
 
@@ -60,16 +61,33 @@ def _threshold(model: LoadedModel, options: DetectOptions) -> float:
     return float(model.record.threshold)
 
 
-def detect_image(image: sitk.Image, model: LoadedModel, options: Optional[DetectOptions] = None,
-                 name: str = "input") -> DetectionResult:
-    """Reconstruction, anomaly map, anomaly mask and summary of one volume, on its own grid."""
+@dataclass
+class DetectionRun:
+    """Intermediate results of one detection, for evaluation and debugging."""
+
+    prepared: PreparedVolume
+    reconstruction: np.ndarray  # model grid, normalised
+    scored: ScoredVolume
+    result: DetectionResult
+
+
+def run_detection(image: sitk.Image, model: LoadedModel, options: Optional[DetectOptions] = None,
+                  name: str = "input") -> DetectionRun:
+    """:func:`detect_image`, keeping the model-grid intermediates."""
     options = options or DetectOptions()
     threshold = _threshold(model, options)
     record = model.record
     prepared = prepare_volume(image, record.preprocess, name=name)
     reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
     scored = score_volume(prepared, reconstruction, record.detection)
-    return finish_detection(prepared, reconstruction, scored, threshold, record.detection)
+    result = finish_detection(prepared, reconstruction, scored, threshold, record.detection)
+    return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
+
+
+def detect_image(image: sitk.Image, model: LoadedModel, options: Optional[DetectOptions] = None,
+                 name: str = "input") -> DetectionResult:
+    """Reconstruction, anomaly map, anomaly mask and summary of one volume, on its own grid."""
+    return run_detection(image, model, options, name).result
 
 
 def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path], model: LoadedModel,

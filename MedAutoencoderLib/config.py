@@ -96,8 +96,9 @@ class ModelConfig:
 
     @property
     def downsampling_factor(self) -> int:
-        """Grid sizes must be multiples of this (each encoder level halves the resolution)."""
-        return 2 ** len(self.channels)
+        """Grid sizes must be multiples of this (each encoder level halves the resolution; the DAE's U-Net
+        always has four levels)."""
+        return 16 if self.name == "dae" else 2 ** len(self.channels)
 
 
 @dataclass
@@ -144,6 +145,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
+    num_workers: int = 0  # data-loading processes; >0 keeps a GPU fed (augmentation runs on the CPU)
     resume: Optional[str] = None
     overwrite: bool = False
     stop_file: Optional[str] = None

@@ -6,7 +6,9 @@ is reported as an :class:`InputImageError` that names the file, instead of faili
 from __future__ import annotations
 
 import glob
+import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Iterable, List, Sequence, Union
 
@@ -81,7 +83,35 @@ def read_image(path: PathLike) -> sitk.Image:
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputImageError(f"{p}: cannot be read as a medical image ({first_line})") from None
+    if not p.is_dir() and volume_suffix(p) in (".nii", ".nii.gz"):
+        _check_nifti_complete(p, image)
     return check_volume(image, str(p))
+
+
+def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
+    """ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage), so
+    compare the bytes present with the bytes the header promises."""
+    try:
+        voxel_bytes = int(image.GetMetaData("bitpix")) // 8
+        expected = int(float(image.GetMetaData("vox_offset"))) + image.GetNumberOfPixels() * \
+            image.GetNumberOfComponentsPerPixel() * voxel_bytes
+    except (RuntimeError, ValueError):
+        return
+    if path.name.lower().endswith(".gz"):
+        present = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while present < expected:
+                    chunk = stream.read(1 << 22)
+                    if not chunk:
+                        break
+                    present += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            raise InputImageError(f"{path}: is truncated or corrupt (the compressed data ends early)") from None
+    else:
+        present = path.stat().st_size
+    if present < expected:
+        raise InputImageError(f"{path}: is truncated (holds {present} of the {expected} bytes its header promises)")
 
 
 def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
@@ -143,6 +173,10 @@ def write_image(image: sitk.Image, path: PathLike) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.partial{volume_suffix(target) or '.nrrd'}")
-    sitk.WriteImage(image, str(temporary), useCompression=True)
-    os.replace(temporary, target)
+    try:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # no half-written leftovers beside the user's files
+        raise
     return target

@@ -79,9 +79,29 @@ def foreground_centroid(image: sitk.Image) -> np.ndarray:
     """Physical centroid (LPS, mm) of the foreground, found on a coarse copy for speed."""
     factors = [max(1, int(s // _CENTRING_GRID_VOXELS)) for s in image.GetSize()]
     coarse = sitk.Shrink(image, factors) if max(factors) > 1 else image
+    foreground = otsu_foreground(coarse)
+    _require_contrast(coarse, foreground)
     stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(otsu_foreground(coarse))
+    stats.Execute(foreground)
     return np.array(stats.GetCentroid(1))
+
+
+_MIN_FOREGROUND_CONTRAST = 3.0  # foreground median above background median, in robust background SDs
+
+
+def _require_contrast(image: sitk.Image, foreground: sitk.Image) -> None:
+    """Otsu always splits an image in two, even pure noise; refuse when the "foreground" is hardly brighter
+    than the background (an empty or noise-only volume)."""
+    values = sitk.GetArrayViewFromImage(image)
+    inside = sitk.GetArrayViewFromImage(foreground) > 0
+    background = values[~inside]
+    if background.size == 0:
+        return
+    spread = 1.4826 * float(np.median(np.abs(background - np.median(background))))
+    contrast = float(np.median(values[inside])) - float(np.median(background))
+    if contrast <= _MIN_FOREGROUND_CONTRAST * spread:
+        raise InputImageError("no foreground found: the brightest region is hardly brighter than the "
+                              "background (an empty or noise-only volume?)")
 
 
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:

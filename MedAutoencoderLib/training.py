@@ -21,7 +21,7 @@ from torch import nn
 
 from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload, save_model
 from MedAutoencoderLib.config import TrainConfig
-from MedAutoencoderLib.data import make_loader
+from MedAutoencoderLib.samples import make_loader
 from MedAutoencoderLib.detection import calibrate_threshold, score_volume
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory, resolve_device
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
@@ -247,11 +247,16 @@ class Trainer:
                              "validation_files": [p.name for p in val_paths],
                              "validation_is_held_out": set(train_paths).isdisjoint(val_paths)}
         self._build()
+        if self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
+            # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
+            # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
+            save_model(self.out, self.network, self._record(), self._training_state())
         train_volumes = prepare_all(train_paths, self.config, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
             prepare_all(val_paths, self.config, tracker)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,
-                      batch_size=self.config.batch_size, seed=self.config.seed)
+                      batch_size=self.config.batch_size, seed=self.config.seed,
+                      num_workers=self.config.num_workers)
         train_loader = make_loader(train_volumes, augment=self.config.augment, **common)
         val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
         if len(train_loader) == 0:

@@ -51,7 +51,8 @@ def volume_samples(volumes: Sequence[PreparedVolume]) -> List[dict]:
 
 
 def make_loader(volumes: Sequence[PreparedVolume], model: ModelConfig, preprocess: PreprocessConfig,
-                batch_size: int, augment: bool, seed: int, shuffle: bool = True) -> DataLoader:
+                batch_size: int, augment: bool, seed: int, shuffle: bool = True,
+                num_workers: int = 0) -> DataLoader:
     """A loader of ``{"image", "mask"}`` batches of shape (B, 1, *spatial)."""
     transforms: List = []
     if model.spatial_dims == 2:
@@ -68,5 +69,6 @@ def make_loader(volumes: Sequence[PreparedVolume], model: ModelConfig, preproces
         if isinstance(transform, Randomizable):
             transform.set_random_state(seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(Dataset(data, pipeline), batch_size=batch_size, shuffle=shuffle, num_workers=0,
-                      collate_fn=list_data_collate, generator=generator, drop_last=False)
+    return DataLoader(Dataset(data, pipeline), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, collate_fn=list_data_collate, generator=generator,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

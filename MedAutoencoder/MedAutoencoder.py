@@ -1,0 +1,795 @@
+"""MedAutoencoder: unsupervised anomaly detection with autoencoders, as a 3D Slicer scripted module.
+
+The heavy lifting is in ``MedAutoencoderLib`` (the same library as the command line). Detection and training run
+by default as a separate process of the library's command line so that Slicer never freezes; the MRML work
+(volume <-> image conversion, output nodes) is in ``MedAutoencoderLib.slicer_bridge`` and the worker process
+handling in ``MedAutoencoderLib.jobs``, both testable without Slicer. This file holds what needs the running
+application: the parameter node, the GUI, dependency installation, timers and views.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from typing import Annotated, Callable, Dict, List, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
+
+from slicer import vtkMRMLScalarVolumeNode
+
+
+def _makeLibraryImportable() -> None:
+    """Put the repository root on sys.path when the module runs from a source checkout.
+
+    An installed extension has ``MedAutoencoderLib`` next to this module's folder on Slicer's module path; a
+    checkout added with "Additional module paths" only has the module folder itself there.
+    """
+    import sys
+
+    checkoutRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if importlib.util.find_spec("MedAutoencoderLib") is None and os.path.isdir(
+            os.path.join(checkoutRoot, "MedAutoencoderLib")):
+        sys.path.append(checkoutRoot)
+
+
+_makeLibraryImportable()
+
+#: Where the module's documentation lives (the README section about the Slicer module).
+DOCUMENTATION_URL = "https://github.com/medautoencoder/MedAutoencoder#3d-slicer-module"
+#: Device choices shown to the user; ``MedAutoencoderLib.jobs.DEVICE_CHOICES`` maps them to the CLI's.
+DEVICES = ["auto", "cpu", "gpu"]
+MODEL_TYPES = ["dae", "ae", "sparse", "vae"]
+TRAINING_SOURCES = ["scene volumes", "folder"]
+#: How long a training worker gets to stop at its checkpoint after Cancel before it is killed.
+TRAINING_STOP_GRACE_MS = 20000
+#: How often the main thread collects worker output.
+POLL_INTERVAL_MS = 100
+
+
+#
+# MedAutoencoder
+#
+
+
+class MedAutoencoder(ScriptedLoadableModule):
+    """Module description shown in Slicer (see ScriptedLoadableModule)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAutoencoder")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedAutoencoder contributors"]
+        self.parent.helpText = _("""
+Finds anomalies (lesions, tumours, artefacts) in a volume with an autoencoder trained only on healthy scans:
+the model reconstructs what a healthy scan would look like and the difference becomes an anomaly map, a
+labelmap and an editable segmentation. Models can be trained on healthy volumes of the scene or of a folder.
+See the <a href="{url}">module documentation</a>.
+""").format(url=DOCUMENTATION_URL)
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer, PyTorch, MONAI and SimpleITK. The bundled default model is trained on data derived from
+the MNI ICBM152 2009a template (Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre,
+Montreal Neurological Institute, McGill University).
+""")
+
+
+#
+# MedAutoencoderParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedAutoencoderParameterNode:
+    """
+    The choices of the user, saved with the scene.
+
+    inputVolume - volume to analyse.
+    modelPath - model file; empty for the bundled default model.
+    thresholdAuto, threshold - use the model's calibrated threshold, or this value.
+    device - auto, cpu or gpu.
+    runInProcess - run detection inside Slicer's process (small volumes) instead of a background process.
+    trainingSource - train on checked scene volumes or on a folder.
+    trainingVolumes, trainingFolder - the healthy training data.
+    modelType, epochs, maxMinutes - training settings (maxMinutes 0: no time limit).
+    outputModelPath - model file to write; empty for a new file in the MedAutoencoder models folder.
+    """
+
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]
+    modelPath: str = ""
+    thresholdAuto: bool = True
+    threshold: Annotated[float, Minimum(0.0)] = 0.1
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    runInProcess: bool = False
+    trainingSource: Annotated[str, Choice(TRAINING_SOURCES)] = TRAINING_SOURCES[0]
+    trainingVolumes: List[vtkMRMLScalarVolumeNode]
+    trainingFolder: str = ""
+    modelType: Annotated[str, Choice(MODEL_TYPES)] = "dae"
+    epochs: Annotated[int, WithinRange(1, 10000)] = 50
+    maxMinutes: Annotated[float, Minimum(0.0)] = 0.0
+    outputModelPath: str = ""
+
+
+#
+# MedAutoencoderWidget
+#
+
+
+class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: detection and training sections, and the progress of the running job."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job: Optional[MedAutoencoderJob] = None
+        self._jobButton = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedAutoencoder.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MedAutoencoderLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self._onPathChanged)
+        self.ui.trainingFolderLineEdit.connect("currentPathChanged(QString)", self._onPathChanged)
+        self.ui.outputModelLineEdit.connect("currentPathChanged(QString)", self._onPathChanged)
+        self.ui.trainingVolumesSelector.connect("checkedNodesChanged()", self._onTrainingVolumesChanged)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes: stop a running worker so that it does not outlive Slicer."""
+        if self._job is not None:
+            self._job.kill()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Use the scene's parameter node and preselect the first volume to save the user a click."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[MedAutoencoderParameterNode]) -> None:
+        """Observe the parameter node; its values and the widgets are kept in sync both ways."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # connectParametersToGui returns a tag on every Slicer version (connectGui does not on 5.8)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._widgetsByParameter())
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _widgetsByParameter(self) -> Dict[str, qt.QWidget]:
+        """Widgets the parameter node wrapper keeps in sync by itself (paths and checked nodes are done here)."""
+        return {
+            "inputVolume": self.ui.inputVolumeSelector,
+            "thresholdAuto": self.ui.thresholdAutoCheckBox,
+            "threshold": self.ui.thresholdSpinBox,
+            "device": self.ui.deviceComboBox,
+            "runInProcess": self.ui.runInProcessCheckBox,
+            "trainingSource": self.ui.trainingSourceComboBox,
+            "modelType": self.ui.modelTypeComboBox,
+            "epochs": self.ui.epochsSpinBox,
+            "maxMinutes": self.ui.maxMinutesSpinBox,
+        }
+
+    def _pathWidgetsByParameter(self) -> Dict[str, object]:
+        return {
+            "modelPath": self.ui.modelPathLineEdit,
+            "trainingFolder": self.ui.trainingFolderLineEdit,
+            "outputModelPath": self.ui.outputModelLineEdit,
+        }
+
+    def _onPathChanged(self, path: str) -> None:
+        if not self._parameterNode:
+            return
+        for name, widget in self._pathWidgetsByParameter().items():
+            if getattr(self._parameterNode, name) != widget.currentPath:
+                setattr(self._parameterNode, name, widget.currentPath)
+
+    def _onTrainingVolumesChanged(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.trainingVolumes = list(self.ui.trainingVolumesSelector.checkedNodes())
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._updatePathWidgets()
+        self._updateTrainingVolumeChecks()
+        self._updateTrainingSourceRows()
+        self._updateButtons()
+
+    def _updatePathWidgets(self) -> None:
+        for name, widget in self._pathWidgetsByParameter().items():
+            value = getattr(self._parameterNode, name)
+            if widget.currentPath != value:
+                wasBlocked = widget.blockSignals(True)
+                widget.currentPath = value
+                widget.blockSignals(wasBlocked)
+
+    def _updateTrainingVolumeChecks(self) -> None:
+        selector = self.ui.trainingVolumesSelector
+        wanted = {node.GetID() for node in self._parameterNode.trainingVolumes if node}
+        if wanted == {node.GetID() for node in selector.checkedNodes()}:
+            return
+        wasBlocked = selector.blockSignals(True)
+        for node in list(selector.checkedNodes()) + list(selector.uncheckedNodes()):
+            selector.setCheckState(node, qt.Qt.Checked if node.GetID() in wanted else qt.Qt.Unchecked)
+        selector.blockSignals(wasBlocked)
+
+    def _updateTrainingSourceRows(self) -> None:
+        fromScene = self._parameterNode.trainingSource == TRAINING_SOURCES[0]
+        for widget in (self.ui.trainingVolumesLabel, self.ui.trainingVolumesSelector):
+            widget.setVisible(fromScene)
+        for widget in (self.ui.trainingFolderLabel, self.ui.trainingFolderLineEdit):
+            widget.setVisible(not fromScene)
+
+    def _updateButtons(self) -> None:
+        """Apply buttons: enabled when their inputs are set; the button of a running job is its Cancel button."""
+        running = self._job is not None
+        parameters = self._parameterNode
+        canDetect = bool(parameters and parameters.inputVolume)
+        canTrain = bool(parameters and self.logic.trainingDataChosen(parameters))
+        self._setButton(self.ui.detectButton, _("Detect anomalies"), canDetect, running,
+                        _("Compute reconstruction, anomaly map and anomaly segmentation of the input volume.")
+                        if canDetect else _("Select an input volume."))
+        self._setButton(self.ui.trainButton, _("Train model"), canTrain, running,
+                        _("Train a model on the healthy volumes; it becomes the selected model when done.")
+                        if canTrain else _("Check healthy scene volumes or choose a folder of healthy volumes."))
+
+    def _setButton(self, button, text: str, ready: bool, running: bool, toolTip: str) -> None:
+        if running and button is self._jobButton:
+            button.text = _("Cancel")
+            button.toolTip = _("Stop the running job; nothing is added to the scene.")
+            button.enabled = True
+        else:
+            button.text = text
+            button.toolTip = toolTip
+            button.enabled = ready and not running
+
+    # ---- running jobs
+
+    def onDetectButton(self) -> None:
+        if self._cancelIfRunning(self.ui.detectButton):
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Anomaly detection failed."), waitCursor=True):
+            self.logic.ensureDependencies()
+            options = dict(modelPath=parameters.modelPath or None, threshold=self._threshold(),
+                           device=parameters.device)
+            if parameters.runInProcess:
+                self._clearProgress(_("Detecting anomalies in Slicer's process..."))
+                nodes = self.logic.detectAnomalies(parameters.inputVolume, inProcess=True, **options)
+                self._showDetection(parameters.inputVolume, nodes)
+                return
+            job = self.logic.startDetection(parameters.inputVolume, **options)
+            self._follow(job, self.ui.detectButton, self._onDetectionFinished)
+
+    def onTrainButton(self) -> None:
+        if self._cancelIfRunning(self.ui.trainButton):
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Training failed to start."), waitCursor=True):
+            outputPath = parameters.outputModelPath or self.logic.newModelPath()
+            if os.path.exists(outputPath) and not slicer.util.confirmOkCancelDisplay(
+                    _("{path} exists. Replace it with the new model?").format(path=outputPath)):
+                return
+            self.logic.ensureDependencies()
+            job = self.logic.startTraining(
+                self.logic.trainingData(parameters), modelType=parameters.modelType, outputPath=outputPath,
+                epochs=parameters.epochs, maxMinutes=parameters.maxMinutes or None, device=parameters.device,
+                overwrite=True)
+            self._follow(job, self.ui.trainButton, self._onTrainingFinished)
+
+    def _threshold(self) -> Optional[float]:
+        return None if self._parameterNode.thresholdAuto else float(self._parameterNode.threshold)
+
+    def _cancelIfRunning(self, button) -> bool:
+        """When a job runs, its button is Cancel: stop the job and tell the caller not to start another."""
+        if self._job is None:
+            return False
+        if button is self._jobButton:
+            self._appendLog(_("Cancelling..."))
+            button.enabled = False
+            self._job.cancel()
+        return True
+
+    def _follow(self, job: MedAutoencoderJob, button, onFinished: Callable) -> None:
+        self._job = job
+        self._jobButton = button
+        self._clearProgress(_("Starting..."))
+        job.onEvent = self._onJobEvent
+
+        def finished(finishedJob):
+            self._job = None
+            self._jobButton = None
+            self._updateButtons()
+            onFinished(finishedJob)
+
+        job.onFinished = finished
+        self._updateButtons()
+
+    def _clearProgress(self, message: str) -> None:
+        self.ui.statusCollapsibleButton.collapsed = False
+        self.ui.progressBar.setValue(0)
+        self.ui.timeLabel.text = ""
+        self.ui.logTextEdit.clear()
+        self._appendLog(message)
+
+    def _appendLog(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+        slicer.app.processEvents()
+
+    def _onJobEvent(self, event: dict) -> None:
+        from MedAutoencoderLib import jobs
+
+        if event.get("fraction") is not None:
+            self.ui.progressBar.setValue(int(round(100 * float(event["fraction"]))))
+        if event.get("elapsed_s") is not None:
+            remaining = jobs.format_duration(event.get("eta_s"))
+            self.ui.timeLabel.text = _("Elapsed: {elapsed}").format(
+                elapsed=jobs.format_duration(event["elapsed_s"])) + (
+                _(", remaining: about {remaining}").format(remaining=remaining) if remaining else "")
+        if event.get("message"):
+            self.ui.logTextEdit.appendPlainText(str(event["message"]))
+
+    def _onDetectionFinished(self, job: MedAutoencoderJob) -> None:
+        if self._reportUnsuccessful(job, _("Anomaly detection failed.")):
+            return
+        self._showDetection(job.inputVolume, job.result)
+
+    def _onTrainingFinished(self, job: MedAutoencoderJob) -> None:
+        if job.result and self._parameterNode:
+            self._parameterNode.modelPath = job.result  # the new model is selected at once
+            self._appendLog(_("Model saved to {path}; it is now the selected model.").format(path=job.result))
+        if not job.result:
+            self._reportUnsuccessful(job, _("Training failed."))
+
+    def _reportUnsuccessful(self, job: MedAutoencoderJob, message: str) -> bool:
+        if job.cancelled:
+            self._appendLog(_("Cancelled."))
+            return True
+        if job.error:
+            self._appendLog(job.error)
+            slicer.util.errorDisplay(message + "\n\n" + job.error, detailedText=job.recentOutput)
+            return True
+        return False
+
+    def _showDetection(self, inputVolume, nodes: Dict[str, object]) -> None:
+        self.ui.progressBar.setValue(100)
+        self.logic.showResults(inputVolume, nodes)
+        self._appendLog(_("Done: {names}").format(names=", ".join(node.GetName() for node in nodes.values())))
+
+
+#
+# Background job followed from the main thread
+#
+
+
+class MedAutoencoderJob:
+    """A worker process of the library's CLI, followed from Slicer's main thread with a QTimer.
+
+    ``MedAutoencoderLib.jobs.WorkerJob`` reads the worker's output on a thread; the timer here moves the events
+    to the main thread (where Qt and MRML may be touched), turns the outputs into a result with ``finish`` when
+    the worker succeeded, and always removes the job's temporary files.
+    """
+
+    def __init__(self, worker, finish: Callable[[Optional[dict]], object], temporaryDirectory: str,
+                 inputVolume=None) -> None:
+        self.worker = worker
+        self.inputVolume = inputVolume
+        self.result = None
+        self.error: Optional[str] = None
+        self.done = False
+        self.onEvent: Optional[Callable[[dict], None]] = None
+        self.onFinished: Optional[Callable[[MedAutoencoderJob], None]] = None
+        self._finish = finish
+        self._temporaryDirectory = temporaryDirectory
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._poll)
+        self._timer.start()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.worker.was_cancelled
+
+    @property
+    def recentOutput(self) -> str:
+        return self.worker.recent_output()
+
+    def _poll(self) -> None:
+        if self.done:
+            return
+        finished = self.worker.finished  # read before draining so that no last line is missed
+        for event in self.worker.poll_events():
+            if self.onEvent:
+                self.onEvent(event)
+        if finished:
+            self._complete()
+
+    def _complete(self) -> None:
+        self._timer.stop()
+        self.done = True
+        try:
+            if self.worker.succeeded:
+                self.result = self._finish(self.worker.outputs)
+                if self.result is None:
+                    self.error = _("The worker process ended without reporting its outputs.")
+            elif self.cancelled:
+                self.result = self._finish(None)  # training keeps its last good checkpoint; detection nothing
+            else:
+                self.error = self.worker.error_message or _("The worker process ended with exit code {code}.").format(
+                    code=self.worker.returncode)
+        except Exception as error:  # reading the outputs failed: report it like a worker error
+            logging.exception("MedAutoencoder: could not use the worker's outputs")
+            self.error = str(error)
+        finally:
+            shutil.rmtree(self._temporaryDirectory, ignore_errors=True)
+        if self.onFinished:
+            self.onFinished(self)
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; training gets time to save its checkpoint before the process tree is killed."""
+        self.worker.request_stop()
+        if self.worker.stop_file:
+            qt.QTimer.singleShot(TRAINING_STOP_GRACE_MS, self.kill)
+        else:
+            self.kill()
+
+    def kill(self) -> None:
+        """Kill the worker's process tree (no-op when it has ended)."""
+        from MedAutoencoderLib import jobs
+
+        self.worker.cancel_requested = True
+        jobs.kill_process_tree(self.worker.process)
+
+    def wait(self) -> None:
+        """Block until the job has ended, keeping Slicer responsive (console scripting)."""
+        while not self.done:
+            self._poll()
+            slicer.app.processEvents()
+            time.sleep(POLL_INTERVAL_MS / 1000.0)
+
+
+#
+# MedAutoencoderLogic
+#
+
+
+class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
+    """Detection and training on scene volumes, usable without the GUI (e.g. from the Python console).
+
+    Example::
+
+        logic = slicer.util.getModuleLogic("MedAutoencoder")
+        nodes = logic.detectAnomalies(slicer.util.getNode("MRHead"))
+        modelPath = logic.train([slicer.util.getNode("healthy1"), slicer.util.getNode("healthy2")], epochs=5)
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MedAutoencoderParameterNode(super().getParameterNode())
+
+    # ---- dependencies
+
+    def ensureDependencies(self) -> None:
+        """Install torch (through the PyTorch extension) and then monai/scipy, after asking; never at import."""
+        self._ensureTorch()
+        self._ensureRequirements()
+
+    def _ensureTorch(self) -> None:
+        if importlib.util.find_spec("torch") is not None:
+            return
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError(_("MedAutoencoder needs PyTorch. Install the 'PyTorch' extension from the Extensions "
+                                 "Manager, restart Slicer and try again.")) from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled() and torchLogic.installTorch(
+                askConfirmation=True, torchVersionRequirement=">=2.1") is None:
+            raise RuntimeError(_("MedAutoencoder cannot run without PyTorch; the installation was cancelled."))
+
+    def _ensureRequirements(self) -> None:
+        """monai and scipy from requirements.txt, never replacing Slicer's or the PyTorch extension's packages."""
+        requirementsPath = self.resourcePath("requirements.txt")
+        if self._hasPipEnsure():
+            slicer.packaging.pip_ensure(slicer.packaging.load_requirements(requirementsPath),
+                                        requester="MedAutoencoder", skip_packages=["torch", "SimpleITK", "requests"])
+            return
+        missing = [name for name in ("monai", "scipy") if importlib.util.find_spec(name) is None]
+        if not missing:
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+                _("MedAutoencoder needs these Python packages: {names}. Download and install them now?").format(
+                    names=", ".join(missing))):
+            raise RuntimeError(_("MedAutoencoder cannot run without {names}.").format(names=", ".join(missing)))
+        if "monai" in missing:
+            slicer.util.pip_install("--no-deps monai>=1.4")  # --no-deps: keep the PyTorch extension's torch
+        if "scipy" in missing:
+            slicer.util.pip_install("scipy")
+
+    @staticmethod
+    def _hasPipEnsure() -> bool:
+        """slicer.packaging.pip_ensure exists from Slicer 5.12 on (the submodule is not imported by default)."""
+        try:
+            import slicer.packaging
+        except ImportError:
+            return False
+        return hasattr(slicer.packaging, "pip_ensure")
+
+    def resourcePath(self, relativePath: str) -> str:
+        return os.path.join(os.path.dirname(__file__), "Resources", relativePath)
+
+    # ---- detection
+
+    def detectAnomalies(self, volumeNode, modelPath: Optional[str] = None, threshold: Optional[float] = None,
+                        device: str = "auto", inProcess: bool = False, showResult: bool = False) -> Dict[str, object]:
+        """Detect anomalies in ``volumeNode`` and return the output nodes by role, waiting for the result.
+
+        Roles: reconstruction, anomaly_map, anomaly_mask (labelmap), anomaly_segmentation. ``modelPath`` None
+        uses the bundled default model, ``threshold`` None the model's calibrated threshold. With
+        ``inProcess`` the work runs in Slicer's own process, otherwise in a worker process.
+        """
+        if inProcess:
+            from MedAutoencoderLib import api, jobs, slicer_bridge
+            from MedAutoencoderLib.config import DetectOptions
+
+            torchDevice = jobs.cli_device(device)
+            model = api.load_model(modelPath, device=torchDevice)
+            nodes = slicer_bridge.detect_volume_node(volumeNode, model, DetectOptions(threshold=threshold,
+                                                                                      device=torchDevice)).as_dict()
+        else:
+            job = self.startDetection(volumeNode, modelPath=modelPath, threshold=threshold, device=device)
+            job.wait()
+            nodes = self._resultOrRaise(job)
+        if showResult:
+            self.showResults(volumeNode, nodes)
+        return nodes
+
+    def startDetection(self, volumeNode, modelPath: Optional[str] = None, threshold: Optional[float] = None,
+                       device: str = "auto") -> MedAutoencoderJob:
+        """Start detection in a worker process and return at once; the scene is only changed when it succeeds."""
+        from MedAutoencoderLib import jobs, slicer_bridge
+
+        temporaryDirectory = self._newTemporaryDirectory()
+        inputPath = slicer_bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
+        python, useStartupEnvironment = jobs.python_launcher()
+        command = jobs.detect_command(python, [inputPath], os.path.join(temporaryDirectory, "outputs"),
+                                      model_path=modelPath, threshold=threshold, device=device)
+
+        def finish(outputs):
+            if outputs is None:
+                return None
+            if not slicer.mrmlScene.IsNodePresent(volumeNode):
+                raise RuntimeError(_("The input volume was removed from the scene while the detection ran."))
+            result = slicer_bridge.read_worker_outputs(next(iter(outputs.values())))
+            return slicer_bridge.apply_detection_result(volumeNode, result).as_dict()
+
+        worker = self._startWorker(command, device, useStartupEnvironment)
+        return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode)
+
+    def showResults(self, inputVolume, nodes: Dict[str, object]) -> None:
+        """Input in the background, anomaly map over it in colour, anomaly segmentation as outline."""
+        slicer.util.setSliceViewerLayers(background=inputVolume, foreground=nodes["anomaly_map"], label=None,
+                                         foregroundOpacity=0.4)
+
+    # ---- training
+
+    def trainingDataChosen(self, parameters) -> bool:
+        if parameters.trainingSource == TRAINING_SOURCES[0]:
+            return any(parameters.trainingVolumes)
+        return bool(parameters.trainingFolder)
+
+    def trainingData(self, parameters) -> list:
+        """Scene volume nodes or the folder path, as the parameter node says."""
+        if parameters.trainingSource == TRAINING_SOURCES[0]:
+            return [node for node in parameters.trainingVolumes if node]
+        return [parameters.trainingFolder]
+
+    def newModelPath(self) -> str:
+        """A new model file in the MedAutoencoder folder of the user's Slicer documents folder."""
+        folder = os.path.join(slicer.app.defaultScenePath, "MedAutoencoderModels")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, time.strftime("model_%Y%m%d_%H%M%S.pt"))
+
+    def train(self, data: list, modelType: str = "dae", outputPath: Optional[str] = None, epochs: int = 50,
+              maxMinutes: Optional[float] = None, device: str = "auto", overwrite: bool = False,
+              extraArguments: Optional[List[str]] = None) -> str:
+        """Train a model on healthy data (volume nodes and/or file or folder paths) and return its path.
+
+        Waits for the result. ``extraArguments`` are further options of ``python -m MedAutoencoderLib train``.
+        """
+        job = self.startTraining(data, modelType=modelType, outputPath=outputPath, epochs=epochs,
+                                 maxMinutes=maxMinutes, device=device, overwrite=overwrite,
+                                 extraArguments=extraArguments)
+        job.wait()
+        return self._resultOrRaise(job)
+
+    def startTraining(self, data: list, modelType: str = "dae", outputPath: Optional[str] = None, epochs: int = 50,
+                      maxMinutes: Optional[float] = None, device: str = "auto", overwrite: bool = False,
+                      extraArguments: Optional[List[str]] = None) -> MedAutoencoderJob:
+        """Start training in a worker process and return at once. Scene volumes are passed as NRRD files."""
+        from MedAutoencoderLib import jobs, slicer_bridge
+
+        outputPath = outputPath or self.newModelPath()
+        temporaryDirectory = self._newTemporaryDirectory()
+        paths = []
+        for index, item in enumerate(data):
+            if isinstance(item, str):
+                paths.append(item)
+            else:
+                paths.append(slicer_bridge.write_volume_for_worker(
+                    item, os.path.join(temporaryDirectory, f"training_{index:03d}.nrrd")))
+        stopFile = os.path.join(temporaryDirectory, "stop")
+        python, useStartupEnvironment = jobs.python_launcher()
+        command = jobs.train_command(python, paths, modelType, outputPath, epochs=epochs, max_minutes=maxMinutes,
+                                     device=device, stop_file=stopFile, overwrite=overwrite,
+                                     extra_arguments=extraArguments or ())
+        startTime = time.time()
+
+        def finish(outputs):
+            if outputs and outputs.get("model"):
+                return outputs["model"]
+            # stopped by the user: the worker keeps its last good checkpoint
+            if os.path.exists(outputPath) and os.path.getmtime(outputPath) >= startTime:
+                return outputPath
+            return None
+
+        worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
+        return MedAutoencoderJob(worker, finish, temporaryDirectory)
+
+    # ---- shared
+
+    def _newTemporaryDirectory(self) -> str:
+        folder = os.path.join(slicer.app.temporaryPath, "MedAutoencoder", time.strftime("%Y%m%d_%H%M%S_")
+                              + str(int(time.time() * 1000) % 1000))
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def _startWorker(self, command: List[str], device: str, useStartupEnvironment: bool,
+                     stopFile: Optional[str] = None):
+        from MedAutoencoderLib import jobs
+
+        basePythonPath = "" if useStartupEnvironment else os.environ.get("PYTHONPATH", "")
+        logging.info("MedAutoencoder: starting %s", " ".join(command))
+        return jobs.start_worker(command, jobs.worker_environment(device, basePythonPath), stop_file=stopFile,
+                                 launch=slicer.util.launchConsoleProcess,
+                                 use_startup_environment=useStartupEnvironment)
+
+    def _resultOrRaise(self, job: MedAutoencoderJob):
+        if job.error:
+            raise RuntimeError(job.error + "\n" + job.recentOutput)
+        if job.cancelled or job.result is None:
+            raise RuntimeError(_("The job was cancelled."))
+        return job.result
+
+
+#
+# MedAutoencoderTest
+#
+
+
+class MedAutoencoderTest(ScriptedLoadableModuleTest):
+    """The user's path in a real Slicer: a small volume, a model, detection in both modes, outputs on its grid."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DetectAnomaliesOnInputGeometry()
+
+    def test_DetectAnomaliesOnInputGeometry(self):
+        import numpy as np
+        from MedAutoencoderLib import synthetic
+
+        self.delayDisplay("Making a small rotated, anisotropic volume")
+        logic = MedAutoencoderLogic()
+        logic.ensureDependencies()
+        inputVolume = self._volumeFromImage(synthetic.toy_volume(np.random.default_rng(7), shape=(32, 32, 24),
+                                                                 spacing=(1.2, 1.0, 2.0),
+                                                                 direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0,
+                                                                            0.0, 0.0, 1.0)), "toy")
+        modelPath = self._model(logic)
+
+        self.delayDisplay("Detecting in a worker process")
+        nodes = logic.detectAnomalies(inputVolume, modelPath=modelPath, device="cpu")
+        self._assertOnInputGeometry(inputVolume, nodes)
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+
+        self.delayDisplay("Detecting again in Slicer's process: the same nodes are updated")
+        again = logic.detectAnomalies(inputVolume, modelPath=modelPath, device="cpu", inProcess=True,
+                                      showResult=True)
+        self.assertEqual({role: node.GetID() for role, node in nodes.items()},
+                         {role: node.GetID() for role, node in again.items()})
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+        self.delayDisplay("Test passed")
+
+    def _model(self, logic: MedAutoencoderLogic) -> Optional[str]:
+        """The bundled default model when present, else a tiny model trained here in seconds."""
+        from MedAutoencoderLib import api
+        import numpy as np
+        from MedAutoencoderLib import synthetic
+
+        if api.DEFAULT_MODEL.is_file():
+            return None
+        self.delayDisplay("Training a tiny model")
+        healthy = [self._volumeFromImage(synthetic.toy_volume(np.random.default_rng(seed), shape=(32, 32, 24)),
+                                         f"healthy{seed}") for seed in range(3)]
+        outputPath = os.path.join(slicer.app.temporaryPath, "MedAutoencoderTest_tiny.pt")
+        modelPath = logic.train(healthy, outputPath=outputPath, epochs=1, device="cpu", overwrite=True,
+                                extraArguments=["--size", "32", "32", "24", "--spacing", "2", "2", "2",
+                                                "--channels", "4", "8"])
+        self.assertTrue(os.path.isfile(modelPath))
+        return modelPath
+
+    def _volumeFromImage(self, image, name: str):
+        from MedAutoencoderLib import slicer_bridge
+
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        slicer_bridge.update_volume_node_from_sitk(volumeNode, image)
+        volumeNode.CreateDefaultDisplayNodes()
+        return volumeNode
+
+    def _assertOnInputGeometry(self, inputVolume, nodes: Dict[str, object]) -> None:
+        expected = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(expected)
+        self.assertEqual(set(nodes), {"reconstruction", "anomaly_map", "anomaly_mask", "anomaly_segmentation"})
+        for role in ("reconstruction", "anomaly_map", "anomaly_mask"):
+            node = nodes[role]
+            self.assertEqual(node.GetName(), f"toy_{role}")
+            self.assertEqual(node.GetImageData().GetDimensions(), inputVolume.GetImageData().GetDimensions())
+            actual = vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(actual)
+            for row in range(4):
+                for column in range(4):
+                    self.assertAlmostEqual(actual.GetElement(row, column), expected.GetElement(row, column))
+        self.assertTrue(nodes["anomaly_mask"].IsA("vtkMRMLLabelMapVolumeNode"))
+        self.assertTrue(nodes["anomaly_segmentation"].IsA("vtkMRMLSegmentationNode"))

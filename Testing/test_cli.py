@@ -1,0 +1,126 @@
+"""The command line as users run it: real ``python -m MedAutoencoderLib`` subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+TINY = ["--size", "32", "32", "32", "--spacing", "1.5", "1.5", "1.5", "--batch-size", "16", "--device", "cpu",
+        "--no-augment"]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "MedAutoencoderLib", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_train_with_json_progress(toy_cohort, tmp_path):
+    out = tmp_path / "cli.pt"
+    done = cli("train", "--data", toy_cohort, "--out", out, "--model", "ae", "--channels", "8", "16",
+               "--epochs", "1", "--progress", "json", *TINY)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert all("event" in e for e in events)
+    assert events[0]["event"] == "start"
+    assert events[-1]["event"] == "done" and events[-1]["outputs"]["model"] == str(out)
+    assert any(e["event"] == "progress" for e in events)
+    payload = torch.load(out, weights_only=True)
+    assert payload["model"]["name"] == "ae" and "threshold" in payload["calibration"]
+
+
+def test_info_text_and_json(dae_model_path):
+    text = cli("info", dae_model_path)
+    assert text.returncode == 0, text.stderr
+    assert "type: dae 2D" in text.stdout and "threshold:" in text.stdout and "not calibrated" not in text.stdout
+    as_json = cli("info", dae_model_path, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    card = json.loads(as_json.stdout)
+    assert card["model"]["name"] == "dae" and card["calibration"]["threshold"] > 0
+    assert card["parameters"] > 0 and card["training"]["epochs"] == 6
+
+
+def test_detect_writes_outputs_and_refuses_to_overwrite(dae_model_path, lesion_case, tmp_path):
+    outputs = tmp_path / "out"
+    inputs = [lesion_case["image_path"], lesion_case["healthy_path"]]
+    done = cli("detect", *inputs, "--model", dae_model_path, "--output-dir", outputs, "--progress", "none",
+               "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    for stem in ("case_000", "control_000"):
+        for kind in ("reconstruction", "anomaly_map", "anomaly_mask"):
+            image = sitk.ReadImage(str(outputs / f"{stem}_{kind}.nii.gz"))
+            assert image.GetSize() == lesion_case["image"].GetSize()
+            assert np.allclose(image.GetDirection(), lesion_case["image"].GetDirection())
+        summary = json.loads((outputs / f"{stem}_summary.json").read_text())
+        assert {"anomaly_score", "threshold", "components", "n_components"} <= set(summary)
+    assert len(list(outputs.iterdir())) == 8
+    before = {p.name: p.read_bytes() for p in outputs.iterdir()}
+
+    again = cli("detect", lesion_case["image_path"], "--model", dae_model_path, "--output-dir", outputs,
+                "--progress", "none", "--device", "cpu")
+    assert again.returncode == 1
+    assert "error:" in again.stderr and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert {p.name: p.read_bytes() for p in outputs.iterdir()} == before
+
+
+def test_detect_bad_input_is_a_clean_error(dae_model_path, tmp_path):
+    flat = tmp_path / "flat_slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 20)).astype(np.float32)), str(flat))
+    done = cli("detect", flat, "--model", dae_model_path, "--output-dir", tmp_path / "out", "--device", "cpu")
+    assert done.returncode == 1
+    assert "flat_slice.nii.gz" in done.stderr and "2D" in done.stderr
+    assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_during_training_saves_a_model_and_exits_130(toy_cohort, tmp_path):
+    out = tmp_path / "interrupted.pt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "MedAutoencoderLib", "train", "--data", str(toy_cohort), "--out", str(out),
+         "--model", "ae", "--channels", "8", "16", "--epochs", "10000", "--patience", "10000",
+         "--progress", "json", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        events = []
+        deadline = time.monotonic() + 180
+        for line in process.stdout:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "progress" or time.monotonic() > deadline:
+                break
+        assert events and events[-1]["event"] == "progress", events
+        process.send_signal(signal.SIGTERM)
+        rest, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "cancelled" in stderr and "Traceback" not in stderr
+    last = json.loads(rest.strip().splitlines()[-1])
+    assert last["event"] == "cancelled" and last["outputs"]["model"] == str(out)
+    payload = torch.load(out, weights_only=True)
+    assert payload["training"]["stop_reason"] == "cancelled" and payload["training"]["epochs"] < 10000
+    assert np.isfinite(payload["calibration"]["threshold"])
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+
+
+def test_evaluate_prints_model_and_baseline_columns(dae_model_path, lesion_case, tmp_path):
+    report_file = tmp_path / "report.json"
+    done = cli("evaluate", "--model", dae_model_path, "--images", lesion_case["root"] / "images",
+               "--masks", lesion_case["root"] / "masks", "--healthy", lesion_case["healthy_path"],
+               "--json", report_file, "--progress", "none", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("1 lesioned, 1 healthy")
+    header = lines[1].split()
+    assert header[:2] == ["metric", "model"] and "baseline" in lines[1]
+    auroc_row = next(line for line in lines if line.startswith("voxel AUROC"))
+    model_value, baseline_value = (float(v) for v in auroc_row.split()[-2:])
+    report = json.loads(report_file.read_text())
+    assert model_value == pytest.approx(report["model"]["auroc"], abs=1e-4)
+    assert baseline_value == pytest.approx(report["baseline_robust_z"]["auroc"], abs=1e-4)

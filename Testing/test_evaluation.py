@@ -1,0 +1,87 @@
+"""Metrics and the evaluation report (MedAutoencoderLib.evaluation)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from conftest import toy
+from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.evaluation import dice, evaluate_model, format_report, pair_images_with_masks, voxel_metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_voxel_metrics_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(3000) < 0.1
+    scores = rng.integers(0, 12, 3000).astype(np.float32) + 3 * labels * rng.random(3000)  # many ties
+    scores = np.round(scores, 1)
+    metrics = voxel_metrics(scores, labels)
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert metrics["average_precision"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
+
+
+def test_best_dice_on_a_hand_made_example():
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    labels = np.array([1, 0, 1, 0])
+    # thresholds 0.9 / 0.8 / 0.7 / 0.1 give Dice 2/3, 1/2, 4/5, 2/3
+    metrics = voxel_metrics(scores, labels)
+    assert metrics["best_dice"] == pytest.approx(0.8)
+    assert metrics["best_dice_threshold"] == pytest.approx(0.7)
+    assert metrics["auroc"] == pytest.approx(0.75)
+
+
+def test_voxel_metrics_without_both_classes_are_nan():
+    for labels in (np.zeros(5, bool), np.ones(5, bool)):
+        assert all(math.isnan(v) for v in voxel_metrics(np.arange(5.0), labels).values())
+
+
+def test_dice_edge_cases():
+    empty = np.zeros((3, 3), bool)
+    full = np.ones((3, 3), bool)
+    half = np.zeros((3, 3), bool)
+    half[0] = True
+    assert dice(empty, empty) == 1.0
+    assert dice(full, empty) == 0.0 and dice(empty, full) == 0.0
+    assert dice(full, full) == 1.0
+    assert dice(half, full) == pytest.approx(2 * 3 / (3 + 9))
+
+
+def test_pairs_images_with_masks_by_name(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    volume = toy(1)
+    for name in ("case_a.nii.gz", "case_b.nrrd"):
+        sitk.WriteImage(volume, str(images / name))
+    label = sitk.Cast(volume > 50, sitk.sitkUInt8)
+    sitk.WriteImage(label, str(masks / "case_a_mask.nii.gz"))
+    sitk.WriteImage(label, str(masks / "case_b_seg.nii.gz"))
+    sitk.WriteImage(label, str(masks / "case_ab_mask.nii.gz"))  # a near miss that must not be picked
+    pairs = pair_images_with_masks([str(images)], [str(masks)])
+    assert pairs == [(images / "case_a.nii.gz", masks / "case_a_mask.nii.gz"),
+                     (images / "case_b.nrrd", masks / "case_b_seg.nii.gz")]
+    sitk.WriteImage(volume, str(images / "case_c.nii.gz"))
+    with pytest.raises(InputImageError, match="case_c"):
+        pair_images_with_masks([str(images)], [str(masks)])
+
+
+def test_evaluate_model_report(dae_model, lesion_case):
+    pairs = pair_images_with_masks([str(lesion_case["image_path"])], [str(lesion_case["mask_path"])])
+    events = []
+    report = evaluate_model(dae_model, pairs, [str(lesion_case["healthy_path"])], progress=events.append)
+    assert report["n_lesioned"] == 1 and report["n_healthy"] == 1 and len(report["cases"]) == 2
+    for method in ("model", "baseline_robust_z"):
+        for key in ("auroc", "average_precision", "best_dice", "dice_at_threshold", "healthy_flagged_share"):
+            assert math.isfinite(report[method][key]), (method, key)
+    assert 0.8 < report["model"]["auroc"] <= 1.0
+    assert report["model"]["sample_auroc"] == 1.0  # the lesioned case outscores its healthy twin
+    assert math.isfinite(report["model"]["reconstruction_psnr"])
+    lesioned, healthy = report["cases"]
+    assert lesioned["lesioned"] and not healthy["lesioned"] and lesioned["lesion_ml"] > 0
+    assert {"dice", "baseline_dice_z3", "mse", "psnr", "ssim", "flagged_share"} <= set(lesioned)
+    assert [e["event"] for e in events] == ["start", "progress", "progress", "done"]
+    table = format_report(report)
+    assert "model" in table and "|z| baseline" in table and "voxel AUROC" in table

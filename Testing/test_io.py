@@ -1,0 +1,182 @@
+"""Reading, checking and writing volumes (MedAutoencoderLib.io) on real files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import toy
+from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.io import find_volumes, output_path, read_image, volume_stem, write_image
+
+
+def _write(image: sitk.Image, path: Path) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _expect_error(path: Path, *words: str) -> str:
+    with pytest.raises(InputImageError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert str(path) in message
+    for word in words:
+        assert word.lower() in message.lower(), message
+    return message
+
+
+def test_reads_a_valid_volume_unchanged(tmp_path):
+    image = toy(1)
+    path = _write(image, tmp_path / "ok.nrrd")
+    read = read_image(path)
+    assert read.GetSize() == image.GetSize()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+def test_2d_image_is_refused_with_its_dimension(tmp_path):
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((20, 30)).astype(np.float32))
+    _expect_error(_write(image, tmp_path / "slice.nii.gz"), "2D")
+
+
+def test_4d_image_with_two_time_points_is_refused(tmp_path):
+    frame = toy(2)
+    image = sitk.JoinSeries([frame, frame * 2])
+    message = _expect_error(_write(image, tmp_path / "series.nii.gz"), "4D", "3D volume is needed")
+    assert "2)" in message  # the size, with its two time points, is shown
+
+
+def test_4d_image_with_one_time_point_is_read_as_3d(tmp_path):
+    frame = toy(2)
+    read = read_image(_write(sitk.JoinSeries([frame]), tmp_path / "single.nii.gz"))
+    assert read.GetDimension() == 3 and read.GetSize() == frame.GetSize()
+
+
+def test_vector_rgb_image_is_refused(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 14, 3)).astype(np.uint8)
+    _expect_error(_write(sitk.GetImageFromArray(rgb, isVector=True), tmp_path / "rgb.nrrd"), "3 components",
+                  "scalar")
+
+
+def test_nan_values_are_refused(tmp_path):
+    array = sitk.GetArrayFromImage(toy(3))
+    array[5, 5, 5] = np.nan
+    _expect_error(_write(sitk.GetImageFromArray(array), tmp_path / "nan.nrrd"), "NaN")
+
+
+def test_constant_image_is_refused(tmp_path):
+    image = sitk.GetImageFromArray(np.full((10, 10, 10), 7.0, np.float32))
+    _expect_error(_write(image, tmp_path / "flat.mha"), "same value")
+
+
+@pytest.mark.parametrize("name", ["cut.nii.gz", "cut.nii", "cut.nrrd", "cut.mha"])
+def test_truncated_file_is_refused(tmp_path, name):
+    full = _write(toy(4), tmp_path / f"full_{name}")
+    data = full.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    message = _expect_error(path)
+    assert "truncated" in message or "cannot be read" in message
+
+
+def test_garbage_file_is_refused(tmp_path):
+    path = tmp_path / "garbage.nii.gz"
+    path.write_bytes(b"this is not an image\n" * 50)
+    _expect_error(path, "cannot be read")
+
+
+def test_missing_file_is_refused(tmp_path):
+    _expect_error(tmp_path / "nowhere.nii.gz", "no such file")
+
+
+def test_folder_without_volumes_or_dicom_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _expect_error(tmp_path / "empty", "no DICOM series")
+
+
+def _write_dicom_series(image: sitk.Image, folder: Path) -> None:
+    """One .dcm file per axial slice with the tags a series reader needs (position, orientation, UID)."""
+    folder.mkdir()
+    direction = image.GetDirection()
+    uid = "1.2.826.0.1.3680043.2.1125.1.12345678901234567890"
+    for z in range(image.GetDepth()):
+        slice_image = image[:, :, z]
+        tags = {
+            "0008|0060": "MR",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+            "0020|000d": uid + ".1",
+            "0020|000e": uid + ".2",
+            "0020|0013": str(z + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, z))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                          direction[1], direction[4], direction[7])),
+            "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+        }
+        for key, value in tags.items():
+            slice_image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def test_dicom_series_folder_reads_the_same_volume(tmp_path):
+    image = sitk.Cast(toy(5, spacing=(1.0, 1.1, 1.3)), sitk.sitkInt16)
+    _write_dicom_series(image, tmp_path / "series")
+    read = read_image(tmp_path / "series")
+    assert read.GetSize() == image.GetSize()
+    np.testing.assert_allclose(read.GetSpacing(), image.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+    # a parent folder lists the series folder as one volume
+    assert find_volumes([tmp_path]) == [tmp_path / "series"]
+
+
+def test_find_volumes_expands_folders_and_globs(tmp_path):
+    image = toy(6)
+    for name in ("b.nrrd", "a.nii.gz", "c.mha"):
+        _write(image, tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not a volume")
+    assert find_volumes([tmp_path]) == [tmp_path / "a.nii.gz", tmp_path / "b.nrrd", tmp_path / "c.mha"]
+    assert find_volumes([str(tmp_path / "*.nrrd"), str(tmp_path / "a.nii.gz")]) == \
+        [tmp_path / "b.nrrd", tmp_path / "a.nii.gz"]
+    # a file named twice is listed once
+    assert find_volumes([tmp_path / "c.mha", str(tmp_path / "c.*")]) == [tmp_path / "c.mha"]
+    with pytest.raises(InputImageError, match="matches no files"):
+        find_volumes([str(tmp_path / "*.nhdr")])
+    with pytest.raises(InputImageError, match="no such file"):
+        find_volumes([tmp_path / "missing.nii"])
+
+
+def test_output_path_naming(tmp_path):
+    assert volume_stem("/data/case.01.nii.gz") == "case.01"
+    assert output_path("/data/case.nii.gz", tmp_path, "anomaly_map") == tmp_path / "case_anomaly_map.nii.gz"
+    assert output_path("/data/case.nii", tmp_path, "anomaly_mask") == tmp_path / "case_anomaly_mask.nii"
+    assert output_path("/data/case.mhd", tmp_path, "reconstruction") == tmp_path / "case_reconstruction.nrrd"
+    assert output_path("/data/dicom_folder", tmp_path, "anomaly_map") == tmp_path / "dicom_folder_anomaly_map.nrrd"
+    assert output_path("/data/case.nii.gz", tmp_path, "anomaly_map", "mha") == tmp_path / "case_anomaly_map.mha"
+    with pytest.raises(InputImageError, match="unknown output format"):
+        output_path("/data/case.nii.gz", tmp_path, "anomaly_map", "png")
+
+
+@pytest.mark.parametrize("name", ["out.nii.gz", "out.nrrd"])
+def test_write_image_leaves_only_the_final_name(tmp_path, name):
+    image = toy(7)
+    target = tmp_path / "sub" / name
+    assert write_image(image, target) == target
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(target)), sitk.GetArrayFromImage(image))
+    # overwriting goes through the temporary name too and replaces the file in one step
+    write_image(image * 2, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(read_image(target)), 2 * sitk.GetArrayFromImage(image))
+
+
+def test_failed_write_leaves_no_file_and_no_leftover(tmp_path):
+    blocked = tmp_path / "x.nii.gz"
+    blocked.mkdir()  # a folder where the file should go: the final rename must fail
+    with pytest.raises(OSError):
+        write_image(toy(8), blocked)
+    assert blocked.is_dir() and not any(blocked.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]  # no temporary file left behind

@@ -1,0 +1,161 @@
+"""The autoencoder family, its losses and the DAE's corruptions (networks, losses, noise)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.errors import ConfigurationError
+from MedAutoencoderLib.losses import AutoencoderLoss, reconstruction_from_output, sparsity_penalty
+from MedAutoencoderLib.networks import build_network
+from MedAutoencoderLib.noise import coarse_noise, corrupt
+
+
+def tiny(name: str, dims: int = 2, **kw) -> ModelConfig:
+    return ModelConfig(name=name, spatial_dims=dims, channels=(8, 16), latent_channels=4, **kw)
+
+
+def blob_batch(n: int = 4, size: int = 32) -> torch.Tensor:
+    """Smooth bright blobs on a dark background, intensities in [0, 1]."""
+    generator = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] / size
+    images = []
+    for _ in range(n):
+        cy, cx, r = generator.uniform(0.35, 0.65), generator.uniform(0.35, 0.65), generator.uniform(0.15, 0.3)
+        images.append(np.clip(1.2 - ((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2, 0, 1) * 0.9)
+    return torch.tensor(np.stack(images)[:, None], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["ae", "sparse", "vae", "dae"])
+def test_2d_forward_shapes(name):
+    torch.manual_seed(0)
+    network = build_network(tiny(name)).eval()
+    x = torch.rand(3, 1, 32, 48)
+    with torch.no_grad():
+        out = network(x)
+    assert out["reconstruction"].shape == x.shape
+    if name != "dae":
+        assert out["code"].shape == (3, 4, 8, 12)  # latent_channels wide, two halvings
+    if name == "vae":
+        assert out["mu"].shape == out["logvar"].shape == out["code"].shape
+    assert network.encode(x)["code"].shape[0] == 3
+
+
+@pytest.mark.parametrize("name", ["ae", "dae"])
+def test_3d_forward_shapes(name):
+    torch.manual_seed(0)
+    network = build_network(tiny(name, dims=3)).eval()
+    x = torch.rand(2, 1, 16, 16, 32)
+    with torch.no_grad():
+        out = network(x)
+    assert out["reconstruction"].shape == x.shape
+    assert network.encode(x)["code"].dim() == 5
+
+
+def test_vae_decodes_the_mean_in_eval_mode_and_samples_in_training():
+    torch.manual_seed(0)
+    network = build_network(tiny("vae"))
+    x = blob_batch(2)
+    network.eval()
+    with torch.no_grad():
+        first, second = network(x), network(x)
+        from_mu = network.decode(first["mu"])
+    assert torch.equal(first["reconstruction"], second["reconstruction"])
+    assert torch.allclose(first["reconstruction"], from_mu)
+    network.train()
+    with torch.no_grad():
+        a, b = network(x), network(x)
+    assert not torch.allclose(a["reconstruction"], b["reconstruction"])
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "ssim", "bce"])
+@pytest.mark.parametrize("name", ["ae", "sparse", "vae", "dae"])
+def test_loss_decreases_on_a_fixed_batch(name, loss):
+    torch.manual_seed(0)
+    config = tiny(name, reconstruction_loss=loss)
+    network = build_network(config)
+    objective = AutoencoderLoss(config)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    x = blob_batch(4)
+    network.train()
+    losses = []
+    for _ in range(30):
+        parts = objective(network(x), x)
+        assert set(parts) >= {"reconstruction", "total"}
+        optimizer.zero_grad()
+        parts["total"].backward()
+        optimizer.step()
+        losses.append(float(parts["total"].detach()))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    if loss == "bce":  # BCE networks emit logits; the image is their sigmoid
+        network.eval()
+        with torch.no_grad():
+            image = reconstruction_from_output(network(x)["reconstruction"], config)
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+def test_regularisers_appear_in_the_loss():
+    x = blob_batch(2)
+    torch.manual_seed(0)
+    vae = tiny("vae")
+    parts = AutoencoderLoss(vae)(build_network(vae)(x), x)
+    assert float(parts["kl"].detach()) > 0
+    assert float(parts["total"].detach()) == pytest.approx(float((parts["reconstruction"] + parts["kl"]).detach()))
+    sparse = tiny("sparse")
+    parts = AutoencoderLoss(sparse)(build_network(sparse)(x), x)
+    assert float(parts["sparsity"].detach()) > 0
+
+
+def test_sparse_kl_penalty_is_positive_and_finite():
+    config = tiny("sparse", sparsity="kl")
+    torch.manual_seed(0)
+    code = torch.randn(4, 4, 8, 8) * 3
+    penalty = sparsity_penalty(code, config)
+    assert torch.isfinite(penalty) and float(penalty) > 0
+    # a code whose sigmoid activation equals the target rate has (almost) no penalty
+    at_target = torch.full((4, 4, 8, 8), float(np.log(0.05 / 0.95)))
+    assert float(sparsity_penalty(at_target, config)) == pytest.approx(0.0, abs=1e-4)
+    network = build_network(config)
+    parts = AutoencoderLoss(config)(network(blob_batch(2)), blob_batch(2))
+    assert torch.isfinite(parts["sparsity"]) and float(parts["sparsity"].detach()) > 0
+
+
+def _neighbour_correlation(noise: torch.Tensor) -> float:
+    a = noise[..., :, :-1].flatten().numpy()
+    b = noise[..., :, 1:].flatten().numpy()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_coarse_noise_is_smooth_and_gaussian_noise_is_not():
+    generator = torch.Generator().manual_seed(0)
+    coarse = coarse_noise(torch.Size((4, 1, 64, 64)), cells=16, std=0.2, generator=generator)
+    assert coarse.shape == (4, 1, 64, 64)
+    assert _neighbour_correlation(coarse) > 0.9
+    assert 0.05 < float(coarse.std()) < 0.3
+
+    clean = torch.zeros(4, 1, 64, 64)
+    everywhere = torch.ones_like(clean)
+    gaussian = corrupt(clean, everywhere, tiny("dae", noise="gaussian"), torch.Generator().manual_seed(0))
+    assert abs(_neighbour_correlation(gaussian)) < 0.1
+    assert float(gaussian.std()) == pytest.approx(0.2, rel=0.1)
+    coarse3d = coarse_noise(torch.Size((1, 1, 16, 32, 32)), cells=4, std=0.2, generator=generator)
+    assert coarse3d.shape == (1, 1, 16, 32, 32) and _neighbour_correlation(coarse3d) > 0.9
+
+
+@pytest.mark.parametrize("noise", ["coarse", "gaussian"])
+def test_corruption_stays_inside_the_foreground(noise):
+    clean = blob_batch(3, 64)
+    foreground = (clean > 0).float()
+    assert 0 < float(foreground.mean()) < 1
+    noisy = corrupt(clean, foreground, tiny("dae", noise=noise), torch.Generator().manual_seed(1))
+    change = noisy - clean
+    assert torch.all(change[foreground == 0] == 0)
+    assert float(change[foreground == 1].abs().mean()) > 0.02
+
+
+def test_unknown_model_settings_are_refused():
+    for bad in (dict(name="gan"), dict(spatial_dims=4), dict(reconstruction_loss="huber"), dict(noise="salt")):
+        with pytest.raises(ConfigurationError):
+            build_network(ModelConfig(**bad))

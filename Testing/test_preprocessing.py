@@ -1,0 +1,136 @@
+"""Model grid, foreground and normalisation (MedAutoencoderLib.preprocessing)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import oblique_direction, organ_mask, rotation_z, toy
+from MedAutoencoderLib.config import PreprocessConfig
+from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.preprocessing import normalise, otsu_foreground, prepare_volume
+
+# 64 mm of model grid (finer than the input, so little is lost by resampling) hold the whole toy organ of any cohort geometry
+COVERING = PreprocessConfig(spacing=(1.0, 1.0, 1.0), size=(64, 64, 64))
+
+
+@pytest.mark.parametrize("direction", [rotation_z(35.0), oblique_direction()], ids=["rot-z", "oblique"])
+def test_round_trip_lands_exactly_on_the_input_grid(direction):
+    image = toy(21, direction, spacing=(1.0, 1.1, 1.3))
+    image.SetOrigin((12.5, -30.0, 7.25))  # away from zero, to catch origin mistakes
+    prepared = prepare_volume(image, COVERING, name="rotated")
+
+    # the model grid is axis-aligned, of the configured size and spacing
+    assert prepared.grid.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert prepared.grid.GetSize() == COVERING.size
+    assert prepared.image.shape == COVERING.size[::-1]
+
+    back = prepared.to_input_grid(prepared.denormalise(prepared.image))
+    assert back.GetSize() == image.GetSize()
+    assert back.GetSpacing() == image.GetSpacing()
+    assert back.GetOrigin() == image.GetOrigin()
+    assert back.GetDirection() == image.GetDirection()
+
+    inside = sitk.GetArrayFromImage(organ_mask(image, erode=3)) > 0
+    original = sitk.GetArrayFromImage(image)[inside]
+    returned = sitk.GetArrayFromImage(back)[inside]
+    assert np.corrcoef(original, returned)[0, 1] > 0.95
+    assert np.median(np.abs(returned - original) / original) < 0.05
+
+    # a nearest-neighbour labelmap comes back as uint8 on the same grid
+    mask = prepared.to_input_grid(prepared.foreground, nearest=True)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == image.GetSize() and mask.GetDirection() == image.GetDirection()
+    assert (sitk.GetArrayFromImage(mask)[inside] == 1).mean() > 0.99
+
+
+def test_model_grid_is_centred_on_the_foreground():
+    image = toy(22, rotation_z(20.0))
+    image.SetOrigin(tuple(np.array(image.GetOrigin()) + [40.0, -25.0, 10.0]))
+    prepared = prepare_volume(image, PreprocessConfig(size=(32, 32, 32)))
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(organ_mask(image, erode=0))
+    grid = prepared.grid
+    grid_centre = np.array(grid.GetOrigin()) + np.array(grid.GetSpacing()) * (np.array(grid.GetSize()) - 1) / 2
+    assert np.linalg.norm(grid_centre - np.array(stats.GetCentroid(1))) < 3.0
+
+
+def test_foreground_fills_a_dark_interior_hole():
+    image = toy(23)
+    array = sitk.GetArrayFromImage(image)
+    zz, yy, xx = np.indices(array.shape)
+    hole = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 5 ** 2
+    array[hole] = 0.5  # as dark as the background
+    holed = sitk.GetImageFromArray(array)
+    holed.CopyInformation(image)
+
+    foreground = sitk.GetArrayFromImage(otsu_foreground(holed)) > 0
+    assert foreground[hole].all()
+    assert not foreground[0, 0, 0]  # the corner is background
+
+    prepared = prepare_volume(holed, COVERING)
+    centre = prepared.grid.TransformPhysicalPointToIndex(holed.TransformIndexToPhysicalPoint((20, 20, 20)))
+    assert prepared.foreground[centre[2], centre[1], centre[0]]
+    assert prepared.image[centre[2], centre[1], centre[0]] == pytest.approx(0.0, abs=0.05)  # dark, but inside
+
+
+def test_percentile_normalisation_maps_background_to_0_and_upper_percentile_to_1():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 1.0, (10, 20, 20))
+    foreground = np.zeros(values.shape, bool)
+    foreground[2:8, 5:15, 5:15] = True
+    values[foreground] = rng.uniform(100.0, 300.0, foreground.sum())
+    values[5, 10, 10:14] = 5000.0  # outliers inside: clipped
+    config = PreprocessConfig(upper_percentile=95.0, clip_max=1.2)
+    result, offset, scale = normalise(values, foreground, config)
+    assert result.dtype == np.float32
+    assert offset == pytest.approx(np.percentile(values, 1.0))
+    assert offset + scale == pytest.approx(np.percentile(values[foreground], 95.0))
+    assert (result[~foreground] == 0).all()
+    inside = result[foreground]
+    assert inside.min() >= 0.0 and inside.max() == pytest.approx(1.2)  # clipped to [0, clip_max]
+    assert np.mean(inside >= 1.0) == pytest.approx(0.05, abs=0.01)
+    assert (result[5, 10, 10:14] == pytest.approx(1.2))  # the top 5 % reach 1
+    np.testing.assert_allclose(inside[inside < 1.2], ((values[foreground] - offset) / scale)[inside < 1.2],
+                               rtol=1e-5)
+
+
+def test_zscore_normalisation_standardises_the_foreground():
+    rng = np.random.default_rng(1)
+    values = rng.normal(5.0, 0.1, (10, 20, 20))
+    foreground = np.zeros(values.shape, bool)
+    foreground[:, 4:16, 4:16] = True
+    values[foreground] = rng.normal(400.0, 50.0, foreground.sum())
+    result, offset, scale = normalise(values, foreground, PreprocessConfig(normalization="zscore"))
+    assert offset == pytest.approx(values[foreground].mean())
+    assert scale == pytest.approx(values[foreground].std())
+    assert result[foreground].mean() == pytest.approx(0.0, abs=0.01)
+    assert result[foreground].std() == pytest.approx(1.0, abs=0.01)
+    assert (result[~foreground] == 0).all()
+
+
+def test_constant_foreground_cannot_be_normalised():
+    values = np.zeros((4, 4, 4))
+    foreground = np.zeros(values.shape, bool)
+    foreground[1:3, 1:3, 1:3] = True
+    values[foreground] = 10.0
+    with pytest.raises(InputImageError, match="constant"):
+        normalise(values, foreground, PreprocessConfig(normalization="zscore"))
+    with pytest.raises(InputImageError, match="empty"):
+        normalise(values, np.zeros_like(foreground), PreprocessConfig())
+
+
+def test_noise_only_volume_gives_a_clear_error():
+    noise = np.abs(np.random.default_rng(2).normal(size=(40, 40, 40))).astype(np.float32)
+    image = sitk.GetImageFromArray(noise)
+    with pytest.raises(InputImageError) as caught:
+        prepare_volume(image, PreprocessConfig(size=(32, 32, 32)), name="noise.nii.gz")
+    assert "noise.nii.gz" in str(caught.value) and "foreground" in str(caught.value)
+
+
+def test_invalid_preprocessing_settings_are_refused():
+    from MedAutoencoderLib.errors import ConfigurationError
+
+    for bad in (dict(normalization="minmax"), dict(size=(4, 32, 32)), dict(spacing=(1.0, 0.0, 1.0))):
+        with pytest.raises(ConfigurationError):
+            PreprocessConfig(**bad).validate()

@@ -1,0 +1,164 @@
+"""Training on healthy toy volumes and detection on a lesioned one, end to end on real files."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import tiny_train_config
+from MedAutoencoderLib.api import load_model, run_detection
+from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
+from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.errors import Cancelled, ModelFileError, OutputExistsError
+from MedAutoencoderLib.evaluation import voxel_metrics
+from MedAutoencoderLib.training import Trainer
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+            and a.GetDirection() == b.GetDirection())
+
+
+def test_model_file_is_calibrated_and_loads_with_weights_only(dae_model_path):
+    payload = torch.load(dae_model_path, map_location="cpu", weights_only=True)
+    assert payload["format"] == "MedAutoencoder-model" and payload["format_version"] == FORMAT_VERSION
+    calibration = payload["calibration"]
+    assert calibration["target_fpr"] == pytest.approx(0.002)
+    assert np.isfinite(calibration["threshold"]) and calibration["threshold"] > calibration["healthy_p50"] > 0
+    training = payload["training"]
+    assert training["epochs"] == 6 and training["stop_reason"] == "epochs" and len(training["history"]) == 6
+    assert training["validation_is_held_out"] and calibration["calibrated_on"] == training["validation_files"]
+    assert tuple(payload["preprocess"]["size"]) == (32, 32, 32)
+    model = load_model(dae_model_path, device="cpu")
+    assert model.record.model.name == "dae" and model.record.threshold == calibration["threshold"]
+
+
+@pytest.fixture(scope="module")
+def lesion_run(dae_model, lesion_case):
+    return run_detection(lesion_case["image"], dae_model, name="case_000")
+
+
+def test_detection_outputs_lie_on_the_input_grid(lesion_run, lesion_case):
+    image = lesion_case["image"]
+    result = lesion_run.result
+    for output in (result.reconstruction, result.anomaly_map, result.anomaly_mask):
+        assert same_grid(output, image)
+    assert result.anomaly_mask.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayFromImage(result.anomaly_mask))) <= {0, 1}
+    assert result.anomaly_map.GetPixelID() == sitk.sitkFloat32
+    summary = result.summary
+    assert summary["threshold"] == lesion_run.scored.score_map.dtype.type(summary["threshold"])
+    assert summary["n_components"] == len(summary["components"])
+    scored = sitk.GetArrayFromImage(lesion_run.prepared.to_input_grid(lesion_run.scored.region, nearest=True)) > 0
+    organ = scored & (sitk.GetArrayFromImage(lesion_case["truth"]) == 0)
+    recon = sitk.GetArrayFromImage(result.reconstruction)[organ]
+    original = sitk.GetArrayFromImage(image)[organ]
+    # in the input's units (normalised values would be ~1); a tiny model trained for seconds is still biased
+    assert abs(recon.mean() - original.mean()) < 0.5 * original.mean()
+
+
+def test_anomaly_map_finds_the_lesion(lesion_run, lesion_case):
+    region = sitk.GetArrayFromImage(lesion_run.prepared.to_input_grid(lesion_run.scored.region, nearest=True)) > 0
+    truth = sitk.GetArrayFromImage(lesion_case["truth"]) > 0
+    scores = sitk.GetArrayFromImage(lesion_run.result.anomaly_map)
+    assert truth[region].sum() > 0.9 * truth.sum()  # the lesion lies in the scored region
+    metrics = voxel_metrics(scores[region], truth[region])
+    assert metrics["auroc"] > 0.8, metrics
+    assert scores[truth].mean() > 1.5 * scores[region & ~truth].mean()
+
+
+def test_healthy_volume_scores_lower_than_the_lesioned_one(dae_model, lesion_run, lesion_case):
+    healthy = run_detection(lesion_case["healthy"], dae_model).result.summary
+    assert healthy["anomaly_score"] < lesion_run.result.summary["anomaly_score"]
+    assert healthy["anomalous_volume_ml"] <= lesion_run.result.summary["anomalous_volume_ml"]
+
+
+def test_stop_file_present_from_the_start_stops_after_one_epoch(toy_cohort, tmp_path, lesion_case):
+    stop = tmp_path / "STOP"
+    stop.write_text("")
+    out = tmp_path / "stopped.pt"
+    events = []
+    trainer = Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, stop_file=str(stop)),
+                      progress=events.append)
+    with pytest.raises(Cancelled, match="1 epoch"):
+        trainer.run()
+    assert events[-1]["event"] == "cancelled" and events[-1]["outputs"]["model"] == str(out)
+    model = load_model(out, device="cpu")
+    assert model.record.training["epochs"] == 1 and model.record.training["stop_reason"] == "cancelled"
+    assert np.isfinite(model.record.threshold)
+    result = run_detection(lesion_case["image"], model).result  # usable with its own threshold
+    assert result.summary["threshold"] == model.record.threshold
+
+
+def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):
+    out = tmp_path / "budget.pt"
+    Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, max_minutes=1e-4)).run()
+    training = read_model_file(out)["training"]
+    assert training["stop_reason"] == "time budget" and training["epochs"] == 1
+    assert np.isfinite(read_model_file(out)["calibration"]["threshold"])
+
+
+def test_resume_continues_the_epoch_count(ae_model_path, toy_cohort, tmp_path):
+    before = read_model_file(ae_model_path)
+    out = tmp_path / "resumed.pt"
+    config = tiny_train_config([toy_cohort], out, "ae", epochs=3, resume=str(ae_model_path),
+                               model=ModelConfig(name="ae", channels=(4, 8)))  # ignored: the stored model wins
+    Trainer(config).run()
+    after = read_model_file(out)
+    assert before["training"]["epochs"] == 2
+    assert after["training"]["epochs"] == 3 and [h["epoch"] for h in after["training"]["history"]] == [1, 2, 3]
+    assert after["model"] == before["model"]
+    assert after["training"]["history"][:2] == before["training"]["history"]
+
+
+def test_existing_output_is_refused_and_left_unchanged(toy_cohort, tmp_path, ae_model_path):
+    out = tmp_path / "existing.pt"
+    shutil.copy(ae_model_path, out)
+    original = out.read_bytes()
+    with pytest.raises(OutputExistsError, match=str(out)):
+        Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=1)).run()
+    assert out.read_bytes() == original
+
+
+def _future_file(source, path):
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("truncated", "not a readable"),
+    ("foreign", "not a MedAutoencoder model"),
+    ("text", "not a readable"),
+    ("future", "upgrade"),
+    ("missing", "not found"),
+])
+def test_bad_model_files_give_model_file_error(kind, words, tmp_path, ae_model_path):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        data = ae_model_path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":
+        torch.save({"a": 1}, path)
+    elif kind == "text":
+        path.write_text("this is a text file, not a model\n")
+    elif kind == "future":
+        _future_file(ae_model_path, path)
+    with pytest.raises(ModelFileError) as caught:
+        load_model(path, device="cpu")
+    assert str(path) in str(caught.value) and words in str(caught.value)
+
+
+def test_3d_patch_model_trains_and_detects_on_the_input_grid(toy_cohort, tmp_path, lesion_case):
+    out = tmp_path / "patch3d.pt"
+    model_config = ModelConfig(name="dae", spatial_dims=3, channels=(8, 16), patch_size=(16, 16, 16))
+    Trainer(tiny_train_config([toy_cohort], out, model=model_config, epochs=1)).run()
+    model = load_model(out, device="cpu")
+    assert model.record.model.spatial_dims == 3 and np.isfinite(model.record.threshold)
+    result = run_detection(lesion_case["image"], model).result
+    for output in (result.reconstruction, result.anomaly_map, result.anomaly_mask):
+        assert same_grid(output, lesion_case["image"])
+    assert float(sitk.GetArrayFromImage(result.anomaly_map).max()) > 0

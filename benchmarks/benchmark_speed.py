@@ -1,0 +1,126 @@
+"""Speed and memory of detection and training, beside a plain MONAI pipeline, in one process run.
+
+Detect end to end (read -> preprocess -> network -> post-process -> write) on a 256x256x180, 1 mm volume with
+an oblique direction, for (a) MedAutoencoder with the bundled default model and (b) the pipeline a MONAI user
+would write without tuning: ``LoadImage`` -> ``Orientation`` -> ``Spacing`` -> ``ScaleIntensity`` -> 3D MONAI
+``AutoEncoder`` through ``sliding_window_inference`` -> |x - x_hat| -> resample back -> write. Prints medians of
+several runs, the ratio, training throughput and the process's peak resident memory.
+
+    python benchmarks/benchmark_speed.py --repeats 5 [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from MedAutoencoderLib.api import DEFAULT_MODEL, detect_files, load_model
+from MedAutoencoderLib.config import ModelConfig, PreprocessConfig, TrainConfig
+from MedAutoencoderLib.synthetic import load_template
+
+
+def benchmark_volume(path: Path) -> Path:
+    """The template on a 256x256x180, 1 mm grid rotated 12 degrees about z (an oblique acquisition)."""
+    template = load_template()
+    angle = np.deg2rad(12.0)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    size = np.array([256, 256, 180])
+    centre = np.array(template.TransformContinuousIndexToPhysicalPoint([s / 2 for s in template.GetSize()]))
+    grid = sitk.Image(size.tolist(), sitk.sitkFloat32)
+    grid.SetDirection(direction.flatten().tolist())
+    grid.SetOrigin((centre - direction @ (size / 2.0)).tolist())
+    sitk.WriteImage(sitk.Resample(template, grid, sitk.Transform(), sitk.sitkLinear, 0.0), str(path))
+    return path
+
+
+def plain_monai_pipeline(device: torch.device) -> Callable[[Path, Path], None]:
+    """Detection as written from MONAI's building blocks with default settings (untrained weights: speed only)."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import AutoEncoder
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, ScaleIntensity, Spacing
+
+    network = AutoEncoder(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64, 128),
+                          strides=(2, 2, 2, 2)).to(device).eval()
+    load = Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS"),
+                    Spacing(pixdim=(1.5, 1.5, 1.5)), ScaleIntensity()])
+
+    def run(source: Path, out_dir: Path) -> None:
+        image = load(str(source))
+        with torch.no_grad():
+            reconstruction = sliding_window_inference(image[None].to(device), (96, 96, 96), 4, network,
+                                                      overlap=0.25)
+        residual = (image[None].to(device) - reconstruction).abs()[0, 0].cpu().numpy()
+        original = sitk.ReadImage(str(source))
+        affine = image.affine.numpy()  # RAS voxel->world of the resampled grid
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        on_grid = sitk.GetImageFromArray(residual.transpose(2, 1, 0).astype(np.float32))
+        on_grid.SetSpacing(spacing.tolist())
+        flip = np.diag([-1.0, -1.0, 1.0])  # RAS -> LPS
+        on_grid.SetDirection((flip @ affine[:3, :3] / spacing).flatten().tolist())
+        on_grid.SetOrigin((flip @ affine[:3, 3]).tolist())
+        back = sitk.Resample(on_grid, original, sitk.Transform(), sitk.sitkLinear, 0.0)
+        sitk.WriteImage(back, str(out_dir / "plain_anomaly_map.nii.gz"))
+
+    return run
+
+
+def timed(function: Callable[[], None], repeats: int) -> List[float]:
+    function()  # warm-up: allocations, cuDNN autotuning, lazy imports
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def training_throughput(folder: Path, device: str) -> float:
+    """Slices per second of the default DAE's training loop (one epoch on one volume, augmentation on)."""
+    from MedAutoencoderLib.training import Trainer
+
+    config = TrainConfig(data=[str(folder / "volume.nii.gz")], out=str(folder / "speed.pt"), overwrite=True,
+                         model=ModelConfig(name="dae", channels=(16, 32, 64, 128)), preprocess=PreprocessConfig(),
+                         epochs=2, device=device, batch_size=16, validation_fraction=0.0)
+    events = []
+    Trainer(config, progress=events.append).run()
+    epochs = [e for e in events if e["event"] == "progress" and "train_loss" in e]
+    steps = [e for e in events if e["event"] == "progress" and e.get("epoch") == 2 and "step" in e]
+    second_epoch_seconds = epochs[1]["elapsed_s"] - epochs[0]["elapsed_s"]
+    return steps[-1]["steps"] * 16 / second_epoch_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        volume = benchmark_volume(folder / "volume.nii.gz")
+        model = load_model(DEFAULT_MODEL, device=args.device)
+        ours = timed(lambda: detect_files([volume], folder / "ours", model, overwrite=True), args.repeats)
+        plain_run = plain_monai_pipeline(device)
+        (folder / "plain").mkdir()
+        plain = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)
+        slices_per_second = training_throughput(folder, args.device)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
+    print(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
+    print(f"{'MedAutoencoder detect (end to end)':<44}{statistics.median(ours):>10.2f}{min(ours):>8.2f}")
+    print(f"{'plain MONAI AutoEncoder + sliding window':<44}{statistics.median(plain):>10.2f}{min(plain):>8.2f}")
+    print(f"speed-up: {statistics.median(plain) / statistics.median(ours):.2f}x")
+    print(f"training throughput (default DAE, batch 16, augmentation): {slices_per_second:.1f} slices/s")
+    print(f"peak resident memory of this process: {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
