@@ -14,13 +14,25 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload
+from MedAutoencoderLib.checkpoint import (
+    ModelRecord,
+    network_from_payload,
+    read_model_file,
+    record_from_payload,
+    save_model,
+)
 from MedAutoencoderLib.config import DetectOptions, TrainConfig
-from MedAutoencoderLib.detection import DetectionResult, ScoredVolume, finish_detection, score_volume
+from MedAutoencoderLib.detection import (
+    DetectionResult,
+    ScoredVolume,
+    calibrate_threshold,
+    finish_detection,
+    score_volume,
+)
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
-from MedAutoencoderLib.errors import ModelFileError
+from MedAutoencoderLib.errors import ModelFileError, OutputExistsError
 from MedAutoencoderLib.inference import reconstruct
-from MedAutoencoderLib.io import output_path, read_image, refuse_overwrite, volume_stem, write_image
+from MedAutoencoderLib.io import find_volumes, output_path, read_image, refuse_overwrite, volume_stem, write_image
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.training import StopRequest, Trainer
@@ -122,6 +134,40 @@ def train_model(config: TrainConfig, progress: Optional[ProgressCallback] = None
                 should_stop: Optional[StopRequest] = None) -> Path:
     """Train a model as ``config`` says and return the path of the written model file."""
     return Trainer(config, progress=progress, should_stop=should_stop).run()
+
+
+def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, Path]], out: Union[str, Path],
+                    target_fpr: Optional[float] = None, foreground: Optional[str] = None, device: str = "auto",
+                    overwrite: bool = False, progress: Optional[ProgressCallback] = None) -> Path:
+    """Re-estimate a model's threshold on the user's own healthy scans (thresholds do not transfer between
+    scanners and protocols) and write the model with it to ``out``; optionally change the target false-positive
+    rate or the foreground method (``"template"`` adds brain extraction by registration)."""
+    source, target = Path(model_path), Path(out)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    model = load_model(source, device=device)
+    record = model.record
+    if target_fpr is not None:
+        record.detection.target_fpr = target_fpr
+    if foreground is not None:
+        record.preprocess.foreground = foreground
+    record.preprocess.validate()
+    record.detection.validate()
+    paths = find_volumes(healthy)
+    tracker = ProgressTracker(progress, total=len(paths))
+    tracker.emit("start", 0, f"calibrating on {len(paths)} healthy volume(s)")
+    scored = []
+    for i, path in enumerate(paths):
+        prepared = prepare_volume(read_image(path), record.preprocess, name=str(path))
+        reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
+        scored.append(score_volume(prepared, reconstruction, record.detection))
+        tracker.emit("progress", i + 1, f"{path.name} ({i + 1}/{len(paths)})")
+    record.calibration = {**calibrate_threshold(scored, record.detection.target_fpr),
+                          "calibrated_on": [p.name for p in paths]}
+    save_model(target, model.network, record)
+    tracker.emit("done", len(paths), f"threshold {record.threshold:.5f}; model saved to {target}",
+                 outputs={"model": str(target)})
+    return target
 
 
 def describe_model(model_path: Union[str, Path]) -> Dict[str, object]:

@@ -67,8 +67,13 @@ def _add_train(sub) -> None:
     p.add_argument("--size", type=int, nargs=3, default=[128, 128, 112], help="model grid size, voxels (x y z)")
     p.add_argument("--patch-size", type=int, nargs=3, default=[64, 64, 64], help="3D patch size (x y z)")
     p.add_argument("--normalization", choices=("percentile", "zscore"), default="percentile")
+    p.add_argument("--foreground", choices=("otsu", "template"), default="otsu",
+                   help="otsu: bright region with holes filled; template: brain from registration to the MNI "
+                        "template (brain MRI with or without skull)")
     p.add_argument("--residual", choices=("abs", "positive", "negative"), default="abs",
                    help="which residual sign counts as anomalous (positive: brighter than expected)")
+    p.add_argument("--score", choices=("residual", "ssim"), default="residual",
+                   help="anomaly map: intensity residual, or 1 - local SSIM")
     p.add_argument("--target-fpr", type=float, default=0.002,
                    help="share of healthy validation voxels allowed above the automatic threshold")
     p.add_argument("--validation-fraction", type=float, default=0.2)
@@ -113,6 +118,20 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="re-estimate a model's threshold on your own healthy scans",
+                       description="Thresholds do not transfer between scanners and protocols: calibrate the "
+                                   "model on healthy scans of your site and write a copy with the new threshold.")
+    p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
+    p.add_argument("--healthy", nargs="+", required=True, help="healthy volumes (files, folders or globs)")
+    p.add_argument("--out", required=True, help="model file to write (refused if it exists, see --overwrite)")
+    p.add_argument("--target-fpr", type=float, help="share of healthy voxels allowed above the threshold")
+    p.add_argument("--foreground", choices=("otsu", "template"),
+                   help="template: brain extraction by registration to the MNI template (heads with skull)")
+    p.add_argument("--overwrite", action="store_true")
+    _common(p)
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="generate a subject with a synthetic lesion and detect it (no downloads)")
     p.add_argument("--output-dir", default="demo_out")
@@ -122,12 +141,77 @@ def _add_demo(sub) -> None:
     _common(p)
 
 
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="write latent codes of volumes for downstream tasks",
+                       description="One row per volume (mean of its slices' codes, each average-pooled per channel; "
+                                   "a VAE's mean) and with --per-slice one row per slice; column 'slice' is -1 for "
+                                   "a volume's row.")
+    p.add_argument("inputs", nargs="+", help="volume files, folders or glob patterns")
+    p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
+    p.add_argument("--out", required=True, help="feature table to write (.csv or .npy)")
+    p.add_argument("--per-slice", action="store_true", help="add one row per axial slice (2D models)")
+    p.add_argument("--format", choices=("csv", "npy"), help="table format (default: from --out's suffix)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="cross-validate a classifier on latent features",
+                       description="Stratified k-fold cross-validation of a scikit-learn classifier on the volume "
+                                   "rows of a feature table; accuracy and AUROC with 95%% confidence intervals from "
+                                   "a stratified bootstrap over the out-of-fold predictions.")
+    p.add_argument("--features", required=True, help="table written by 'features' (.csv or .npy)")
+    p.add_argument("--labels", required=True, help="CSV with columns file,label (files matched by name)")
+    p.add_argument("--classifier", choices=("logreg", "forest"), default="logreg",
+                   help="logreg: standardised logistic regression; forest: random forest")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="write a PNG of the latent space (PCA of the features) coloured by label")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate slices from a VAE's prior",
+                       description="Decode codes drawn from N(0, I); writes samples.nii.gz (slice stack, model grid "
+                                   "spacing, normalised intensities) and samples.png.")
+    p.add_argument("--model", required=True, help="VAE model file (2D)")
+    p.add_argument("--n", type=int, default=8, help="number of slices")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate", help="decode a straight line between the codes of two volumes",
+                       description="Linear interpolation between the codes (a VAE's means) of the central axial "
+                                   "foreground slice of two volumes; writes interpolation.nii.gz and "
+                                   "interpolation.png. Needs a 2D ae, sparse or vae model.")
+    p.add_argument("inputs", nargs=2, metavar="VOLUME", help="the two volumes")
+    p.add_argument("--model", required=True, help="model file (2D ae, sparse or vae)")
+    p.add_argument("--steps", type=int, default=8, help="slices from the first to the second, both included")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model as TorchScript or ONNX with a JSON sidecar",
+                       description="The module maps model-grid input to the reconstruction; <out>.json keeps the "
+                                   "preprocessing, detection settings and threshold for deployment.")
+    p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.ts or model.onnx")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m MedAutoencoderLib",
                                      description="Autoencoders for unsupervised anomaly detection in medical volumes.")
     parser.add_argument("--version", action="version", version=f"MedAutoencoderLib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_detect, _add_evaluate, _add_info, _add_demo):
+    for add in (_add_train, _add_detect, _add_evaluate, _add_info, _add_demo, _add_calibrate, _add_features,
+                _add_classify, _add_sample, _add_interpolate, _add_export):
         add(sub)
     return parser
 
@@ -138,8 +222,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                         sparsity=args.sparsity, kl_weight=args.kl_weight, noise=args.noise,
                         noise_std=args.noise_std, reconstruction_loss=args.loss)
     preprocess = PreprocessConfig(spacing=tuple(args.spacing), size=tuple(args.size),
-                                  normalization=args.normalization)
-    detection = DetectionConfig(residual=args.residual, target_fpr=args.target_fpr)
+                                  normalization=args.normalization, foreground=args.foreground)
+    detection = DetectionConfig(score=args.score, residual=args.residual, target_fpr=args.target_fpr)
     return TrainConfig(data=list(args.data), out=args.out, model=model, preprocess=preprocess,
                        detection=detection, epochs=args.epochs, max_minutes=args.max_minutes,
                        batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -207,7 +291,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  type: {card['model']['name']} {card['model']['spatial_dims']}D, channels {card['model']['channels']}, "
           f"{card['parameters']:,} parameters, loss {card['model']['reconstruction_loss']}")
     print(f"  preprocessing: spacing {card['preprocess']['spacing']} mm, grid {card['preprocess']['size']}, "
-          f"{card['preprocess']['normalization']} normalisation")
+          f"{card['preprocess']['normalization']} normalisation, {card['preprocess'].get('foreground', 'otsu')} foreground")
     print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
     print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "
           f"stopped by {training.get('stop_reason')}, best validation loss {training.get('best_val_loss')}")
@@ -215,6 +299,15 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  threshold: {threshold if threshold is not None else 'not calibrated'}"
           + (f" (voxel FPR {calibration['target_fpr']} on {calibration['healthy_volumes']} healthy volume(s))"
              if threshold is not None else ""))
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import DEFAULT_MODEL, calibrate_model
+
+    calibrate_model(args.model or DEFAULT_MODEL, args.healthy, args.out, target_fpr=args.target_fpr,
+                    foreground=args.foreground, device=args.device, overwrite=args.overwrite,
+                    progress=make_reporter(args.progress))
     return 0
 
 
@@ -230,8 +323,74 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.features import extract_features, write_features
+    from MedAutoencoderLib.io import find_volumes, refuse_overwrite
+
+    if not args.overwrite:
+        refuse_overwrite([Path(args.out)])
+    model = load_model(args.model, device=args.device)
+    table = extract_features(model, find_volumes(args.inputs), per_slice=args.per_slice)
+    path = write_features(table, args.out, args.format)
+    print(f"wrote {len(table.files)} row(s) of {table.values.shape[1]} features to {path}")
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
+    from MedAutoencoderLib.features import read_features
+
+    features, labels, _ = labelled_features(read_features(args.features), read_labels(args.labels))
+    config = ClassifyConfig(classifier=args.classifier, folds=args.folds, bootstrap_resamples=args.bootstrap,
+                            seed=args.seed)
+    print(cross_validate(features, labels, config).format())
+    if args.plot:
+        from MedAutoencoderLib.latent_plot import plot_latent_pca
+
+        print(f"latent space plot: {plot_latent_pca(features, labels, args.plot)}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.generation import sample_prior, write_generated
+
+    model = load_model(args.model, device=args.device)
+    images = sample_prior(model, args.n, args.seed)
+    written = write_generated(images, model, args.output_dir, "samples", min(args.n, 8), args.overwrite)
+    print(f"wrote {args.n} sample(s): {written['volume']}, {written['picture']}")
+    return 0
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.generation import interpolate, write_generated
+    from MedAutoencoderLib.io import read_image
+
+    model = load_model(args.model, device=args.device)
+    first, second = (read_image(path) for path in args.inputs)
+    images = interpolate(model, first, second, args.steps, names=tuple(args.inputs))
+    written = write_generated(images, model, args.output_dir, "interpolation", args.steps, args.overwrite)
+    print(f"wrote {args.steps} interpolation step(s): {written['volume']}, {written['picture']}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.export import export_model
+
+    written = export_model(load_model(args.model, device="cpu"), args.out, args.format, args.overwrite)
+    print(f"wrote {written['module']} ({args.format}) and {written['sidecar']}")
+    return 0
+
+
 COMMANDS = {"train": run_train, "detect": run_detect, "evaluate": run_evaluate, "info": run_info,
-            "demo": run_demo}
+            "demo": run_demo, "calibrate": run_calibrate,
+            "features": run_features, "classify": run_classify, "sample": run_sample,
+            "interpolate": run_interpolate, "export": run_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -52,8 +52,11 @@ class PreprocessConfig:
     upper_percentile: float = 99.0
     clip_max: float = 1.5  # normalised intensities are clipped to [0, clip_max] ("percentile" only)
     mask_min_fraction: float = 0.05  # 2D training keeps slices whose foreground covers at least this share
+    foreground: str = "otsu"  # "otsu": bright region, holes filled; "template": brain from the MNI template
 
     def validate(self) -> None:
+        if self.foreground not in ("otsu", "template"):
+            raise ConfigurationError(f"foreground must be 'otsu' or 'template', not {self.foreground!r}")
         if self.normalization not in ("percentile", "zscore"):
             raise ConfigurationError(f"normalization must be 'percentile' or 'zscore', not {self.normalization!r}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -105,6 +108,7 @@ class ModelConfig:
 class DetectionConfig:
     """How a reconstruction becomes an anomaly map and mask; stored in the model, overridable per run."""
 
+    score: str = "residual"  # "residual": intensity difference; "ssim": 1 - local SSIM (texture changes)
     residual: str = "abs"  # "abs", "positive" (hyperintense targets) or "negative" (hypointense targets)
     median_size: int = 5  # in-plane median filter of the residual (Kascenas 2022; Baur 2021)
     mask_erosion_mm: float = 3.0  # edges of the foreground reconstruct badly: score only inside the eroded mask
@@ -113,6 +117,8 @@ class DetectionConfig:
     batch_size: int = 32  # slices (2D) or patches (3D) per forward pass
 
     def validate(self) -> None:
+        if self.score not in ("residual", "ssim"):
+            raise ConfigurationError(f"score must be 'residual' or 'ssim', not {self.score!r}")
         if self.residual not in ("abs", "positive", "negative"):
             raise ConfigurationError(f"residual must be 'abs', 'positive' or 'negative', not {self.residual!r}")
         if not 0 < self.target_fpr < 1:

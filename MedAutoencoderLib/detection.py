@@ -42,10 +42,28 @@ class DetectionResult:
     summary: Dict[str, Any]
 
 
+def structural_dissimilarity(image: np.ndarray, reconstruction: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """1 - local SSIM per axial slice (Gaussian window), for anomalies that change texture more than intensity.
+
+    Written with scipy filters because MONAI's SSIM returns a map cropped by the window (valid convolution),
+    which would not line up with the volume."""
+    blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma, sigma), mode="nearest")  # noqa: E731
+    c1, c2 = 0.01 ** 2, 0.03 ** 2  # data range 1: intensities are normalised
+    mu_x, mu_y = blur(image), blur(reconstruction)
+    var_x = blur(image * image) - mu_x ** 2
+    var_y = blur(reconstruction * reconstruction) - mu_y ** 2
+    cov = blur(image * reconstruction) - mu_x * mu_y
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return (1.0 - ssim).astype(np.float32)
+
+
 def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: DetectionConfig) -> ScoredVolume:
-    """Residual (signed as configured), median filtered per slice, inside the eroded foreground."""
+    """Residual (signed as configured) or structural dissimilarity, median filtered per slice, inside the
+    eroded foreground."""
     residual = prepared.image - reconstruction
-    if config.residual == "abs":
+    if config.score == "ssim":
+        residual = structural_dissimilarity(prepared.image, reconstruction)
+    elif config.residual == "abs":
         residual = np.abs(residual)
     elif config.residual == "positive":
         residual = np.maximum(residual, 0.0)

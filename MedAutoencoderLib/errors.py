@@ -15,6 +15,10 @@ class InputImageError(MedAutoencoderError):
     """An input volume cannot be used (unreadable, not 3D scalar, empty, NaN, constant...)."""
 
 
+class TableFileError(MedAutoencoderError):
+    """A table the user gave (features, labels) is missing, malformed or does not match another one."""
+
+
 class ModelFileError(MedAutoencoderError):
     """A model file is missing, corrupt, not one of ours, or incompatible with this library."""
 

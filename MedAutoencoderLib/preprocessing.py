@@ -8,7 +8,7 @@ land exactly on the input grid whatever its direction matrix or spacing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -140,16 +140,31 @@ def normalise(values: np.ndarray, foreground: np.ndarray,
     return np.where(foreground, result, 0.0).astype(np.float32), offset, scale
 
 
+def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.ndarray, Optional[sitk.Transform]]:
+    """Where to centre the model grid and, for ``foreground="template"``, the template-to-image transform."""
+    if config.foreground == "otsu":
+        return foreground_centroid(image), None
+    from MedAutoencoderLib.brain_mask import template_brain_centroid, template_to_image_transform
+
+    transform = template_to_image_transform(image)
+    return np.array(transform.TransformPoint(template_brain_centroid())), transform
+
+
 def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input") -> PreparedVolume:
-    """Resample ``image`` onto the model grid, find its foreground and normalise it."""
+    """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground="template"``)
+    and normalise it."""
     try:
-        centre = foreground_centroid(image)
+        centre, template_to_image = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         resampled = sitk.Resample(
             sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
             float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0)), sitk.sitkFloat32,
         )
         foreground = sitk.GetArrayFromImage(otsu_foreground(resampled)).astype(bool)
+        if template_to_image is not None:
+            from MedAutoencoderLib.brain_mask import template_brain_mask_on
+
+            foreground &= template_brain_mask_on(grid, template_to_image)
         values = sitk.GetArrayFromImage(resampled)
         normalised, offset, scale = normalise(values, foreground, config)
     except InputImageError as exc:

@@ -1,10 +1,11 @@
 """Training samples from prepared volumes: axial slices (2D models) or foreground patches (3D models).
 
 Samples are MONAI dictionaries (``image``, ``mask``) so that augmentation and cropping are MONAI transforms.
+In data-parallel training each process loads its own share of the samples (see :mod:`distributed`).
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,8 +18,11 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     Randomizable,
 )
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import DistributedSampler, Subset
 
 from MedAutoencoderLib.config import ModelConfig, PreprocessConfig
+from MedAutoencoderLib.distributed import DistributedContext
 from MedAutoencoderLib.preprocessing import PreparedVolume
 
 _PATCHES_PER_VOLUME = 8  # 3D: random foreground patches drawn from each volume per epoch
@@ -50,10 +54,34 @@ def volume_samples(volumes: Sequence[PreparedVolume]) -> List[dict]:
     return [{"image": v.image[None], "mask": v.foreground[None].astype(np.float32)} for v in volumes]
 
 
+def _sharded(dataset: Dataset, shuffle: bool, seed: int,
+             context: DistributedContext) -> Tuple[TorchDataset, Optional[DistributedSampler]]:
+    """This rank's share of ``dataset`` and the sampler that draws it.
+
+    Training (``shuffle``) uses a :class:`DistributedSampler`: one permutation per epoch shared by all ranks
+    (same ``seed``), split into equal shares (padded by repeats) so that every rank takes the same number of
+    steps, as DDP requires. Evaluation takes every ``world_size``-th sample without padding, so that the
+    all-reduced loss is exactly the loss of the whole set (a rank may get no samples at all).
+    """
+    if context.world_size == 1:
+        return dataset, None
+    if shuffle:
+        return dataset, DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank,
+                                           shuffle=True, seed=seed)
+    return Subset(dataset, range(context.rank, len(dataset), context.world_size)), None
+
+
+def start_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell a distributed sampler the epoch, so that each epoch gets its own (rank-consistent) shuffle."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
 def make_loader(volumes: Sequence[PreparedVolume], model: ModelConfig, preprocess: PreprocessConfig,
                 batch_size: int, augment: bool, seed: int, shuffle: bool = True,
-                num_workers: int = 0) -> DataLoader:
-    """A loader of ``{"image", "mask"}`` batches of shape (B, 1, *spatial)."""
+                num_workers: int = 0, context: DistributedContext = DistributedContext()) -> DataLoader:
+    """A loader of ``{"image", "mask"}`` batches of shape (B, 1, *spatial); under torchrun, of this rank's
+    share, with random transforms seeded per rank."""
     transforms: List = []
     if model.spatial_dims == 2:
         data = slice_samples(volumes, preprocess)
@@ -65,10 +93,12 @@ def make_loader(volumes: Sequence[PreparedVolume], model: ModelConfig, preproces
     transforms += _augmentation(augment, model.spatial_dims)
     transforms.append(EnsureTyped(keys=("image", "mask"), track_meta=False))
     pipeline = Compose(transforms)
+    rank_seed = context.rank_seed(seed)
     for transform in pipeline.transforms:
         if isinstance(transform, Randomizable):
-            transform.set_random_state(seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(Dataset(data, pipeline), batch_size=batch_size, shuffle=shuffle,
+            transform.set_random_state(seed=rank_seed)
+    dataset, sampler = _sharded(Dataset(data, pipeline), shuffle, seed, context)
+    generator = torch.Generator().manual_seed(rank_seed)  # also seeds the loader processes' transforms
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=num_workers, collate_fn=list_data_collate, generator=generator,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

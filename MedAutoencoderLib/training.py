@@ -5,6 +5,10 @@ validation loss, or a cooperative cancel (callback, SIGINT/SIGTERM through the c
 The best model so far is always on disk; at the end (also after a cancel) the best weights are reloaded and the
 anomaly threshold is calibrated on the held-out healthy volumes, so that a finished or cancelled run leaves a
 usable model.
+
+Launched by ``torchrun`` the same loop trains data-parallel (see :mod:`distributed`): each process trains a
+DDP copy on its share of the samples, losses are averaged over all processes, stop decisions come from rank 0,
+and only rank 0 writes the model file, calibrates and reports progress.
 """
 from __future__ import annotations
 
@@ -21,9 +25,9 @@ from torch import nn
 
 from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload, save_model
 from MedAutoencoderLib.config import TrainConfig
-from MedAutoencoderLib.samples import make_loader
 from MedAutoencoderLib.detection import calibrate_threshold, score_volume
-from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory, resolve_device
+from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
+from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import find_volumes, read_image
@@ -32,6 +36,7 @@ from MedAutoencoderLib.networks import build_network
 from MedAutoencoderLib.noise import corrupt
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
+from MedAutoencoderLib.samples import make_loader, start_epoch
 
 StopRequest = Callable[[], bool]
 
@@ -81,7 +86,8 @@ class Trainer:
         self.out = Path(config.out)
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
-        self.device = resolve_device(config.device)
+        self.context = context_from_environment()
+        self.device = training_device(config.device, self.context)
         self.state = TrainingState()
         self.started = time.monotonic()
 
@@ -104,6 +110,7 @@ class Trainer:
         else:
             self.network = build_network(self.config.model)
         self.network.to(self.device)
+        self.training_network = parallel_network(self.network, self.context, self.device)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.config.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._needs_grad_scaling())
@@ -140,13 +147,13 @@ class Trainer:
         return image
 
     def _train_epoch(self, loader, tracker: ProgressTracker, generator: torch.Generator) -> float:
-        self.network.train()
+        self.training_network.train()
         total, count = 0.0, 0
         steps = len(loader)
         for step, batch in enumerate(loader):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device):
-                outputs = self.network(self._model_input(batch, generator))
+                outputs = self.training_network(self._model_input(batch, generator))
                 outputs["reconstruction"] = outputs["reconstruction"].float()
                 loss = self.loss(outputs, batch["image"])["total"]
             if not torch.isfinite(loss):
@@ -161,9 +168,9 @@ class Trainer:
             done = self.state.epoch + (step + 1) / steps
             tracker.emit("progress", done, f"epoch {self.state.epoch + 1}/{self.config.epochs} "
                          f"loss {total / count:.5f}", epoch=self.state.epoch + 1, step=step + 1, steps=steps)
-            if self._stop_requested() or self._out_of_time():
+            if self.context.decided_by_rank_zero(self._stop_requested() or self._out_of_time()):
                 break
-        return total / max(count, 1)
+        return self.context.mean_over_ranks(total, count, self.device)
 
     def _validation_loss(self, loader) -> float:
         self.network.eval()
@@ -178,7 +185,7 @@ class Trainer:
                     loss = self.loss(outputs, batch["image"])["reconstruction"]
                 total += loss.item() * len(batch["image"])
                 count += len(batch["image"])
-        return total / max(count, 1)
+        return self.context.mean_over_ranks(total, count, self.device)
 
     def _record(self, calibration: Optional[Dict[str, Any]] = None) -> ModelRecord:
         return ModelRecord(model=self.config.model, preprocess=self.config.preprocess,
@@ -188,6 +195,7 @@ class Trainer:
                                      "stop_reason": self.state.stop_reason, "device": str(self.device),
                                      "seconds": round(time.monotonic() - self.started, 1),
                                      "seed": self.config.seed, "batch_size": self.config.batch_size,
+                                     "processes": self.context.world_size,
                                      "learning_rate": self.config.learning_rate})
 
     def _training_state(self) -> Dict[str, Any]:
@@ -202,13 +210,26 @@ class Trainer:
         if val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
             self.state.epochs_without_improvement = 0
-            save_model(self.out, self.network, self._record(), self._training_state())
+            if self.context.is_main:
+                save_model(self.out, self.network, self._record(), self._training_state())
         else:
             self.state.epochs_without_improvement += 1
 
+    def _stop_reason(self) -> str:
+        """Why the run should end after this epoch ("" to go on); rank 0's answer holds for all ranks."""
+        reason = ""
+        if self._stop_requested():
+            reason = "cancelled"
+        elif self._out_of_time():
+            reason = "time budget"
+        elif self.state.epochs_without_improvement >= self.config.patience:
+            reason = "early stopping"
+        return self.context.decided_by_rank_zero(reason)
+
     def _loop(self, train_loader, val_loader, tracker: ProgressTracker) -> None:
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(self.context.rank_seed(self.config.seed))
         while self.state.epoch < self.config.epochs:
+            start_epoch(train_loader, self.state.epoch)
             with explain_out_of_memory("training", self.config.batch_size):
                 train_loss = self._train_epoch(train_loader, tracker, generator)
                 val_loss = self._validation_loss(val_loader)
@@ -216,12 +237,7 @@ class Trainer:
             tracker.emit("progress", self.state.epoch, f"epoch {self.state.epoch}/{self.config.epochs} "
                          f"train {train_loss:.5f} val {val_loss:.5f}", epoch=self.state.epoch,
                          train_loss=train_loss, val_loss=val_loss)
-            if self._stop_requested():
-                self.state.stop_reason = "cancelled"
-            elif self._out_of_time():
-                self.state.stop_reason = "time budget"
-            elif self.state.epochs_without_improvement >= self.config.patience:
-                self.state.stop_reason = "early stopping"
+            self.state.stop_reason = self._stop_reason()
             if self.state.stop_reason:
                 return
         self.state.stop_reason = "epochs"
@@ -238,8 +254,13 @@ class Trainer:
         return calibration
 
     def run(self) -> Path:
-        self._check_output()
-        tracker = ProgressTracker(self.progress, total=self.config.epochs)
+        with process_group(self.context, self.device):
+            return self._run()
+
+    def _run(self) -> Path:
+        if self.context.is_main:  # the only writer
+            self._check_output()
+        tracker = ProgressTracker(self.progress if self.context.is_main else None, total=self.config.epochs)
         tracker.emit("start", 0, f"training {self.config.model.name} on {self.device}")
         paths = find_volumes(self.config.data)
         train_paths, val_paths = split_volumes(paths, self.config.validation_fraction, self.config.seed)
@@ -247,7 +268,7 @@ class Trainer:
                              "validation_files": [p.name for p in val_paths],
                              "validation_is_held_out": set(train_paths).isdisjoint(val_paths)}
         self._build()
-        if self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
+        if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
             save_model(self.out, self.network, self._record(), self._training_state())
@@ -256,12 +277,14 @@ class Trainer:
             prepare_all(val_paths, self.config, tracker)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,
                       batch_size=self.config.batch_size, seed=self.config.seed,
-                      num_workers=self.config.num_workers)
+                      num_workers=self.config.num_workers, context=self.context)
         train_loader = make_loader(train_volumes, augment=self.config.augment, **common)
         val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
         if len(train_loader) == 0:
             raise ConfigurationError("no training samples: the volumes' foreground is empty on the model grid")
         self._loop(train_loader, val_loader, tracker)
+        if not self.context.is_main:  # no barrier: calibration may outlast the process group's timeout
+            return self.out
         calibration = self._calibrate(val_volumes, tracker)
         save_model(self.out, self.network, self._record(calibration), self._training_state())
         if self.state.stop_reason == "cancelled":

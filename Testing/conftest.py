@@ -107,3 +107,14 @@ def dae_model(dae_model_path):
     from MedAutoencoderLib.api import load_model
 
     return load_model(dae_model_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def vae_model_path(toy_cohort, tmp_path_factory) -> Path:
+    """A tiny 2D VAE (two levels, 4-channel code), trained for two epochs: enough to sample and encode."""
+    from MedAutoencoderLib.api import train_model
+
+    out = tmp_path_factory.mktemp("models") / "vae.pt"
+    return train_model(TrainConfig(
+        data=[str(toy_cohort)], out=str(out), model=ModelConfig(name="vae", channels=(8, 16), latent_channels=4),
+        preprocess=PreprocessConfig(spacing=(1.5,) * 3, size=(32, 32, 32)), epochs=2, augment=False, device="cpu"))

@@ -24,6 +24,7 @@ REAL_CASES = {
     "BraTS glioma (T1 native)": ("brats_glioma_case/t1n.nii.gz", "brats_glioma_case/tumor_segmentation.nii.gz"),
     "MS patient 26 (T1)": ("ms_lesion_patient26/T1.nii.gz", "ms_lesion_patient26/lesion_mask.nii.gz"),
 }
+REAL_HEALTHY = {"healthy T1 head with skull (CC BY-NC, evaluation only)": "healthy_t1_head/chris_t1.nii.gz"}
 
 
 def synthetic_pairs(folder: Path, per_kind: int, seed: int) -> Dict[str, List[Tuple[Path, Path]]]:
@@ -65,6 +66,9 @@ def main() -> None:
     if SHARED_DATA.is_dir():
         for name, (image, mask) in REAL_CASES.items():
             reports[name] = evaluate_model(model, [(SHARED_DATA / image, SHARED_DATA / mask)], [])
+            print(f"\n== {name} ==\n{format_report(reports[name])}", flush=True)
+        for name, image in REAL_HEALTHY.items():
+            reports[name] = evaluate_model(model, [], [str(SHARED_DATA / image)])
             print(f"\n== {name} ==\n{format_report(reports[name])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({k: headline(v) | {"cases": v["cases"]} for k, v in reports.items()},

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib.api import detect_image, load_model, train_model
+from MedAutoencoderLib.api import calibrate_model, detect_image, load_model, train_model
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, TrainConfig
 from MedAutoencoderLib.evaluation import evaluate_model, format_report
 from MedAutoencoderLib.synthetic import make_cohort
@@ -60,6 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--subjects", type=int, default=48, help="healthy training + validation subjects")
+    parser.add_argument("--calibration-subjects", type=int, default=10,
+                        help="new healthy subjects on which the released threshold is calibrated")
     parser.add_argument("--eval-lesioned", type=int, default=20)
     parser.add_argument("--eval-healthy", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=40)
@@ -77,6 +79,8 @@ def main() -> None:
     healthy = generate(args.out_dir / "healthy", args.subjects, args.seed, False, args.workers)
     lesioned = generate(args.out_dir / "test_lesioned", args.eval_lesioned, args.seed + 10_000, True, args.workers)
     controls = generate(args.out_dir / "test_healthy", args.eval_healthy, args.seed + 20_000, False, args.workers)
+    calibration = generate(args.out_dir / "calibration", args.calibration_subjects, args.seed + 30_000, False,
+                           args.workers)
     print(f"generated data in {time.time() - started:.0f} s", flush=True)
 
     base = args.base_channels
@@ -90,9 +94,14 @@ def main() -> None:
         validation_fraction=0.2, patience=10, seed=args.seed, device=args.device, num_workers=args.workers,
     )
     started = time.time()
-    model_path = train_model(config, progress=lambda e: print(e["message"], flush=True)
-                             if e["event"] != "progress" or "train" in e["message"] else None)
+    trained = train_model(config, progress=lambda e: print(e["message"], flush=True)
+                          if e["event"] != "progress" or "train" in e["message"] else None)
     train_seconds = time.time() - started
+    # The released model extracts the brain by registration to the template, so that heads with skull work too,
+    # and its threshold is calibrated with that preprocessing on subjects it has never seen. (Training used the
+    # Otsu foreground: on these skull-stripped subjects both give the brain.) The copy has no optimizer state.
+    model_path = calibrate_model(trained, calibration, args.out_dir / "release" / "default_brain_t1.pt",
+                                 foreground="template", device=args.device, overwrite=True)
 
     model = load_model(model_path, device=args.device)
     pairs = [(Path(p), Path(p).with_name(Path(p).name.replace(".nii.gz", "_mask.nii.gz"))) for p in lesioned]

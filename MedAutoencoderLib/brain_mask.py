@@ -1,0 +1,109 @@
+"""Brain mask of a head MRI from an affine registration to the bundled MNI template (SimpleITK).
+
+Why: a brain model must score the brain only, whether the user's scan is skull-stripped or a whole head. An
+Otsu foreground of a whole head includes skull and scalp, which a model trained on brains flags as anomalous.
+Registering the template (skull-stripped, with its brain mask) to the scan and carrying the mask over gives the
+brain region for both cases; intersected with the scan's own foreground it also stays tight on skull-stripped
+scans. Affine (not deformable) registration keeps it robust and takes about a second on two cores.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import SimpleITK as sitk
+
+from MedAutoencoderLib.errors import InputImageError
+
+_SAMPLING_SHARE = 0.05  # share of template voxels used by the metric at each level
+_REGISTRATION_SPACING_MM = 2.0  # both images are registered on a 2 mm copy: the mask needs millimetres only
+_SHRINK = (2, 1)  # multi-resolution levels on those copies: 4 mm, then 2 mm
+_SMOOTHING_MM = (2.0, 1.0)
+_MASK_MARGIN_MM = 8  # the metric sees the brain plus this margin of the template: skull does not pull on it
+
+
+@lru_cache(maxsize=1)
+def _template_and_mask() -> tuple:
+    from MedAutoencoderLib.synthetic import load_template, template_brain_mask
+
+    template = load_template()
+    return template, template_brain_mask(template)
+
+
+def coarse_copy(image: sitk.Image, spacing_mm: float = _REGISTRATION_SPACING_MM) -> sitk.Image:
+    """``image`` smoothed and resampled to about ``spacing_mm`` (same direction and extent), float32."""
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    if max(factors) == 1:
+        return sitk.Cast(image, sitk.sitkFloat32)
+    sigma = [0.5 * f * s for f, s in zip(factors, image.GetSpacing())]
+    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma), factors)
+
+
+@lru_cache(maxsize=1)
+def _coarse_template_and_region() -> tuple:
+    template, mask = _template_and_mask()
+    coarse_mask = sitk.Resample(mask, coarse_copy(template), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return coarse_copy(template), _metric_region(coarse_mask)
+
+
+@lru_cache(maxsize=1)
+def template_brain_centroid() -> tuple:
+    """Physical centroid (LPS, mm) of the template's brain mask."""
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(_template_and_mask()[1])
+    return stats.GetCentroid(1)
+
+
+def _metric_region(mask: sitk.Image) -> sitk.Image:
+    radius = [int(round(_MASK_MARGIN_MM / s)) for s in mask.GetSpacing()]
+    return sitk.BinaryDilate(mask, radius)
+
+
+def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, transform: sitk.Transform,
+              seed: int) -> sitk.Transform:
+    """Optimise ``transform`` in place (Mattes mutual information, multi-resolution) and return it."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(_SAMPLING_SHARE, seed)
+    method.SetMetricFixedMask(fixed_region)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=150,
+                                                    relaxationFactor=0.6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(_SHRINK))
+    method.SetSmoothingSigmasPerLevel(list(_SMOOTHING_MM))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(fixed, moving)
+    return transform
+
+
+def template_to_image_transform(image: sitk.Image, seed: int = 0) -> sitk.Transform:
+    """Affine transform mapping template points to ``image`` points (similarity first, then full affine)."""
+    template, region = _coarse_template_and_region()
+    moving = coarse_copy(image)
+    initial = sitk.CenteredTransformInitializer(template, moving, sitk.Similarity3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    try:
+        similarity = _register(template, moving, region, initial, seed)
+    except RuntimeError as exc:
+        raise InputImageError(f"registration to the brain template failed ({str(exc).splitlines()[-1][:120]})") from None
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(similarity.GetMatrix())
+    affine.SetTranslation(similarity.GetTranslation())
+    affine.SetCenter(similarity.GetCenter())
+    try:
+        return _register(template, moving, region, affine, seed)
+    except RuntimeError:  # the affine refinement is optional: the similarity result already places the brain
+        affine.SetMatrix(similarity.GetMatrix())
+        affine.SetTranslation(similarity.GetTranslation())
+        return affine
+
+
+def template_brain_mask_on(reference: sitk.Image, template_to_image: sitk.Transform) -> np.ndarray:
+    """The template's brain mask carried onto ``reference``'s grid, as a (z, y, x) boolean array."""
+    _, mask = _template_and_mask()
+    image_to_template = template_to_image.GetInverse()
+    carried = sitk.Resample(mask, reference, image_to_template, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayViewFromImage(carried) > 0

@@ -1,0 +1,141 @@
+"""Exporting a model for deployment without this library's Python code: TorchScript or ONNX plus a JSON sidecar.
+
+The exported module maps a batch of model-grid input ``(B, 1, y, x)`` (2D) or ``(B, 1, z, y, x)`` patches (3D) to
+the network's reconstruction output of the same shape (logits for models trained with the BCE loss: the sidecar
+says ``"activation": "sigmoid"``). Everything else a deployment must reproduce - resampling onto the model grid,
+normalisation, residual and filtering, erosion, the calibrated threshold - is not a network operation, so it is
+written beside the module as ``<file>.json`` in the same plain form as the model file. :func:`load_exported`
+reads both back into a :class:`LoadedModel`, so the library's own detection runs on the exported module (which
+is how the export is verified).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import torch
+from torch import nn
+
+from MedAutoencoderLib import __version__
+from MedAutoencoderLib.api import LoadedModel
+from MedAutoencoderLib.checkpoint import ModelRecord, record_from_payload
+from MedAutoencoderLib.config import to_plain
+from MedAutoencoderLib.device import resolve_device
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+from MedAutoencoderLib.io import refuse_overwrite
+
+EXPORT_FORMATS = ("torchscript", "onnx")
+SIDECAR_FORMAT = "MedAutoencoder-export"
+
+
+class ReconstructionOnly(nn.Module):
+    """The network with a tensor-in, tensor-out signature (tracing and ONNX want tensors, not dicts)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)["reconstruction"]
+
+
+class ExportedNetwork(nn.Module):
+    """A loaded TorchScript module behind the library's network interface (a dict with ``reconstruction``)."""
+
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"reconstruction": self.module(x)}
+
+
+def input_shape(record: ModelRecord, batch: int = 2) -> Tuple[int, ...]:
+    """Shape of an example input batch: axial slices of the model grid (2D) or patches (3D), (z, y, x) order."""
+    if record.model.spatial_dims == 2:
+        size_x, size_y, _ = record.preprocess.size
+        return (batch, 1, size_y, size_x)
+    return (batch, 1, *reversed(record.model.patch_size))
+
+
+def sidecar(record: ModelRecord, source: Path, fmt: str) -> Dict[str, Any]:
+    """Everything besides the network that detection needs, as plain data (readable by ``record_from_payload``)."""
+    shape = input_shape(record)
+    axes = "batch, channel, y, x" if record.model.spatial_dims == 2 else "batch, channel, z, y, x"
+    return {
+        "format": SIDECAR_FORMAT,
+        "library_version": __version__,
+        "source_model": str(source),
+        "export": {
+            "format": fmt,
+            "input": {"name": "image", "axes": axes, "shape": ["batch", *shape[1:]], "dtype": "float32",
+                      "what": "model-grid input after the 'preprocess' resampling and normalisation"},
+            "output": {"name": "reconstruction", "shape": "as the input",
+                       "activation": "sigmoid" if record.model.reconstruction_loss == "bce" else "none"},
+            "threshold": record.threshold,
+        },
+        "model": to_plain(record.model),
+        "preprocess": to_plain(record.preprocess),
+        "detection": to_plain(record.detection),
+        "calibration": dict(record.calibration),
+        "training": {k: v for k, v in record.training.items() if k != "history"},
+    }
+
+
+def sidecar_path(path: Union[str, Path]) -> Path:
+    return Path(f"{path}.json")
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it; fail with advice rather than deep inside torch)
+    except ImportError:
+        raise ConfigurationError("ONNX export needs the onnx package: pip install 'MedAutoencoderLib[onnx]'") from None
+    try:
+        torch.onnx.export(wrapper, (example,), str(out), input_names=["image"], output_names=["reconstruction"],
+                          dynamic_axes={"image": {0: "batch"}, "reconstruction": {0: "batch"}}, dynamo=False)
+    except Exception as exc:  # the exporter fails in many ways for unsupported operators
+        out.unlink(missing_ok=True)
+        raise ConfigurationError(f"ONNX export of this model failed ({str(exc).splitlines()[0][:200]}); "
+                                 "use --format torchscript") from None
+
+
+def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscript",
+                 overwrite: bool = False) -> Dict[str, str]:
+    """Write the exported network to ``out`` and its sidecar to ``out.json``; returns both paths."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigurationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+    out = Path(out)
+    meta = sidecar_path(out)
+    if not overwrite:
+        refuse_overwrite([out, meta], protected=[model.path] if model.path else [])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ReconstructionOnly(model.network).eval()
+    example = torch.rand(input_shape(model.record), device=model.device)
+    # tracer and exporter warnings concern shape-dependent Python branches and the exporter's own roadmap; the
+    # export's equivalence with the Python model is what the tests check, so users are not shown them
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(wrapper, example), str(out))
+        else:
+            _export_onnx(wrapper, example, out)
+    meta.write_text(json.dumps(sidecar(model.record, model.path, fmt), indent=2))
+    return {"module": str(out), "sidecar": str(meta)}
+
+
+def load_exported(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
+    """A TorchScript export and its sidecar as a :class:`LoadedModel` that the library's detection accepts."""
+    path = Path(path)
+    meta = sidecar_path(path)
+    if not path.is_file() or not meta.is_file():
+        raise ModelFileError(f"{path}: an exported model needs both the module and its sidecar {meta.name}")
+    payload = json.loads(meta.read_text())
+    if payload.get("format") != SIDECAR_FORMAT or payload["export"]["format"] != "torchscript":
+        raise ModelFileError(f"{meta}: not the sidecar of a TorchScript export of this library")
+    torch_device = resolve_device(device)
+    module = torch.jit.load(str(path), map_location=torch_device)
+    return LoadedModel(network=ExportedNetwork(module).eval(), record=record_from_payload(payload, meta),
+                       device=torch_device, path=path)

@@ -1,0 +1,135 @@
+"""Latent features of volumes for downstream tasks (classification, clustering, retrieval).
+
+Each code is average-pooled over its spatial axes per channel, so that every row has ``latent channels``
+values whatever the grid: a slice's row is its pooled code, a volume's row is the mean of the pooled codes of its
+slices (a 3D model: the pooled code of the whole model grid). The slices are those training used (foreground
+covering at least ``mask_min_fraction``), so edge slices the model never saw do not dilute the mean. A VAE is
+represented by its mean ``mu``.
+
+Tables are written as CSV (``file,slice,f0,f1,...``) or as a NumPy structured array (``.npy``, loadable with
+``allow_pickle=False``); ``slice`` is the axial index on the model grid, or -1 for a volume's row.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence, Union
+
+import numpy as np
+import torch
+from monai.transforms import DivisiblePad
+
+from MedAutoencoderLib.api import LoadedModel
+from MedAutoencoderLib.errors import ConfigurationError, TableFileError
+from MedAutoencoderLib.io import read_image
+from MedAutoencoderLib.latent import encode_slices, require_2d
+from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
+
+VOLUME_ROW = -1  # ``slice`` value of a row that describes a whole volume
+FEATURE_FORMATS = ("csv", "npy")
+
+
+@dataclass
+class FeatureTable:
+    """Rows of pooled latent codes: ``files[i]`` and ``slices[i]`` (-1: whole volume) describe ``values[i]``."""
+
+    files: List[str]
+    slices: np.ndarray  # (n,) int
+    values: np.ndarray  # (n, channels) float32
+
+    def volume_rows(self) -> "FeatureTable":
+        """Only the rows that describe whole volumes."""
+        keep = self.slices == VOLUME_ROW
+        return FeatureTable([f for f, k in zip(self.files, keep) if k], self.slices[keep], self.values[keep])
+
+
+def _pooled_code(codes: torch.Tensor) -> np.ndarray:
+    """Average over every axis after the channel axis: ``(n, c, *spatial) -> (n, c)``."""
+    return codes.flatten(2).mean(dim=2).numpy()
+
+
+def _trained_slices(prepared: PreparedVolume, min_fraction: float) -> np.ndarray:
+    coverage = prepared.foreground.reshape(prepared.foreground.shape[0], -1).mean(axis=1)
+    chosen = np.flatnonzero(coverage >= min_fraction)
+    return chosen if len(chosen) else np.flatnonzero(coverage > 0)
+
+
+def _volume_code_3d(model: LoadedModel, prepared: PreparedVolume) -> np.ndarray:
+    padded = DivisiblePad(k=model.record.model.downsampling_factor)(prepared.image[None])
+    with torch.inference_mode():
+        code = model.network.eval().encode(torch.as_tensor(padded)[None].float().to(model.device))["code"]
+    return _pooled_code(code.float().cpu())[0]
+
+
+def volume_features(model: LoadedModel, prepared: PreparedVolume, name: str, per_slice: bool) -> FeatureTable:
+    """The volume's row, followed by one row per slice when ``per_slice``."""
+    if model.record.model.spatial_dims == 3:
+        if per_slice:
+            require_2d(model, "per-slice features")
+        return FeatureTable([name], np.array([VOLUME_ROW]), _volume_code_3d(model, prepared)[None])
+    slices = _trained_slices(prepared, model.record.preprocess.mask_min_fraction)
+    pooled = _pooled_code(encode_slices(model, prepared.image[slices]))
+    rows = [pooled.mean(axis=0, keepdims=True)] + ([pooled] if per_slice else [])
+    indices = [np.array([VOLUME_ROW])] + ([slices] if per_slice else [])
+    return FeatureTable([name] * sum(len(r) for r in rows), np.concatenate(indices),
+                        np.concatenate(rows).astype(np.float32))
+
+
+def extract_features(model: LoadedModel, inputs: Sequence[Union[str, Path]], per_slice: bool = False) -> FeatureTable:
+    """Latent features of each input volume (see the module docstring for what a row holds)."""
+    tables = []
+    for path in inputs:
+        prepared = prepare_volume(read_image(path), model.record.preprocess, name=str(path))
+        tables.append(volume_features(model, prepared, str(path), per_slice))
+    return FeatureTable([f for t in tables for f in t.files], np.concatenate([t.slices for t in tables]),
+                        np.concatenate([t.values for t in tables]))
+
+
+def _format_of(path: Path, fmt: Union[str, None]) -> str:
+    fmt = fmt or path.suffix.lstrip(".").lower()
+    if fmt not in FEATURE_FORMATS:
+        raise ConfigurationError(f"{path}: feature format must be one of {', '.join(FEATURE_FORMATS)}")
+    return fmt
+
+
+def write_features(table: FeatureTable, path: Union[str, Path], fmt: Union[str, None] = None) -> Path:
+    """Write ``table`` as CSV or ``.npy`` (``fmt``; default: from the file's suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _format_of(path, fmt) == "npy":
+        width = max([len(f) for f in table.files] + [1])
+        dtype = [("file", f"U{width}"), ("slice", "i4"), ("features", "f4", (table.values.shape[1],))]
+        rows = np.array(list(zip(table.files, table.slices, table.values)), dtype=dtype)
+        with open(path, "wb") as handle:  # np.save would append ".npy" to any other suffix
+            np.save(handle, rows, allow_pickle=False)
+        return path
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "slice"] + [f"f{i}" for i in range(table.values.shape[1])])
+        for name, index, values in zip(table.files, table.slices, table.values):
+            writer.writerow([name, int(index)] + [f"{v:.7g}" for v in values])
+    return path
+
+
+def read_features(path: Union[str, Path], fmt: Union[str, None] = None) -> FeatureTable:
+    """Read a table written by :func:`write_features`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableFileError(f"{path}: feature file not found")
+    if _format_of(path, fmt) == "npy":
+        rows = np.load(path, allow_pickle=False)
+        return FeatureTable([str(f) for f in rows["file"]], rows["slice"].astype(int),
+                            rows["features"].astype(np.float32))
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header or header[:2] != ["file", "slice"]:
+            raise TableFileError(f"{path}: not a feature table (the header must start with file,slice)")
+        rows = list(reader)
+    try:
+        values = np.array([[float(v) for v in row[2:]] for row in rows], dtype=np.float32)
+        slices = np.array([int(row[1]) for row in rows])
+    except ValueError as exc:
+        raise TableFileError(f"{path}: unreadable feature value ({exc})") from None
+    return FeatureTable([row[0] for row in rows], slices, values.reshape(len(rows), len(header) - 2))

@@ -1,0 +1,107 @@
+"""Post-processing, calibration and brain extraction on real arrays and images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
+from MedAutoencoderLib.config import DetectionConfig, PreprocessConfig
+from MedAutoencoderLib.detection import (
+    ScoredVolume,
+    calibrate_threshold,
+    describe_components,
+    structural_dissimilarity,
+    threshold_mask,
+)
+from MedAutoencoderLib.preprocessing import prepare_volume
+from MedAutoencoderLib.synthetic import load_template, make_healthy_subject_with_mask, template_brain_mask
+
+
+def test_structural_dissimilarity_is_zero_for_identical_slices_and_high_where_texture_changes():
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random((4, 48, 48)), (0, 1, 1)).astype(np.float32)
+    assert np.abs(structural_dissimilarity(image, image)).max() < 1e-4
+    changed = image.copy()
+    changed[:, 16:32, 16:32] = rng.random((4, 16, 16))
+    dissimilarity = structural_dissimilarity(image, changed)
+    assert dissimilarity[:, 20:28, 20:28].mean() > 10 * dissimilarity[:, :8, :8].mean() + 0.1
+
+
+def test_calibrated_threshold_leaves_the_target_share_of_healthy_voxels_above_it():
+    rng = np.random.default_rng(1)
+    healthy = [ScoredVolume(score_map=rng.random((10, 20, 20)).astype(np.float32),
+                            region=np.ones((10, 20, 20), bool)) for _ in range(3)]
+    calibration = calibrate_threshold(healthy, target_fpr=0.01)
+    values = np.concatenate([v.values() for v in healthy])
+    assert abs((values > calibration["threshold"]).mean() - 0.01) < 0.001
+    assert calibration["healthy_volumes"] == 3 and calibration["healthy_voxels"] == values.size
+
+
+def _image(array: np.ndarray, spacing=(2.0, 1.0, 1.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS-like axes, as an LPS direction
+    image.SetOrigin((10.0, 20.0, -5.0))
+    return image
+
+
+def test_threshold_mask_removes_components_below_the_physical_minimum():
+    array = np.zeros((20, 20, 20))
+    array[2:4, 2:4, 2:4] = 1.0  # 8 voxels of 2 mm^3 = 0.016 mL
+    array[10:15, 10:15, 10:15] = 1.0  # 125 voxels = 0.25 mL
+    mask = sitk.GetArrayFromImage(threshold_mask(_image(array), 0.5, min_component_ml=0.05))
+    assert mask[12, 12, 12] == 1 and mask[3, 3, 3] == 0 and mask.sum() == 125
+
+
+def test_components_report_volume_and_centroid_in_lps_and_ras():
+    array = np.zeros((20, 20, 20), np.uint8)
+    array[10:15, 10:15, 10:15] = 1
+    image = sitk.Cast(_image(array), sitk.sitkUInt8)
+    (component,) = describe_components(image)
+    expected_lps = image.TransformContinuousIndexToPhysicalPoint((12.0, 12.0, 12.0))
+    assert component["voxels"] == 125 and component["volume_ml"] == pytest.approx(0.25)
+    assert component["centroid_lps_mm"] == pytest.approx(expected_lps, abs=0.01)
+    assert component["centroid_ras_mm"] == pytest.approx((-expected_lps[0], -expected_lps[1], expected_lps[2]),
+                                                         abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def subject_with_brain():
+    template = load_template()
+    return make_healthy_subject_with_mask(template, template_brain_mask(template), np.random.default_rng(5))
+
+
+def test_template_registration_recovers_the_brain_of_a_generated_subject(subject_with_brain):
+    image, brain = subject_with_brain
+    mask = template_brain_mask_on(image, template_to_image_transform(image))
+    truth = sitk.GetArrayViewFromImage(brain) > 0
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.93
+
+
+def test_template_foreground_excludes_a_skull_that_otsu_keeps(subject_with_brain):
+    """A bright shell touching the brain (skull and scalp) is foreground for Otsu, not for the template."""
+    image, brain = subject_with_brain
+    brain_array = sitk.GetArrayFromImage(brain) > 0
+    spacing_zyx = np.array(image.GetSpacing()[::-1])
+    outside = ndimage.distance_transform_edt(~brain_array, sampling=spacing_zyx)
+    skull = (outside > 0) & (outside < 10)
+    values = sitk.GetArrayFromImage(image)
+    values[skull] = np.percentile(values[brain_array], 95)
+    head = sitk.GetImageFromArray(values)
+    head.CopyInformation(image)
+    config = PreprocessConfig(spacing=(2.0, 2.0, 2.0), size=(112, 112, 96))
+    otsu = prepare_volume(head, config)
+    template = prepare_volume(head, PreprocessConfig(**{**config.__dict__, "foreground": "template"}))
+    skull_on_grid = sitk.GetArrayFromImage(otsu.to_input_grid(otsu.foreground.astype(np.uint8), nearest=True))
+    template_on_input = sitk.GetArrayFromImage(template.to_input_grid(template.foreground.astype(np.uint8),
+                                                                      nearest=True))
+    assert skull_on_grid[skull].mean() > 0.8
+    assert template_on_input[skull & (outside > 3)].mean() < 0.05  # a registration may be off by a voxel
+    assert template_on_input[brain_array].mean() > 0.9
+
+
+def test_detection_config_rejects_an_unknown_score():
+    with pytest.raises(Exception, match="score must be"):
+        DetectionConfig(score="gradient").validate()

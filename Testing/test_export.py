@@ -1,0 +1,56 @@
+"""Export for deployment (a tiny trained VAE): the TorchScript module with its sidecar gives the same anomaly map as the Python model,
+and the ONNX graph the same reconstruction (onnxruntime)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedAutoencoderLib.api import load_model, run_detection
+from MedAutoencoderLib.cli import main
+from MedAutoencoderLib.export import load_exported
+
+
+@pytest.fixture(scope="module")
+def vae_model(vae_model_path):
+    return load_model(vae_model_path, device="cpu")
+
+
+def test_torchscript_export_detects_exactly_like_the_python_model(vae_model, vae_model_path, lesion_case,
+                                                                   tmp_path):
+    out = tmp_path / "vae.ts"
+    assert main(["export", "--model", str(vae_model_path), "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "vae.ts.json").read_text())
+    assert meta["export"]["threshold"] == vae_model.record.threshold is not None
+    assert meta["preprocess"]["size"] == [32, 32, 32] and meta["detection"]["residual"] == "abs"
+    assert meta["export"]["input"]["shape"] == ["batch", 1, 32, 32]
+
+    module = torch.jit.load(str(out))  # what a deployment without this library does
+    batch = torch.rand(5, 1, 32, 32)  # traced with 2 slices; any batch size works
+    with torch.no_grad():
+        torch.testing.assert_close(module(batch), vae_model.network(batch)["reconstruction"])
+
+    python = run_detection(lesion_case["image"], vae_model).result
+    exported = run_detection(lesion_case["image"], load_exported(out)).result
+    np.testing.assert_allclose(sitk.GetArrayFromImage(exported.anomaly_map),
+                               sitk.GetArrayFromImage(python.anomaly_map), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported.anomaly_mask),
+                                  sitk.GetArrayFromImage(python.anomaly_mask))
+    assert exported.summary["threshold"] == python.summary["threshold"]
+    assert main(["export", "--model", str(vae_model_path), "--out", str(out)]) == 1  # never overwritten silently
+
+
+def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_path, tmp_path):
+    out = tmp_path / "vae.onnx"
+    assert main(["export", "--model", str(vae_model_path), "--out", str(out), "--format", "onnx"]) == 0
+    assert json.loads((tmp_path / "vae.onnx.json").read_text())["export"]["format"] == "onnx"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    (reconstruction,) = session.run(None, {"image": batch})
+    with torch.no_grad():
+        expected = vae_model.network(torch.from_numpy(batch))["reconstruction"].numpy()
+    np.testing.assert_allclose(reconstruction, expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,88 @@
+"""Latent features and the downstream classifier: ``features`` and ``classify`` as users run them (in-process
+``cli.main``), on a tiny trained VAE and two groups of toy volumes that differ in organ size."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import toy
+from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
+from MedAutoencoderLib.cli import main
+from MedAutoencoderLib.features import VOLUME_ROW, read_features, write_features
+
+PER_GROUP = 4
+
+
+@pytest.fixture(scope="module")
+def labelled_cohort(tmp_path_factory):
+    """Four small and four large toy organs (same voxels, spacing 1.0 vs 1.5 mm) and a labels CSV."""
+    root = tmp_path_factory.mktemp("labelled")
+    rows = []
+    for i in range(2 * PER_GROUP):
+        label = "large" if i % 2 else "small"
+        name = f"subject_{i:02d}.nii.gz"
+        sitk.WriteImage(toy(100 + i, spacing=(1.5,) * 3 if label == "large" else (1.0,) * 3), str(root / name))
+        rows.append((name, label))
+    labels = root / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "label"), *rows])
+    return {"folder": root, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def feature_csv(vae_model_path, labelled_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features") / "features.csv"
+    assert main(["features", str(labelled_cohort["folder"]), "--model", str(vae_model_path), "--out", str(out),
+                 "--per-slice", "--format", "csv", "--device", "cpu"]) == 0
+    return out
+
+
+def test_volume_rows_are_the_mean_of_their_slice_rows(feature_csv, labelled_cohort):
+    table = read_features(feature_csv)
+    volumes = table.volume_rows()
+    assert len(volumes.files) == 2 * PER_GROUP
+    assert table.values.shape[1] == 4  # latent_channels: fixed width whatever the grid
+    assert np.isfinite(table.values).all()
+    for name, row in zip(volumes.files, volumes.values):
+        slices = [i for i, f in enumerate(table.files) if f == name and table.slices[i] != VOLUME_ROW]
+        assert len(slices) > 5 and all(0 <= table.slices[i] < 32 for i in slices)
+        np.testing.assert_allclose(row, table.values[slices].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_npy_table_round_trips_without_pickle(feature_csv, tmp_path):
+    table = read_features(feature_csv)
+    path = write_features(table, tmp_path / "features.npy")
+    again = read_features(path)
+    assert again.files == table.files
+    np.testing.assert_array_equal(again.slices, table.slices)
+    np.testing.assert_allclose(again.values, table.values, rtol=1e-6)
+
+
+def test_classify_reports_intervals_and_writes_the_latent_plot(feature_csv, labelled_cohort, tmp_path, capsys):
+    plot = tmp_path / "latent.png"
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(labelled_cohort["labels"]),
+                 "--folds", "2", "--bootstrap", "200", "--plot", str(plot)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "AUROC" in printed and "95% CI" in printed
+    assert "bootstrap over out-of-fold predictions" in printed
+    picture = sitk.ReadImage(str(plot))
+    assert picture.GetSize()[0] > 300 and picture.GetNumberOfComponentsPerPixel() >= 3
+
+    features, labels, _ = labelled_features(read_features(feature_csv), read_labels(labelled_cohort["labels"]))
+    for classifier in ("logreg", "forest"):
+        report = cross_validate(features, labels, ClassifyConfig(classifier=classifier, folds=2,
+                                                                 bootstrap_resamples=200))
+        assert report.class_counts == {"large": PER_GROUP, "small": PER_GROUP}
+        assert report.auroc >= 0.9, report.format()  # organ size is plain in the pooled codes
+        assert report.accuracy_ci[0] <= report.accuracy <= report.accuracy_ci[1] <= 1.0
+        assert report.auroc_ci[0] <= report.auroc <= report.auroc_ci[1] <= 1.0
+
+
+def test_classify_names_unlabelled_volumes(feature_csv, tmp_path, capsys):
+    labels = tmp_path / "partial.csv"
+    labels.write_text("file,label\nsubject_00.nii.gz,small\n")
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(labels)]) == 1
+    assert "no label for 7 volume(s)" in capsys.readouterr().err
