@@ -138,10 +138,12 @@ def train_model(config: TrainConfig, progress: Optional[ProgressCallback] = None
 
 def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, Path]], out: Union[str, Path],
                     target_fpr: Optional[float] = None, foreground: Optional[str] = None, device: str = "auto",
-                    overwrite: bool = False, progress: Optional[ProgressCallback] = None) -> Path:
+                    overwrite: bool = False, progress: Optional[ProgressCallback] = None,
+                    min_component_ml: Optional[float] = None) -> Path:
     """Re-estimate a model's threshold on the user's own healthy scans (thresholds do not transfer between
     scanners and protocols) and write the model with it to ``out``; optionally change the target false-positive
-    rate or the foreground method (``"template"`` adds brain extraction by registration)."""
+    rate, the smallest component kept, or the foreground method (``"template"`` adds brain extraction by
+    registration)."""
     source, target = Path(model_path), Path(out)
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
@@ -149,6 +151,8 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     record = model.record
     if target_fpr is not None:
         record.detection.target_fpr = target_fpr
+    if min_component_ml is not None:
+        record.detection.min_component_ml = min_component_ml
     if foreground is not None:
         record.preprocess.foreground = foreground
     record.preprocess.validate()

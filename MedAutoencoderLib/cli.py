@@ -63,6 +63,8 @@ def _add_train(sub) -> None:
     p.add_argument("--noise-std", type=float, default=0.2)
     p.add_argument("--sparsity", choices=("l1", "kl"), default="l1", help="sparse AE penalty")
     p.add_argument("--kl-weight", type=float, default=1e-3, help="VAE beta")
+    p.add_argument("--adversarial-weight", type=float, default=0.01,
+                   help="aae: weight of the discriminator's verdict beside the reconstruction loss")
     p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], help="model grid spacing, mm")
     p.add_argument("--size", type=int, nargs=3, default=[128, 128, 112], help="model grid size, voxels (x y z)")
     p.add_argument("--patch-size", type=int, nargs=3, default=[64, 64, 64], help="3D patch size (x y z)")
@@ -74,8 +76,10 @@ def _add_train(sub) -> None:
                    help="which residual sign counts as anomalous (positive: brighter than expected)")
     p.add_argument("--score", choices=("residual", "ssim"), default="residual",
                    help="anomaly map: intensity residual, or 1 - local SSIM")
-    p.add_argument("--target-fpr", type=float, default=0.002,
+    p.add_argument("--target-fpr", type=float, default=DetectionConfig.target_fpr,
                    help="share of healthy validation voxels allowed above the automatic threshold")
+    p.add_argument("--min-component-ml", type=float, default=DetectionConfig.min_component_ml,
+                   help="smaller connected components are removed from the anomaly mask")
     p.add_argument("--validation-fraction", type=float, default=0.2)
     p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs")
     p.add_argument("--no-augment", action="store_true")
@@ -126,6 +130,7 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--healthy", nargs="+", required=True, help="healthy volumes (files, folders or globs)")
     p.add_argument("--out", required=True, help="model file to write (refused if it exists, see --overwrite)")
     p.add_argument("--target-fpr", type=float, help="share of healthy voxels allowed above the threshold")
+    p.add_argument("--min-component-ml", type=float, help="smaller connected components are removed")
     p.add_argument("--foreground", choices=("otsu", "template"),
                    help="template: brain extraction by registration to the MNI template (heads with skull)")
     p.add_argument("--overwrite", action="store_true")
@@ -158,7 +163,7 @@ def _add_features(sub) -> None:
 def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="cross-validate a classifier on latent features",
                        description="Stratified k-fold cross-validation of a scikit-learn classifier on the volume "
-                                   "rows of a feature table; accuracy and AUROC with 95%% confidence intervals from "
+                                   "rows of a feature table; accuracy and AUROC with 95% confidence intervals from "
                                    "a stratified bootstrap over the out-of-fold predictions.")
     p.add_argument("--features", required=True, help="table written by 'features' (.csv or .npy)")
     p.add_argument("--labels", required=True, help="CSV with columns file,label (files matched by name)")
@@ -219,11 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     model = ModelConfig(name=args.model, spatial_dims=args.spatial_dims, channels=tuple(args.channels),
                         latent_channels=args.latent_channels, patch_size=tuple(args.patch_size),
-                        sparsity=args.sparsity, kl_weight=args.kl_weight, noise=args.noise,
+                        sparsity=args.sparsity, kl_weight=args.kl_weight,
+                        adversarial_weight=args.adversarial_weight, noise=args.noise,
                         noise_std=args.noise_std, reconstruction_loss=args.loss)
     preprocess = PreprocessConfig(spacing=tuple(args.spacing), size=tuple(args.size),
                                   normalization=args.normalization, foreground=args.foreground)
-    detection = DetectionConfig(score=args.score, residual=args.residual, target_fpr=args.target_fpr)
+    detection = DetectionConfig(score=args.score, residual=args.residual, target_fpr=args.target_fpr,
+                                min_component_ml=args.min_component_ml)
     return TrainConfig(data=list(args.data), out=args.out, model=model, preprocess=preprocess,
                        detection=detection, epochs=args.epochs, max_minutes=args.max_minutes,
                        batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -306,7 +313,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import DEFAULT_MODEL, calibrate_model
 
     calibrate_model(args.model or DEFAULT_MODEL, args.healthy, args.out, target_fpr=args.target_fpr,
-                    foreground=args.foreground, device=args.device, overwrite=args.overwrite,
+                    min_component_ml=args.min_component_ml, foreground=args.foreground, device=args.device, overwrite=args.overwrite,
                     progress=make_reporter(args.progress))
     return 0
 

@@ -15,7 +15,7 @@ from MedAutoencoderLib.errors import ConfigurationError
 
 T = TypeVar("T")
 
-MODEL_TYPES = ("ae", "sparse", "dae", "vae")
+MODEL_TYPES = ("ae", "sparse", "dae", "vae", "aae")
 RECONSTRUCTION_LOSSES = ("mse", "l1", "ssim", "bce")
 
 
@@ -78,6 +78,7 @@ class ModelConfig:
     sparsity_weight: float = 1e-3
     sparsity_target: float = 0.05
     kl_weight: float = 1e-3  # VAE beta
+    adversarial_weight: float = 0.01  # AAE: weight of the discriminator's verdict beside the reconstruction loss
     noise: str = "coarse"  # DAE: "coarse" (low-resolution, upsampled; Kascenas 2022) or "gaussian"
     noise_std: float = 0.2
     noise_resolution: int = 16  # coarse noise is drawn on this many cells per axis
@@ -112,8 +113,10 @@ class DetectionConfig:
     residual: str = "abs"  # "abs", "positive" (hyperintense targets) or "negative" (hypointense targets)
     median_size: int = 5  # in-plane median filter of the residual (Kascenas 2022; Baur 2021)
     mask_erosion_mm: float = 3.0  # edges of the foreground reconstruct badly: score only inside the eroded mask
-    target_fpr: float = 0.002  # share of healthy validation voxels allowed above the automatic threshold
-    min_component_ml: float = 0.05  # connected components smaller than this are removed from the mask
+    # Share of healthy validation voxels allowed above the automatic threshold, and the smallest component kept:
+    # chosen on a development set of synthetic lesions (benchmarks/README) separate from the evaluation set.
+    target_fpr: float = 0.0002
+    min_component_ml: float = 0.2
     batch_size: int = 32  # slices (2D) or patches (3D) per forward pass
 
     def validate(self) -> None:

@@ -51,7 +51,7 @@ def overlay_png(image: sitk.Image, reconstruction: sitk.Image, anomaly_map: sitk
     panel[_outline(_axial(mask)[z] > 0)] = (1.0, 1.0, 0.0)
     panel[_outline(truth_array[z])] = (0.0, 1.0, 1.0)
     row = np.concatenate([np.stack([grey] * 3, -1), np.stack([recon] * 3, -1), panel], axis=1)
-    rgb = sitk.GetImageFromArray((row[::-1] * 255).astype(np.uint8), isVector=True)  # anterior at the top
+    rgb = sitk.GetImageFromArray((row * 255).astype(np.uint8), isVector=True)  # LPS row 0 is anterior: top
     sitk.WriteImage(rgb, str(path))
     return path
 

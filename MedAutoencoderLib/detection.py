@@ -15,7 +15,6 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from MedAutoencoderLib.config import DetectionConfig
-from MedAutoencoderLib.inference import foreground_slices
 from MedAutoencoderLib.preprocessing import PreparedVolume, erode_mask
 
 _TOP_SHARE_FOR_SCORE = 0.001  # the volume's anomaly score is the mean of its highest 0.1 % map values
@@ -71,12 +70,14 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
         residual = np.maximum(-residual, 0.0)
     region = erode_mask(prepared.foreground, config.mask_erosion_mm, prepared.grid.GetSpacing())
     score_map = np.zeros_like(residual)
-    slices = foreground_slices(region)
-    if len(slices) and config.median_size > 1:
-        size = (1, config.median_size, config.median_size)
-        score_map[slices] = ndimage.median_filter(residual[slices], size=size, mode="nearest")
-    elif len(slices):
-        score_map[slices] = residual[slices]
+    box = ndimage.find_objects(region.astype(np.uint8))
+    if box:  # filter only the region's bounding box: a third of the grid for a brain
+        box = box[0]
+        if config.median_size > 1:
+            size = (1, config.median_size, config.median_size)
+            score_map[box] = ndimage.median_filter(residual[box], size=size, mode="nearest")
+        else:
+            score_map[box] = residual[box]
     score_map[~region] = 0.0
     return ScoredVolume(score_map=score_map.astype(np.float32), region=region)
 

@@ -19,7 +19,8 @@ def plot_latent_pca(features: np.ndarray, labels: np.ndarray, path: Union[str, P
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ConfigurationError("the latent plot needs matplotlib: pip install 'MedAutoencoderLib[features]'") from None
+        raise ConfigurationError("the latent plot needs matplotlib: "
+                                 "pip install 'MedAutoencoderLib[features]'") from None
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 

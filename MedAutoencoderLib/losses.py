@@ -3,6 +3,8 @@
 Reconstruction losses come from PyTorch (MSE, L1, BCE with logits) and MONAI (``SSIMLoss``). The KL term of the
 VAE and the sparsity penalties are a few lines each and are written here because MONAI has no loss for a
 spatial code.
+The adversarial autoencoder adds the usual GAN pair: a hinge loss for the discriminator and the
+non-saturating loss for the generator (both a line over PyTorch functions).
 """
 from __future__ import annotations
 
@@ -45,6 +47,19 @@ def sparsity_penalty(code: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return torch.sum(rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat)))
 
 
+def discriminator_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the critic (Lim & Ye 2017; Miyato et al. 2018): no reward for being surer than a margin
+    of 1, which stops a winning discriminator from driving its logits, and the generator's gradients, to
+    extremes."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss ``-log sigmoid(D(fake))``: strong gradients while the critic still
+    tells reconstructions apart, and never negative, so that the total loss stays a readable number."""
+    return F.softplus(-fake_logits).mean()
+
+
 class AutoencoderLoss:
     """Total loss of one model type; returns the parts too so that progress can show them."""
 
@@ -58,5 +73,7 @@ class AutoencoderLoss:
             parts["kl"] = self.config.kl_weight * kl_divergence(outputs["mu"], outputs["logvar"])
         elif self.config.name == "sparse":
             parts["sparsity"] = self.config.sparsity_weight * sparsity_penalty(outputs["code"], self.config)
+        elif self.config.name == "aae" and "critic_logits" in outputs:  # the critic's verdict on the output
+            parts["adversarial"] = self.config.adversarial_weight * generator_adversarial_loss(outputs["critic_logits"])
         parts["total"] = sum(parts.values())
         return parts

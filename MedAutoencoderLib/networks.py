@@ -11,10 +11,13 @@ for the VAE), so that training, detection and feature extraction treat them alik
   is large in 3D.)
 - ``dae``: MONAI ``BasicUNet`` trained to remove (coarse) noise; the strongest simple AE for anomaly detection
   (Kascenas et al. 2022). Its "code" is the deepest encoder feature map.
+- ``aae``: the AE, trained GAN-style against a small spectrally normalised PatchGAN discriminator that judges
+  real slices against reconstructions (sharper reconstructions than the blur that pixel losses favour); the
+  discriminator is kept in the model and its verdict on an input is an extra anomaly signal.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from monai.networks.blocks import Convolution
@@ -22,6 +25,7 @@ from monai.networks.blocks.activation import Swish
 from monai.networks.layers import Conv
 from monai.networks.nets import AutoEncoder, BasicUNet
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from MedAutoencoderLib.config import ModelConfig
 
@@ -95,11 +99,61 @@ class DenoisingUNet(nn.Module):
         return {"reconstruction": self.unet(x)}
 
 
+class Discriminator(nn.Module):
+    """PatchGAN critic: strided MONAI convolutions (one per AE level) with leaky ReLU and spectral norm.
+
+    Spectral norm on every convolution bounds the critic's Lipschitz constant, which keeps GAN training
+    stable without normalisation layers (Miyato et al. 2018). The output is a map of realness logits, one
+    per receptive field, so that the critic judges local texture rather than the whole slice at once.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dims = config.spatial_dims
+        widths = (1, *config.channels)
+        blocks = [Convolution(dims, c_in, c_out, strides=2, kernel_size=3, norm=None,
+                              act=("leakyrelu", {"negative_slope": 0.2})) for c_in, c_out in zip(widths, widths[1:])]
+        self.layers = nn.Sequential(*blocks, Convolution(dims, widths[-1], 1, kernel_size=3, conv_only=True))
+        for conv in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]:
+            spectral_norm(conv)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.layers(image)
+
+
+class AdversarialAutoencoder(nn.Module):
+    """The bottleneck AE (the generator) with the discriminator that judges its reconstructions.
+
+    Called like any other network it is the AE alone, so that reconstruction, detection and features work
+    unchanged; training reaches the two parts through :func:`generator_and_critic`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.autoencoder = BottleneckAutoencoder(config)
+        self.discriminator = Discriminator(config)
+
+    def encode(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.autoencoder.encode(x)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.autoencoder(x)
+
+
+def generator_and_critic(network: nn.Module) -> Tuple[nn.Module, Optional[nn.Module]]:
+    """The part trained to reconstruct and, for adversarial models, the discriminator trained against it
+    (each gets its own optimizer and its own DDP wrapper)."""
+    if isinstance(network, AdversarialAutoencoder):
+        return network.autoencoder, network.discriminator
+    return network, None
+
+
 NETWORKS: Dict[str, Callable[[ModelConfig], nn.Module]] = {
     "ae": lambda c: BottleneckAutoencoder(c),
     "sparse": lambda c: BottleneckAutoencoder(c),
     "vae": lambda c: BottleneckAutoencoder(c, variational=True),
     "dae": DenoisingUNet,
+    "aae": AdversarialAutoencoder,
 }
 
 

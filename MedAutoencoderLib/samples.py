@@ -40,12 +40,17 @@ def _augmentation(augment: bool, spatial_dims: int) -> List:
     ]
 
 
+def training_slices(foreground: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Indices of the axial slices a 2D model trains on: foreground covers ``config.mask_min_fraction``."""
+    coverage = foreground.reshape(foreground.shape[0], -1).mean(axis=1)
+    return np.flatnonzero(coverage >= config.mask_min_fraction)
+
+
 def slice_samples(volumes: Sequence[PreparedVolume], config: PreprocessConfig) -> List[dict]:
     """Axial slices whose foreground covers at least ``config.mask_min_fraction`` of the slice."""
     samples = []
     for volume in volumes:
-        coverage = volume.foreground.reshape(volume.foreground.shape[0], -1).mean(axis=1)
-        for z in np.flatnonzero(coverage >= config.mask_min_fraction):
+        for z in training_slices(volume.foreground, config):
             samples.append({"image": volume.image[z][None], "mask": volume.foreground[z][None].astype(np.float32)})
     return samples
 

@@ -9,6 +9,10 @@ usable model.
 Launched by ``torchrun`` the same loop trains data-parallel (see :mod:`distributed`): each process trains a
 DDP copy on its share of the samples, losses are averaged over all processes, stop decisions come from rank 0,
 and only rank 0 writes the model file, calibrates and reports progress.
+
+Adversarial models (``aae``) train GAN-style: after each autoencoder step, whose loss includes the
+discriminator's verdict on the reconstruction, the discriminator takes a step on real slices against the
+(detached) reconstructions, with its own optimizer.
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ from MedAutoencoderLib.distributed import context_from_environment, parallel_net
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import find_volumes, read_image
-from MedAutoencoderLib.losses import AutoencoderLoss
-from MedAutoencoderLib.networks import build_network
+from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
+from MedAutoencoderLib.networks import build_network, generator_and_critic
 from MedAutoencoderLib.noise import corrupt
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
@@ -50,6 +54,15 @@ class TrainingState:
     epochs_without_improvement: int = 0
     history: List[Dict[str, float]] = field(default_factory=list)
     stop_reason: str = ""
+
+
+@dataclass
+class Critic:
+    """The discriminator of an adversarial model and what trains it."""
+
+    module: nn.Module  # judges reconstructions for the generator's loss (its gradients there are discarded)
+    training_module: nn.Module  # the same, DDP-wrapped under torchrun, for the discriminator's own step
+    optimizer: torch.optim.Optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -110,13 +123,22 @@ class Trainer:
         else:
             self.network = build_network(self.config.model)
         self.network.to(self.device)
-        self.training_network = parallel_network(self.network, self.context, self.device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)
+        generator, critic = generator_and_critic(self.network)
+        self.training_network = parallel_network(generator, self.context, self.device)
+        self.optimizer = torch.optim.Adam(generator.parameters(), lr=self.config.learning_rate)
+        self.critic = None if critic is None else self._critic(critic)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.config.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._needs_grad_scaling())
         self.loss = AutoencoderLoss(self.config.model)
         if resumed is not None:
             self._restore_training_state(resumed, Path(self.config.resume))
+
+    def _critic(self, module: nn.Module) -> Critic:
+        """Adam with beta1 = 0.5 for the discriminator, the usual GAN choice (Radford et al. 2016): less
+        momentum lets it follow a generator that keeps changing."""
+        optimizer = torch.optim.Adam(module.parameters(), lr=self.config.learning_rate, betas=(0.5, 0.999))
+        return Critic(module=module, training_module=parallel_network(module, self.context, self.device),
+                      optimizer=optimizer)
 
     def _needs_grad_scaling(self) -> bool:
         return self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -127,6 +149,8 @@ class Trainer:
             raise ConfigurationError(f"{path}: holds no training state (not saved by a training run); cannot resume")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if self.critic is not None:
+            self.critic.optimizer.load_state_dict(saved["critic_optimizer"])
         self.state = TrainingState(epoch=saved["epoch"], best_val_loss=saved["best_val_loss"],
                                    epochs_without_improvement=saved["epochs_without_improvement"],
                                    history=list(payload["training"].get("history", [])))
@@ -146,31 +170,69 @@ class Trainer:
             return corrupt(image, batch["mask"], self.config.model, generator)
         return image
 
-    def _train_epoch(self, loader, tracker: ProgressTracker, generator: torch.Generator) -> float:
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise ConfigurationError(f"training diverged at epoch {self.state.epoch + 1} (loss {loss.item()}); "
+                                     "lower --learning-rate")
+
+    def _generator_step(self, batch: Dict[str, torch.Tensor],
+                        generator: torch.Generator) -> Tuple[float, torch.Tensor]:
+        """One autoencoder step; returns its loss and its reconstruction (detached) for the discriminator."""
+        with autocast(self.device):
+            outputs = self.training_network(self._model_input(batch, generator))
+            outputs["reconstruction"] = outputs["reconstruction"].float()
+            if self.critic is not None:
+                image = reconstruction_from_output(outputs["reconstruction"], self.config.model)
+                outputs["critic_logits"] = self.critic.module(image).float()
+            loss = self.loss(outputs, batch["image"])["total"]
+        self._check_finite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        return loss.item(), outputs["reconstruction"].detach()
+
+    def _critic_step(self, real: torch.Tensor, reconstruction: torch.Tensor) -> float:
+        """One discriminator step on real slices against reconstructions, in a single forward pass (one DDP
+        forward per backward)."""
+        fake = reconstruction_from_output(reconstruction, self.config.model)
+        with autocast(self.device):
+            real_logits, fake_logits = self.critic.training_module(torch.cat([real, fake])).float().chunk(2)
+            loss = discriminator_hinge_loss(real_logits, fake_logits)
+        self._check_finite(loss)
+        self.critic.optimizer.zero_grad(set_to_none=True)  # also drops what the generator's loss left there
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.critic.optimizer)
+        return loss.item()
+
+    def _train_epoch(self, loader, tracker: ProgressTracker, generator: torch.Generator) -> Dict[str, float]:
+        """Mean training losses of the epoch over all ranks: ``train_loss`` (and ``critic_loss``)."""
         self.training_network.train()
-        total, count = 0.0, 0
+        if self.critic is not None:
+            self.critic.training_module.train()
+        totals: Dict[str, float] = {}
+        count = 0
         steps = len(loader)
         for step, batch in enumerate(loader):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with autocast(self.device):
-                outputs = self.training_network(self._model_input(batch, generator))
-                outputs["reconstruction"] = outputs["reconstruction"].float()
-                loss = self.loss(outputs, batch["image"])["total"]
-            if not torch.isfinite(loss):
-                raise ConfigurationError(f"training diverged at epoch {self.state.epoch + 1} (loss {loss.item()}); "
-                                         "lower --learning-rate")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            step_losses = {}
+            step_losses["train_loss"], reconstruction = self._generator_step(batch, generator)
+            if self.critic is not None:
+                step_losses["critic_loss"] = self._critic_step(batch["image"], reconstruction)
             self.scaler.update()
-            total += loss.item() * len(batch["image"])
+            for name, value in step_losses.items():
+                totals[name] = totals.get(name, 0.0) + value * len(batch["image"])
             count += len(batch["image"])
             done = self.state.epoch + (step + 1) / steps
             tracker.emit("progress", done, f"epoch {self.state.epoch + 1}/{self.config.epochs} "
-                         f"loss {total / count:.5f}", epoch=self.state.epoch + 1, step=step + 1, steps=steps)
+                         f"loss {totals['train_loss'] / count:.5f}", epoch=self.state.epoch + 1, step=step + 1,
+                         steps=steps)
             if self.context.decided_by_rank_zero(self._stop_requested() or self._out_of_time()):
                 break
-        return self.context.mean_over_ranks(total, count, self.device)
+        return {name: self.context.mean_over_ranks(totals.get(name, 0.0), count, self.device)
+                for name in self._loss_names()}
+
+    def _loss_names(self) -> Tuple[str, ...]:
+        return ("train_loss",) if self.critic is None else ("train_loss", "critic_loss")
 
     def _validation_loss(self, loader) -> float:
         self.network.eval()
@@ -199,14 +261,17 @@ class Trainer:
                                      "learning_rate": self.config.learning_rate})
 
     def _training_state(self) -> Dict[str, Any]:
-        return {"epoch": self.state.epoch, "best_val_loss": self.state.best_val_loss,
-                "epochs_without_improvement": self.state.epochs_without_improvement,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"epoch": self.state.epoch, "best_val_loss": self.state.best_val_loss,
+                 "epochs_without_improvement": self.state.epochs_without_improvement,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.critic is not None:
+            state["critic_optimizer"] = self.critic.optimizer.state_dict()
+        return state
 
-    def _end_epoch(self, train_loss: float, val_loss: float) -> None:
+    def _end_epoch(self, train_losses: Dict[str, float], val_loss: float) -> None:
         self.state.epoch += 1
         self.scheduler.step()
-        self.state.history.append({"epoch": self.state.epoch, "train_loss": train_loss, "val_loss": val_loss})
+        self.state.history.append({"epoch": self.state.epoch, **train_losses, "val_loss": val_loss})
         if val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
             self.state.epochs_without_improvement = 0
@@ -231,9 +296,10 @@ class Trainer:
         while self.state.epoch < self.config.epochs:
             start_epoch(train_loader, self.state.epoch)
             with explain_out_of_memory("training", self.config.batch_size):
-                train_loss = self._train_epoch(train_loader, tracker, generator)
+                train_losses = self._train_epoch(train_loader, tracker, generator)
                 val_loss = self._validation_loss(val_loader)
-            self._end_epoch(train_loss, val_loss)
+            self._end_epoch(train_losses, val_loss)
+            train_loss = train_losses["train_loss"]
             tracker.emit("progress", self.state.epoch, f"epoch {self.state.epoch}/{self.config.epochs} "
                          f"train {train_loss:.5f} val {val_loss:.5f}", epoch=self.state.epoch,
                          train_loss=train_loss, val_loss=val_loss)

@@ -1,5 +1,5 @@
-"""Export for deployment (a tiny trained VAE): the TorchScript module with its sidecar gives the same anomaly map as the Python model,
-and the ONNX graph the same reconstruction (onnxruntime)."""
+"""Export for deployment, on a tiny trained VAE: the TorchScript module with its sidecar gives the same anomaly map
+as the Python model, and the ONNX graph the same reconstruction (onnxruntime)."""
 from __future__ import annotations
 
 import json

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_train_config
 from MedAutoencoderLib.api import load_model, run_detection
 from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
-from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.config import DetectionConfig, ModelConfig
 from MedAutoencoderLib.errors import Cancelled, ModelFileError, OutputExistsError
 from MedAutoencoderLib.evaluation import voxel_metrics
 from MedAutoencoderLib.training import Trainer
@@ -26,7 +26,7 @@ def test_model_file_is_calibrated_and_loads_with_weights_only(dae_model_path):
     payload = torch.load(dae_model_path, map_location="cpu", weights_only=True)
     assert payload["format"] == "MedAutoencoder-model" and payload["format_version"] == FORMAT_VERSION
     calibration = payload["calibration"]
-    assert calibration["target_fpr"] == pytest.approx(0.002)
+    assert calibration["target_fpr"] == pytest.approx(DetectionConfig().target_fpr)
     assert np.isfinite(calibration["threshold"]) and calibration["threshold"] > calibration["healthy_p50"] > 0
     training = payload["training"]
     assert training["epochs"] == 6 and training["stop_reason"] == "epochs" and len(training["history"]) == 6

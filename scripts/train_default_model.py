@@ -89,7 +89,7 @@ def main() -> None:
         model=ModelConfig(name="dae", spatial_dims=2, channels=(base, 2 * base, 4 * base, 8 * base),
                           noise="coarse", noise_std=0.2, noise_resolution=16),
         preprocess=PreprocessConfig(spacing=(1.5, 1.5, 1.5), size=(128, 128, 112)),
-        detection=DetectionConfig(residual="abs", target_fpr=0.002),
+        detection=DetectionConfig(),
         epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, learning_rate=1e-3,
         validation_fraction=0.2, patience=10, seed=args.seed, device=args.device, num_workers=args.workers,
     )
@@ -101,7 +101,9 @@ def main() -> None:
     # and its threshold is calibrated with that preprocessing on subjects it has never seen. (Training used the
     # Otsu foreground: on these skull-stripped subjects both give the brain.) The copy has no optimizer state.
     model_path = calibrate_model(trained, calibration, args.out_dir / "release" / "default_brain_t1.pt",
-                                 foreground="template", device=args.device, overwrite=True)
+                                 foreground="template", device=args.device, overwrite=True,
+                                 target_fpr=DetectionConfig.target_fpr,
+                                 min_component_ml=DetectionConfig.min_component_ml)
 
     model = load_model(model_path, device=args.device)
     pairs = [(Path(p), Path(p).with_name(Path(p).name.replace(".nii.gz", "_mask.nii.gz"))) for p in lesioned]
