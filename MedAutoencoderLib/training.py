@@ -149,6 +149,7 @@ class Trainer:
             raise ConfigurationError(f"{path}: holds no training state (not saved by a training run); cannot resume")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self.scheduler.T_max = self.config.epochs  # a resumed run may be given more epochs: anneal over all of them
         if self.critic is not None:
             self.critic.optimizer.load_state_dict(saved["critic_optimizer"])
         self.state = TrainingState(epoch=saved["epoch"], best_val_loss=saved["best_val_loss"],
