@@ -143,13 +143,21 @@ class Trainer:
     def _needs_grad_scaling(self) -> bool:
         return self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
 
+    def _anneal_over(self, epochs: int) -> None:
+        """A resumed run may be given more epochs: continue the cosine schedule over all of them (set from its
+        closed form, since the scheduler's own update only rescales the current, possibly zero, rate)."""
+        self.scheduler.T_max = epochs
+        progress = min(self.scheduler.last_epoch / epochs, 1.0)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * (1 + math.cos(math.pi * progress)) / 2
+
     def _restore_training_state(self, payload: Dict[str, Any], path: Path) -> None:
         saved = payload.get("training_state")
         if not saved:
             raise ConfigurationError(f"{path}: holds no training state (not saved by a training run); cannot resume")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self.scheduler.T_max = self.config.epochs  # a resumed run may be given more epochs: anneal over all of them
+        self._anneal_over(self.config.epochs)
         if self.critic is not None:
             self.critic.optimizer.load_state_dict(saved["critic_optimizer"])
         self.state = TrainingState(epoch=saved["epoch"], best_val_loss=saved["best_val_loss"],
