@@ -22,6 +22,7 @@ import torch
 from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
 
+from MedAutoencoderLib.detection import ScoredVolume, anomaly_score
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io import find_volumes, read_image, volume_stem
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
@@ -149,7 +150,7 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
     tracker = ProgressTracker(progress, total=len(cases))
     tracker.emit("start", 0, f"evaluating on {len(pairs)} lesioned and {len(healthy_paths)} healthy volume(s)")
     model_pool, baseline_pool = PooledScores(), PooledScores()
-    per_case, sample_scores, sample_labels = [], [], []
+    per_case, sample_labels = [], []
     for i, (image_path, mask_path) in enumerate(cases):
         image = read_image(image_path)
         run = run_detection(image, model, name=str(image_path))
@@ -159,6 +160,7 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
         baseline_pool.add(arrays["baseline"][region], truth[region])
         case = {"image": image_path.name, "lesioned": mask_path is not None,
                 "anomaly_score": run.result.summary["anomaly_score"],
+                "baseline_score": anomaly_score(ScoredVolume(score_map=arrays["baseline"], region=region)),
                 "flagged_share": float(arrays["mask"][region].mean()),
                 "baseline_flagged_share": float((arrays["baseline"][region] > _BASELINE_Z).mean()),
                 **reconstruction_quality(run.prepared.image, run.reconstruction, run.prepared.foreground)}
@@ -167,29 +169,34 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
             case["baseline_dice_z3"] = dice((arrays["baseline"] > _BASELINE_Z) & region, truth)
             case["lesion_ml"] = float(truth.sum() * np.prod(image.GetSpacing()) / 1000)
         per_case.append(case)
-        sample_scores.append(case["anomaly_score"])
         sample_labels.append(int(mask_path is not None))
         tracker.emit("progress", i + 1, f"{image_path.name}: dice {case.get('dice', float('nan')):.3f}")
-    report = summarise(per_case, model_pool, baseline_pool, sample_scores, sample_labels)
+    report = summarise(per_case, model_pool, baseline_pool, sample_labels)
     tracker.emit("done", len(cases), "evaluation finished")
     return report
 
 
+def sample_auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """AUROC of per-volume scores (lesioned vs healthy); NaN without both kinds of volume."""
+    if not 0 < sum(labels) < len(labels):
+        return float("nan")
+    return float(compute_roc_auc(torch.tensor(list(scores)), torch.tensor(list(labels))))
+
+
 def summarise(per_case: List[Dict[str, Any]], model_pool: PooledScores, baseline_pool: PooledScores,
-              sample_scores: List[float], sample_labels: List[int]) -> Dict[str, Any]:
-    """Pooled voxel metrics, mean per-case numbers and sample-level AUROC."""
+              sample_labels: List[int]) -> Dict[str, Any]:
+    """Pooled voxel metrics, mean per-case numbers and sample-level AUROC, for the model and the baseline."""
     lesioned = [c for c in per_case if c["lesioned"]]
     healthy = [c for c in per_case if not c["lesioned"]]
     mean = lambda cases, key: float(np.mean([c[key] for c in cases])) if cases else float("nan")  # noqa: E731
-    sample_auroc = float("nan")
-    if 0 < sum(sample_labels) < len(sample_labels):
-        sample_auroc = float(compute_roc_auc(torch.tensor(sample_scores), torch.tensor(sample_labels)))
     return {
         "model": {**model_pool.metrics(), "dice_at_threshold": mean(lesioned, "dice"),
-                  "healthy_flagged_share": mean(healthy, "flagged_share"), "sample_auroc": sample_auroc,
+                  "healthy_flagged_share": mean(healthy, "flagged_share"),
+                  "sample_auroc": sample_auroc([c["anomaly_score"] for c in per_case], sample_labels),
                   "reconstruction_psnr": mean(per_case, "psnr"), "reconstruction_ssim": mean(per_case, "ssim")},
         "baseline_robust_z": {**baseline_pool.metrics(), "dice_at_threshold": mean(lesioned, "baseline_dice_z3"),
-                              "healthy_flagged_share": mean(healthy, "baseline_flagged_share")},
+                              "healthy_flagged_share": mean(healthy, "baseline_flagged_share"),
+                              "sample_auroc": sample_auroc([c["baseline_score"] for c in per_case], sample_labels)},
         "n_lesioned": len(lesioned),
         "n_healthy": len(healthy),
         "cases": per_case,

@@ -22,7 +22,7 @@ def _reconstruct_slices(network: nn.Module, volume: np.ndarray, slices: np.ndarr
     result = np.zeros_like(volume)
     for start in range(0, len(slices), batch_size):
         chosen = slices[start:start + batch_size]
-        batch = torch.from_numpy(volume[chosen][:, None]).to(device)
+        batch = torch.from_numpy(volume[chosen][:, None]).to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             output = network(batch)["reconstruction"]
         result[chosen] = reconstruction_from_output(output.float(), config)[:, 0].cpu().numpy()
@@ -48,6 +48,9 @@ def reconstruct(network: nn.Module, prepared: PreparedVolume, config: ModelConfi
     network.eval()
     with torch.inference_mode(), explain_out_of_memory("reconstruction", batch_size):
         if config.spatial_dims == 2:
+            # channels-last runs the convolutions of slice batches about twice as fast on CPUs (oneDNN) and
+            # suits tensor cores on GPUs; it changes memory layout only, not results
+            network.to(memory_format=torch.channels_last)
             slices = foreground_slices(prepared.foreground)
             return _reconstruct_slices(network, prepared.image, slices, config, batch_size, device)
         return _reconstruct_patches(network, prepared.image, config, batch_size, device)
