@@ -32,7 +32,15 @@ from MedAutoencoderLib.detection import (
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
 from MedAutoencoderLib.errors import ModelFileError, OutputExistsError
 from MedAutoencoderLib.inference import reconstruct
-from MedAutoencoderLib.io import find_volumes, output_path, read_image, refuse_overwrite, volume_stem, write_image
+from MedAutoencoderLib.io import (
+    find_volumes,
+    output_path,
+    read_image,
+    refuse_overwrite,
+    volume_stem,
+    write_image,
+    write_text,
+)
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.training import StopRequest, Trainer
@@ -112,6 +120,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     paths = [Path(p) for p in inputs]
     targets = {p: {**{kind: output_path(p, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
                    "summary": Path(output_dir) / f"{volume_stem(p)}_summary.json"} for p in paths}
+    _refuse_shared_targets(targets)
     if not overwrite:
         refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths)
     tracker = ProgressTracker(progress, total=len(paths))
@@ -122,12 +131,23 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         result = detect_image(read_image(path), model, options, name=str(path))
         for kind in OUTPUT_KINDS:
             write_image(getattr(result, kind), targets[path][kind])
-        targets[path]["summary"].write_text(json.dumps(result.summary, indent=2))
+        write_text(targets[path]["summary"], json.dumps(result.summary, indent=2), overwrite=True)
         written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
         tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
                      f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def _refuse_shared_targets(targets: Dict[Path, Dict[str, Path]]) -> None:
+    """Two inputs with the same name (a/x.nrrd, b/x.nrrd) would write the same outputs: refuse, naming both."""
+    owner: Dict[str, Path] = {}
+    for source, group in targets.items():
+        key = str(group["summary"]).lower()
+        if key in owner:
+            raise OutputExistsError(f"{owner[key]} and {source} would write the same outputs "
+                                    f"({group['summary'].name}...); detect them into different output folders")
+        owner[key] = source
 
 
 def train_model(config: TrainConfig, progress: Optional[ProgressCallback] = None,

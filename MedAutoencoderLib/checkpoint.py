@@ -17,7 +17,7 @@ from torch import nn
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, from_plain, to_plain
-from MedAutoencoderLib.errors import ModelFileError
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
 from MedAutoencoderLib.networks import build_network
 
 FORMAT = "MedAutoencoder-model"
@@ -85,16 +85,21 @@ def read_model_file(path: Path) -> Dict[str, Any]:
 
 
 def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:
-    """Config objects of a model file; an unknown setting names the file."""
-    where = str(path)
-    return ModelRecord(
-        model=from_plain(ModelConfig, payload["model"], where),
-        preprocess=from_plain(PreprocessConfig, payload["preprocess"], where),
-        detection=from_plain(DetectionConfig, payload["detection"], where),
-        calibration=payload.get("calibration", {}),
-        training=payload.get("training", {}),
-        library_version=payload.get("library_version", "unknown"),
-    )
+    """Config objects of a model file, checked; a missing section or unknown setting names the file."""
+    version = payload.get("library_version", "unknown")
+    sections = {"model": ModelConfig, "preprocess": PreprocessConfig, "detection": DetectionConfig}
+    configs = {}
+    for section, cls in sections.items():
+        if not isinstance(payload.get(section), dict):
+            raise ModelFileError(f"{path}: incomplete model file (no '{section}' section)")
+        try:
+            configs[section] = from_plain(cls, payload[section], str(path))
+            configs[section].validate()
+        except ConfigurationError as exc:
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            raise ModelFileError(f"{message} (made by MedAutoencoderLib {version}; this is {__version__})") from None
+    return ModelRecord(calibration=payload.get("calibration", {}), training=payload.get("training", {}),
+                       library_version=version, **configs)
 
 
 def network_from_payload(payload: Dict[str, Any], record: ModelRecord, path: Path) -> nn.Module:

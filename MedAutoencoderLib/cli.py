@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from MedAutoencoderLib import __version__
@@ -23,6 +25,7 @@ from MedAutoencoderLib.config import (
     TrainConfig,
 )
 from MedAutoencoderLib.errors import Cancelled, MedAutoencoderError
+from MedAutoencoderLib.io import write_text
 from MedAutoencoderLib.progress import make_reporter
 
 EXIT_USER_ERROR = 1
@@ -33,9 +36,12 @@ def _threshold(text: str) -> Optional[float]:
     if text == "auto":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a number, not {text!r}") from None
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a finite number, not {text!r}")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +119,7 @@ def _add_evaluate(sub) -> None:
                    help="ground-truth masks matched to images by name (<stem>, <stem>_mask, <stem>_seg...)")
     p.add_argument("--healthy", nargs="*", default=[], help="healthy control volumes (no lesion)")
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _common(p)
 
 
@@ -279,8 +286,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pairs = pair_images_with_masks(args.images, args.masks)
     report = evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress))
     if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        write_text(Path(args.json_out), json.dumps(report, indent=2), overwrite=args.overwrite)
     print(format_report(report) if args.progress != "json" else json.dumps({"event": "report", **report}))
     return 0
 
@@ -409,7 +415,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
     except MedAutoencoderError as exc:
-        if json_progress:
-            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _report_error(str(exc), json_progress)
+    except OSError as exc:  # unwritable output folder, a file where a folder should be, disk full...
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _report_error(f"{where}{exc.strerror or exc}", json_progress)
+
+
+def _report_error(message: str, json_progress: bool) -> int:
+    if json_progress:
+        print(json.dumps({"event": "error", "message": message}), flush=True)
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR

@@ -97,6 +97,11 @@ class ModelConfig:
             raise ConfigurationError(f"sparsity must be 'l1' or 'kl', not {self.sparsity!r}")
         if self.noise not in ("coarse", "gaussian"):
             raise ConfigurationError(f"noise must be 'coarse' or 'gaussian', not {self.noise!r}")
+        _require_at_least(1, latent_channels=self.latent_channels, smallest_channel_count=min(self.channels))
+        negative = [name for name in ("sparsity_weight", "kl_weight", "noise_std", "adversarial_weight")
+                    if getattr(self, name) < 0]
+        if negative:
+            raise ConfigurationError(f"{', '.join(negative)} must not be negative")
 
     @property
     def downsampling_factor(self) -> int:
@@ -126,6 +131,9 @@ class DetectionConfig:
             raise ConfigurationError(f"residual must be 'abs', 'positive' or 'negative', not {self.residual!r}")
         if not 0 < self.target_fpr < 1:
             raise ConfigurationError(f"target_fpr must be between 0 and 1, got {self.target_fpr}")
+        if self.min_component_ml < 0 or self.mask_erosion_mm < 0:
+            raise ConfigurationError("min_component_ml and mask_erosion_mm must not be negative")
+        _require_at_least(1, batch_size=self.batch_size, median_size=self.median_size)
 
 
 @dataclass
@@ -168,6 +176,10 @@ class TrainConfig:
             raise ConfigurationError(f"max_minutes must be positive, got {self.max_minutes}")
         if not 0 <= self.validation_fraction < 1:
             raise ConfigurationError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        _require_at_least(1, batch_size=self.batch_size, patience=self.patience)
+        _require_at_least(0, workers=self.num_workers)
+        if not self.learning_rate > 0:
+            raise ConfigurationError(f"learning rate must be positive, got {self.learning_rate}")
         self.model.validate()
         self.preprocess.validate()
         self.detection.validate()
@@ -178,3 +190,12 @@ class TrainConfig:
                 f"{'patch' if self.model.spatial_dims == 3 else 'grid'} size {tuple(grid)} must be a multiple "
                 f"of {factor} for a network with {len(self.model.channels)} levels"
             )
+        if self.model.spatial_dims == 3 and any(p > s for p, s in zip(self.model.patch_size, self.preprocess.size)):
+            raise ConfigurationError(f"patch size {tuple(self.model.patch_size)} exceeds the model grid "
+                                     f"{tuple(self.preprocess.size)}; lower --patch-size or raise --size")
+
+
+def _require_at_least(minimum: int, **values: int) -> None:
+    for name, value in values.items():
+        if value < minimum:
+            raise ConfigurationError(f"{name.replace('_', ' ')} must be at least {minimum}, got {value}")

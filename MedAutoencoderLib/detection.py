@@ -139,6 +139,6 @@ def finish_detection(prepared: PreparedVolume, reconstruction: np.ndarray, score
         "n_components": len(components),
         "components": components,
     }
-    reconstruction_image = prepared.to_input_grid(prepared.denormalise(reconstruction))
+    reconstruction_image = prepared.to_input_grid(prepared.denormalise(reconstruction), outside=prepared.background)
     return DetectionResult(reconstruction=reconstruction_image, anomaly_map=anomaly_map,
                            anomaly_mask=mask, summary=summary)

@@ -180,3 +180,16 @@ def write_image(image: sitk.Image, path: PathLike) -> Path:
         temporary.unlink(missing_ok=True)  # no half-written leftovers beside the user's files
         raise
     return target
+
+
+def write_text(path: Path, text: str, overwrite: bool = False) -> Path:
+    """Write a text file (JSON summaries, reports) through a temporary name, refusing to replace an existing
+    file unless ``overwrite``."""
+    target = Path(path)
+    if not overwrite:
+        refuse_overwrite([target])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.partial")
+    temporary.write_text(text)
+    os.replace(temporary, target)
+    return target

@@ -28,6 +28,7 @@ class PreparedVolume:
     foreground: np.ndarray  # (z, y, x) bool
     grid: sitk.Image  # the model grid (geometry only is used)
     source: sitk.Image  # the input as given
+    background: float = 0.0  # the input's background level (1st percentile), for voxels outside the model grid
     offset: float = 0.0  # normalised = (original - offset) / scale
     scale: float = 1.0
     name: str = "input"
@@ -42,12 +43,13 @@ class PreparedVolume:
         image.CopyInformation(self.grid)
         return image
 
-    def to_input_grid(self, array: np.ndarray, nearest: bool = False) -> sitk.Image:
-        """Resample a model-grid array onto the input's exact grid (float32, or uint8 when ``nearest``)."""
+    def to_input_grid(self, array: np.ndarray, nearest: bool = False, outside: float = 0.0) -> sitk.Image:
+        """Resample a model-grid array onto the input's exact grid (float32, or uint8 when ``nearest``);
+        input voxels beyond the model grid get ``outside``."""
         interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
         pixel_type = sitk.sitkUInt8 if nearest else sitk.sitkFloat32
         source = array.astype(np.uint8) if nearest else array.astype(np.float32)
-        return sitk.Resample(self.on_grid(source), self.source, sitk.Transform(), interpolator, 0.0, pixel_type)
+        return sitk.Resample(self.on_grid(source), self.source, sitk.Transform(), interpolator, outside, pixel_type)
 
 
 def otsu_foreground(image: sitk.Image) -> sitk.Image:
@@ -118,11 +120,12 @@ def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:
     return grid
 
 
-def normalise(values: np.ndarray, foreground: np.ndarray,
-              config: PreprocessConfig) -> Tuple[np.ndarray, float, float]:
+def normalise(values: np.ndarray, foreground: np.ndarray, config: PreprocessConfig,
+              background: float) -> Tuple[np.ndarray, float, float]:
     """Intensity normalisation inside the foreground, robust to outliers; zero outside it.
 
-    "percentile" maps the background level (1st percentile of the volume) to 0 and the foreground's
+    "percentile" maps ``background`` (the 1st percentile of the whole input, so that it does not depend on
+    the field of view of the model grid) to 0 and the foreground's
     ``upper_percentile`` to 1, so MRI (background 0) and CT (air -1000) both work; "zscore" uses the
     foreground's mean and standard deviation. Returns the normalised array, its offset and its scale.
     """
@@ -130,7 +133,7 @@ def normalise(values: np.ndarray, foreground: np.ndarray,
     if inside.size == 0:
         raise InputImageError("the foreground mask is empty on the model grid")
     if config.normalization == "percentile":
-        low = float(np.percentile(values, 1.0))
+        low = background
         high = float(np.percentile(inside, config.upper_percentile))
         if high <= low:
             raise InputImageError("foreground intensities do not exceed the background; cannot normalise")
@@ -159,21 +162,20 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
     try:
         centre, template_to_image = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
-        resampled = sitk.Resample(
-            sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
-            float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0)), sitk.sitkFloat32,
-        )
+        background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))
+        resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
+                                  background, sitk.sitkFloat32)
         foreground = sitk.GetArrayFromImage(otsu_foreground(resampled)).astype(bool)
         if template_to_image is not None:
             from MedAutoencoderLib.brain_mask import template_brain_mask_on
 
             foreground &= template_brain_mask_on(grid, template_to_image)
         values = sitk.GetArrayFromImage(resampled)
-        normalised, offset, scale = normalise(values, foreground, config)
+        normalised, offset, scale = normalise(values, foreground, config, background)
     except InputImageError as exc:
         raise InputImageError(f"{name}: {exc}") from None
-    return PreparedVolume(image=normalised, foreground=foreground, grid=grid, source=image, offset=offset,
-                          scale=scale, name=name)
+    return PreparedVolume(image=normalised, foreground=foreground, grid=grid, source=image,
+                          background=background, offset=offset, scale=scale, name=name)
 
 
 def erode_mask(mask: np.ndarray, radius_mm: float, spacing: tuple) -> np.ndarray:

@@ -342,7 +342,13 @@ class Trainer:
         self.data_summary = {"n_volumes": len(paths), "train_files": [p.name for p in train_paths],
                              "validation_files": [p.name for p in val_paths],
                              "validation_is_held_out": set(train_paths).isdisjoint(val_paths)}
+        if not self.data_summary["validation_is_held_out"]:
+            tracker.emit("log", 0, "warning: a single healthy volume, so the threshold is calibrated on the training "
+                                   "volume itself and will be too low; give more healthy volumes")
         self._build()
+        if self.config.resume:
+            tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
+                                   "settings are used, options given for them here are ignored")
         if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file

@@ -82,7 +82,7 @@ def test_percentile_normalisation_maps_background_to_0_and_upper_percentile_to_1
     values[foreground] = rng.uniform(100.0, 300.0, foreground.sum())
     values[5, 10, 10:14] = 5000.0  # outliers inside: clipped
     config = PreprocessConfig(upper_percentile=95.0, clip_max=1.2)
-    result, offset, scale = normalise(values, foreground, config)
+    result, offset, scale = normalise(values, foreground, config, background=float(np.percentile(values, 1.0)))
     assert result.dtype == np.float32
     assert offset == pytest.approx(np.percentile(values, 1.0))
     assert offset + scale == pytest.approx(np.percentile(values[foreground], 95.0))
@@ -101,7 +101,7 @@ def test_zscore_normalisation_standardises_the_foreground():
     foreground = np.zeros(values.shape, bool)
     foreground[:, 4:16, 4:16] = True
     values[foreground] = rng.normal(400.0, 50.0, foreground.sum())
-    result, offset, scale = normalise(values, foreground, PreprocessConfig(normalization="zscore"))
+    result, offset, scale = normalise(values, foreground, PreprocessConfig(normalization="zscore"), background=5.0)
     assert offset == pytest.approx(values[foreground].mean())
     assert scale == pytest.approx(values[foreground].std())
     assert result[foreground].mean() == pytest.approx(0.0, abs=0.01)
@@ -115,9 +115,9 @@ def test_constant_foreground_cannot_be_normalised():
     foreground[1:3, 1:3, 1:3] = True
     values[foreground] = 10.0
     with pytest.raises(InputImageError, match="constant"):
-        normalise(values, foreground, PreprocessConfig(normalization="zscore"))
+        normalise(values, foreground, PreprocessConfig(normalization="zscore"), background=0.0)
     with pytest.raises(InputImageError, match="empty"):
-        normalise(values, np.zeros_like(foreground), PreprocessConfig())
+        normalise(values, np.zeros_like(foreground), PreprocessConfig(), background=0.0)
 
 
 def test_noise_only_volume_gives_a_clear_error():

@@ -1,0 +1,87 @@
+"""User mistakes found in review get one clear ``error:`` line (exit 1), never a traceback, and lose no file.
+
+The command line runs in-process through ``cli.main`` (the same code path as ``python -m MedAutoencoderLib``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import tiny_train_config
+from MedAutoencoderLib import cli
+from MedAutoencoderLib.api import load_model
+from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+
+
+def run_cli(capsys, *args: str):
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_two_inputs_with_the_same_name_are_refused_before_anything_is_written(capsys, tmp_path, lesion_case,
+                                                                             dae_model_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(lesion_case["image_path"], tmp_path / folder / "x.nii.gz")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "detect", str(tmp_path / "a" / "x.nii.gz"), str(tmp_path / "b" / "x.nii.gz"),
+                           "--model", str(dae_model_path), "--output-dir", str(out), "--progress", "none")
+    assert code == 1 and "would write the same outputs" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_output_folder_that_is_a_file_is_a_clean_error_also_in_the_json_stream(capsys, tmp_path, lesion_case,
+                                                                                 dae_model_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("mine")
+    code, out, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
+                             "--output-dir", str(blocker), "--progress", "json")
+    assert code == 1 and err.startswith("error:") and "Traceback" not in err
+    assert json.loads(out.strip().splitlines()[-1])["event"] == "error"
+    assert blocker.read_text() == "mine"
+
+
+def test_non_finite_threshold_is_rejected_by_the_parser(capsys, lesion_case, dae_model_path, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
+                  "--output-dir", str(tmp_path), "--threshold", "nan"])
+    assert exit_info.value.code == 2 and "finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"num_workers": -1}, "workers must be at least 0"),
+    ({"learning_rate": 0.0}, "learning rate must be positive"),
+    ({"model": ModelConfig(name="ae", channels=(8, 16), latent_channels=0)}, "latent channels must be at least 1"),
+    ({"model": ModelConfig(name="vae", channels=(8, 16), kl_weight=-1.0)}, "kl_weight must not be negative"),
+    ({"model": ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(64, 64, 64))},
+     "exceeds the model grid"),
+])
+def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_cohort, overrides, message):
+    config = dataclasses.replace(tiny_train_config([toy_cohort], tmp_path / "m.pt"), **overrides)
+    with pytest.raises(ConfigurationError, match=message):
+        config.validate()
+
+
+def test_a_model_file_without_a_section_names_the_file(tmp_path, dae_model_path):
+    payload = torch.load(dae_model_path, weights_only=True)
+    del payload["preprocess"]
+    broken = tmp_path / "broken.pt"
+    torch.save(payload, broken)
+    with pytest.raises(ModelFileError, match=r"broken\.pt: incomplete model file \(no 'preprocess' section\)"):
+        load_model(broken, device="cpu")
+
+
+def test_an_invalid_stored_setting_names_the_file_and_the_versions(tmp_path, dae_model_path):
+    payload = torch.load(dae_model_path, weights_only=True)
+    payload["model"]["spatial_dims"] = 5
+    broken = tmp_path / "odd.pt"
+    torch.save(payload, broken)
+    with pytest.raises(ModelFileError, match=r"odd\.pt: spatial_dims must be 2 or 3.*made by MedAutoencoderLib"):
+        load_model(broken, device="cpu")
