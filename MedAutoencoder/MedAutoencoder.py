@@ -53,10 +53,11 @@ _makeLibraryImportable()
 DOCUMENTATION_URL = "https://github.com/medautoencoder/MedAutoencoder#3d-slicer-module"
 #: Device choices shown to the user; ``MedAutoencoderLib.jobs.DEVICE_CHOICES`` maps them to the CLI's.
 DEVICES = ["auto", "cpu", "gpu"]
-MODEL_TYPES = ["dae", "ae", "sparse", "vae"]
+MODEL_TYPES = ["dae", "ae", "sparse", "vae", "aae"]
 TRAINING_SOURCES = ["scene volumes", "folder"]
-#: How long a training worker gets to stop at its checkpoint after Cancel before it is killed.
-TRAINING_STOP_GRACE_MS = 20000
+#: How long a training worker gets after Cancel to finish its step, calibrate the best model and save it before it
+#: is killed (calibration runs the model over the held-out volumes: seconds to a minute on a CPU).
+TRAINING_STOP_GRACE_MS = 120000
 #: How often the main thread collects worker output.
 POLL_INTERVAL_MS = 100
 
