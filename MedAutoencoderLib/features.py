@@ -12,6 +12,7 @@ Tables are written as CSV (``file,slice,f0,f1,...``) or as a NumPy structured ar
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Union
@@ -94,21 +95,25 @@ def _format_of(path: Path, fmt: Union[str, None]) -> str:
 
 
 def write_features(table: FeatureTable, path: Union[str, Path], fmt: Union[str, None] = None) -> Path:
-    """Write ``table`` as CSV or ``.npy`` (``fmt``; default: from the file's suffix)."""
+    """Write ``table`` as CSV or ``.npy`` (``fmt``; default: from the file's suffix), through a temporary name
+    so that an interrupted write never leaves a truncated table under the final name."""
     path = Path(path)
+    fmt = _format_of(path, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _format_of(path, fmt) == "npy":
+    temporary = path.with_name(f".{path.name}.partial")
+    if fmt == "npy":
         width = max([len(f) for f in table.files] + [1])
         dtype = [("file", f"U{width}"), ("slice", "i4"), ("features", "f4", (table.values.shape[1],))]
         rows = np.array(list(zip(table.files, table.slices, table.values)), dtype=dtype)
-        with open(path, "wb") as handle:  # np.save would append ".npy" to any other suffix
+        with open(temporary, "wb") as handle:  # np.save would append ".npy" to any other suffix
             np.save(handle, rows, allow_pickle=False)
-        return path
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "slice"] + [f"f{i}" for i in range(table.values.shape[1])])
-        for name, index, values in zip(table.files, table.slices, table.values):
-            writer.writerow([name, int(index)] + [f"{v:.7g}" for v in values])
+    else:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "slice"] + [f"f{i}" for i in range(table.values.shape[1])])
+            for name, index, values in zip(table.files, table.slices, table.values):
+                writer.writerow([name, int(index)] + [f"{v:.7g}" for v in values])
+    os.replace(temporary, path)
     return path
 
 
