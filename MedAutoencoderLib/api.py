@@ -27,11 +27,10 @@ from MedAutoencoderLib.detection import (
     ScoredVolume,
     calibrate_threshold,
     finish_detection,
-    score_volume,
+    reconstruct_and_score,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
 from MedAutoencoderLib.errors import ModelFileError, OutputExistsError
-from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import (
     find_volumes,
     output_path,
@@ -98,8 +97,8 @@ def run_detection(image: sitk.Image, model: LoadedModel, options: Optional[Detec
     threshold = _threshold(model, options)
     record = model.record
     prepared = prepare_volume(image, record.preprocess, name=name)
-    reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
-    scored = score_volume(prepared, reconstruction, record.detection)
+    reconstruction, scored = reconstruct_and_score(model.network, prepared, record.model, record.detection,
+                                                   model.device)
     result = finish_detection(prepared, reconstruction, scored, threshold, record.detection)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
 
@@ -183,8 +182,8 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     scored = []
     for i, path in enumerate(paths):
         prepared = prepare_volume(read_image(path), record.preprocess, name=str(path))
-        reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
-        scored.append(score_volume(prepared, reconstruction, record.detection))
+        scored.append(reconstruct_and_score(model.network, prepared, record.model, record.detection,
+                                            model.device)[1])
         tracker.emit("progress", i + 1, f"{path.name} ({i + 1}/{len(paths)})")
     record.calibration = {**calibrate_threshold(scored, record.detection.target_fpr),
                           "calibrated_on": [p.name for p in paths]}

@@ -44,8 +44,12 @@ def _threshold(text: str) -> Optional[float]:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _device(parser)
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="progress as a bar (people), JSON lines on stdout (programs) or nothing")
 
@@ -164,7 +168,7 @@ def _add_features(sub) -> None:
     p.add_argument("--per-slice", action="store_true", help="add one row per axial slice (2D models)")
     p.add_argument("--format", choices=("csv", "npy"), help="table format (default: from --out's suffix)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    _device(p)
 
 
 def _add_classify(sub) -> None:
@@ -191,7 +195,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    _device(p)
 
 
 def _add_interpolate(sub) -> None:
@@ -204,7 +208,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--steps", type=int, default=8, help="slices from the first to the second, both included")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    _device(p)
 
 
 def _add_export(sub) -> None:

@@ -8,13 +8,16 @@ false-positive rate; connected components smaller than a physical volume are rem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
+from torch import nn
 
-from MedAutoencoderLib.config import DetectionConfig
+from MedAutoencoderLib.config import DetectionConfig, ModelConfig
+from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.preprocessing import PreparedVolume, erode_mask
 
 _TOP_SHARE_FOR_SCORE = 0.001  # the volume's anomaly score is the mean of its highest 0.1 % map values
@@ -80,6 +83,14 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
             score_map[box] = residual[box]
     score_map[~region] = 0.0
     return ScoredVolume(score_map=score_map.astype(np.float32), region=region)
+
+
+def reconstruct_and_score(network: nn.Module, prepared: PreparedVolume, model: ModelConfig,
+                          config: DetectionConfig, device: torch.device) -> Tuple[np.ndarray, ScoredVolume]:
+    """The network's reconstruction of a prepared volume and its anomaly scores, both on the model grid: the
+    one path shared by detection, training-time calibration and recalibration."""
+    reconstruction = reconstruct(network, prepared, model, config.batch_size, device)
+    return reconstruction, score_volume(prepared, reconstruction, config)
 
 
 def calibrate_threshold(healthy: Sequence[ScoredVolume], target_fpr: float) -> Dict[str, Any]:

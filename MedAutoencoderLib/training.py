@@ -29,11 +29,10 @@ from torch import nn
 
 from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload, save_model
 from MedAutoencoderLib.config import TrainConfig
-from MedAutoencoderLib.detection import calibrate_threshold, score_volume
+from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
 from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
-from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import find_volumes, read_image
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
@@ -322,8 +321,8 @@ class Trainer:
         best = read_model_file(self.out)
         self.network.load_state_dict(best["state_dict"])
         tracker.emit("log", self.state.epoch, f"calibrating the threshold on {len(healthy)} healthy volume(s)")
-        scored = [score_volume(v, reconstruct(self.network, v, self.config.model, self.config.detection.batch_size,
-                                              self.device), self.config.detection) for v in healthy]
+        scored = [reconstruct_and_score(self.network, v, self.config.model, self.config.detection, self.device)[1]
+                  for v in healthy]
         calibration = calibrate_threshold(scored, self.config.detection.target_fpr)
         calibration["calibrated_on"] = self.data_summary["validation_files"]
         return calibration
