@@ -5,9 +5,10 @@ These are what the command line, the Slicer module and console scripts call; eac
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,6 +29,7 @@ from MedAutoencoderLib.detection import (
     calibrate_threshold,
     finish_detection,
     reconstruct_and_score,
+    reconstruction_on_input_grid,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
 from MedAutoencoderLib.errors import ModelFileError, OutputExistsError
@@ -90,16 +92,33 @@ class DetectionRun:
     result: DetectionResult
 
 
+OutputCallback = Callable[[str, sitk.Image], None]
+
+
 def run_detection(image: sitk.Image, model: LoadedModel, options: Optional[DetectOptions] = None,
-                  name: str = "input") -> DetectionRun:
-    """:func:`detect_image`, keeping the model-grid intermediates."""
+                  name: str = "input", on_output: Optional[OutputCallback] = None) -> DetectionRun:
+    """:func:`detect_image`, keeping the model-grid intermediates. ``on_output(kind, image)`` receives each
+    output of :data:`OUTPUT_KINDS` as soon as it exists (the reconstruction before scoring), so that a caller
+    can write it while the rest is computed."""
     options = options or DetectOptions()
+    options.validate()
     threshold = _threshold(model, options)
     record = model.record
     prepared = prepare_volume(image, record.preprocess, name=name)
+    reconstruction_image: List[sitk.Image] = []
+
+    def map_back(reconstruction: np.ndarray) -> None:
+        reconstruction_image.append(reconstruction_on_input_grid(prepared, reconstruction))
+        if on_output is not None:
+            on_output("reconstruction", reconstruction_image[0])
+
     reconstruction, scored = reconstruct_and_score(model.network, prepared, record.model, record.detection,
-                                                   model.device)
-    result = finish_detection(prepared, reconstruction, scored, threshold, record.detection)
+                                                   model.device, options.precision,
+                                                   on_reconstruction=map_back)
+    result = finish_detection(prepared, reconstruction_image[0], scored, threshold, record.detection)
+    if on_output is not None:
+        on_output("anomaly_map", result.anomaly_map)
+        on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
 
 
@@ -125,17 +144,35 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
     written: Dict[str, Dict[str, str]] = {}
-    for i, path in enumerate(paths):
-        tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
-        result = detect_image(read_image(path), model, options, name=str(path))
-        for kind in OUTPUT_KINDS:
-            write_image(getattr(result, kind), targets[path][kind])
-        write_text(targets[path]["summary"], json.dumps(result.summary, indent=2), overwrite=True)
-        written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
-        tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
-                     f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
+    # Compressing the outputs takes as long as the network: writer threads (zlib releases the GIL) write each
+    # output as soon as it exists, while the scores and the next volume are computed.
+    with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
+        previous: List[Future] = []
+        for i, path in enumerate(paths):
+            tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
+            current: List[Future] = []
+
+            def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path]) -> None:
+                current.append(writer.submit(write_image, image, target[kind]))
+
+            result = run_detection(read_image(path), model, options, name=str(path), on_output=write_soon).result
+            current.append(writer.submit(write_text, targets[path]["summary"], json.dumps(result.summary, indent=2),
+                                         True))
+            _wait_for(previous)  # outputs of two volumes in flight at most: memory stays bounded
+            previous = current
+            written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
+            tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
+                         f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
+        _wait_for(previous)
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def _wait_for(writes: List[Future]) -> None:
+    """Wait for every write and raise the first failure (all of them end first: none is left half-done)."""
+    wait(writes)
+    for write in writes:
+        write.result()
 
 
 def _refuse_shared_targets(targets: Dict[Path, Dict[str, Path]]) -> None:

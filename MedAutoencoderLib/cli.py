@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import (
     MODEL_TYPES,
+    PRECISIONS,
     RECONSTRUCTION_LOSSES,
     DetectionConfig,
     DetectOptions,
@@ -111,6 +112,7 @@ def _add_detect(sub) -> None:
     p.add_argument("--threshold", type=_threshold, default=None,
                    help="'auto' (default: calibrated on healthy data, stored in the model) or a number")
     p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), help="output format (default: input's)")
+    _add_precision(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _common(p)
 
@@ -124,7 +126,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--healthy", nargs="*", default=[], help="healthy control volumes (no lesion)")
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    _add_precision(p)
     _common(p)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default): mixed precision on GPUs, float32 on CPUs; float32: everywhere; bfloat16: "
+                        "also on CPUs (2x faster network with AVX512-BF16/AMX, results move slightly)")
 
 
 def _add_info(sub) -> None:
@@ -277,7 +286,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import detect_files, load_model
 
     model = load_model(args.model, device=args.device)
-    detect_files(args.inputs, args.output_dir, model, DetectOptions(threshold=args.threshold, device=args.device),
+    options = DetectOptions(threshold=args.threshold, device=args.device, precision=args.precision)
+    detect_files(args.inputs, args.output_dir, model, options,
                  output_format=args.format, overwrite=args.overwrite, progress=make_reporter(args.progress))
     return 0
 
@@ -288,7 +298,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device=args.device)
     pairs = pair_images_with_masks(args.images, args.masks)
-    report = evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress))
+    options = DetectOptions(device=args.device, precision=args.precision)
+    report = evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress), options=options)
     if args.json_out:
         write_text(Path(args.json_out), json.dumps(report, indent=2), overwrite=args.overwrite)
     print(format_report(report) if args.progress != "json" else json.dumps({"event": "report", **report}))

@@ -134,6 +134,11 @@ class DetectionConfig:
         if self.min_component_ml < 0 or self.mask_erosion_mm < 0:
             raise ConfigurationError("min_component_ml and mask_erosion_mm must not be negative")
         _require_at_least(1, batch_size=self.batch_size, median_size=self.median_size)
+        if self.median_size % 2 == 0:
+            raise ConfigurationError(f"median_size must be odd (a window centred on the voxel), got {self.median_size}")
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -142,6 +147,13 @@ class DetectOptions:
 
     threshold: Optional[float] = None  # None: the threshold calibrated on healthy data and stored in the model
     device: str = "auto"
+    # "auto": mixed precision on GPUs, float32 on CPUs; "float32": everywhere; "bfloat16": everywhere (fast on
+    # CPUs with AVX512-BF16/AMX); see MedAutoencoderLib.device.inference_autocast
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ false-positive rate; connected components smaller than a physical volume are rem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,6 +59,16 @@ def structural_dissimilarity(image: np.ndarray, reconstruction: np.ndarray, sigm
     return (1.0 - ssim).astype(np.float32)
 
 
+def in_plane_median(volume: np.ndarray, size: int) -> np.ndarray:
+    """Median over ``size`` x ``size`` windows within each axial slice of a (z, y, x) array, edges replicated.
+
+    SimpleITK's median runs on all cores and gives the same values as ``scipy.ndimage.median_filter`` (which
+    runs on one)."""
+    radius = size // 2
+    filtered = sitk.Median(sitk.GetImageFromArray(volume), [radius, radius, 0])
+    return sitk.GetArrayFromImage(filtered)
+
+
 def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: DetectionConfig) -> ScoredVolume:
     """Residual (signed as configured) or structural dissimilarity, median filtered per slice, inside the
     eroded foreground."""
@@ -77,8 +87,7 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
     if box:  # filter only the region's bounding box: a third of the grid for a brain
         box = box[0]
         if config.median_size > 1:
-            size = (1, config.median_size, config.median_size)
-            score_map[box] = ndimage.median_filter(residual[box], size=size, mode="nearest")
+            score_map[box] = in_plane_median(residual[box], config.median_size)
         else:
             score_map[box] = residual[box]
     score_map[~region] = 0.0
@@ -86,10 +95,15 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
 
 
 def reconstruct_and_score(network: nn.Module, prepared: PreparedVolume, model: ModelConfig,
-                          config: DetectionConfig, device: torch.device) -> Tuple[np.ndarray, ScoredVolume]:
+                          config: DetectionConfig, device: torch.device, precision: str = "auto",
+                          on_reconstruction: Optional[Callable[[np.ndarray], None]] = None,
+                          ) -> Tuple[np.ndarray, ScoredVolume]:
     """The network's reconstruction of a prepared volume and its anomaly scores, both on the model grid: the
-    one path shared by detection, training-time calibration and recalibration."""
-    reconstruction = reconstruct(network, prepared, model, config.batch_size, device)
+    one path shared by detection, training-time calibration and recalibration. ``on_reconstruction`` sees the
+    reconstruction before scoring starts (detection starts writing it then)."""
+    reconstruction = reconstruct(network, prepared, model, config.batch_size, device, precision)
+    if on_reconstruction is not None:
+        on_reconstruction(reconstruction)
     return reconstruction, score_volume(prepared, reconstruction, config)
 
 
@@ -136,9 +150,15 @@ def describe_components(mask: sitk.Image) -> List[Dict[str, Any]]:
     return components
 
 
-def finish_detection(prepared: PreparedVolume, reconstruction: np.ndarray, scored: ScoredVolume,
+def reconstruction_on_input_grid(prepared: PreparedVolume, reconstruction: np.ndarray) -> sitk.Image:
+    """The reconstruction in the input's intensity units on its grid; the input's background beyond the model
+    grid."""
+    return prepared.to_input_grid(prepared.denormalise(reconstruction), outside=prepared.background)
+
+
+def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image, scored: ScoredVolume,
                      threshold: float, config: DetectionConfig) -> DetectionResult:
-    """Map reconstruction and scores back onto the input grid, threshold there and summarise."""
+    """Map the scores back onto the input grid, threshold there and summarise."""
     anomaly_map = prepared.to_input_grid(scored.score_map)
     mask = threshold_mask(anomaly_map, threshold, config.min_component_ml)
     components = describe_components(mask)
@@ -150,6 +170,5 @@ def finish_detection(prepared: PreparedVolume, reconstruction: np.ndarray, score
         "n_components": len(components),
         "components": components,
     }
-    reconstruction_image = prepared.to_input_grid(prepared.denormalise(reconstruction), outside=prepared.background)
     return DetectionResult(reconstruction=reconstruction_image, anomaly_map=anomaly_map,
                            anomaly_mask=mask, summary=summary)

@@ -51,6 +51,23 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=dtype)
 
 
+def inference_autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Precision of reconstruction (detection and threshold calibration alike).
+
+    ``"auto"``: mixed precision on GPUs (as :func:`autocast`), float32 on CPUs; ``"float32"``: float32 everywhere;
+    ``"bfloat16"``: bfloat16 on any device. On CPUs with AVX512-BF16 or AMX, bfloat16 halves the network time,
+    but it moved the real-scan results slightly (benchmarks/results/precision_check.txt), so it is a choice,
+    not the CPU default.
+    """
+    if precision == "float32" or (precision == "auto" and device.type == "cpu"):
+        return contextlib.nullcontext()
+    if precision == "auto":
+        return autocast(device)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError("this GPU has no bfloat16 support; use --precision auto (float16) or float32")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 @contextlib.contextmanager
 def explain_out_of_memory(task: str, batch_size: int) -> Iterator[None]:
     """Re-raise a CUDA out-of-memory error as advice naming the settings to lower."""

@@ -22,6 +22,7 @@ import torch
 from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
 
+from MedAutoencoderLib.config import DetectOptions
 from MedAutoencoderLib.detection import ScoredVolume, anomaly_score
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io import find_volumes, read_image, volume_stem
@@ -141,7 +142,8 @@ def _case_arrays(run, truth: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[str] = (),
-                   progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+                   progress: Optional[ProgressCallback] = None, options: Optional[DetectOptions] = None,
+                   ) -> Dict[str, Any]:
     """Run detection on lesioned (``pairs``) and healthy volumes and compute the report (plain data)."""
     from MedAutoencoderLib.api import run_detection
 
@@ -153,7 +155,7 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
     per_case, sample_labels = [], []
     for i, (image_path, mask_path) in enumerate(cases):
         image = read_image(image_path)
-        run = run_detection(image, model, name=str(image_path))
+        run = run_detection(image, model, options, name=str(image_path))
         arrays = _case_arrays(run, mask_on_grid(mask_path, image) if mask_path else None)
         region, truth = arrays["region"], arrays["truth"] & arrays["region"]
         model_pool.add(arrays["map"][region], truth[region])

@@ -9,6 +9,7 @@ import glob
 import gzip
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, List, Sequence, Union
 
@@ -78,38 +79,43 @@ def read_image(path: PathLike) -> sitk.Image:
     p = Path(path)
     if not p.exists():
         raise InputImageError(f"{p}: no such file or folder")
-    try:
-        image = _read_dicom_series(p) if p.is_dir() else sitk.ReadImage(str(p))
-    except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputImageError(f"{p}: cannot be read as a medical image ({first_line})") from None
-    if not p.is_dir() and volume_suffix(p) in (".nii", ".nii.gz"):
-        _check_nifti_complete(p, image)
+    nifti = not p.is_dir() and volume_suffix(p) in (".nii", ".nii.gz")
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage), so
+        # the bytes present are counted beside the read, on the other core, and compared with the header's
+        present = side.submit(_nifti_bytes_present, p) if nifti else None
+        try:
+            image = _read_dicom_series(p) if p.is_dir() else sitk.ReadImage(str(p))
+        except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
+            first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+            raise InputImageError(f"{p}: cannot be read as a medical image ({first_line})") from None
+        if present is not None:
+            _check_nifti_complete(p, image, present.result())
     return check_volume(image, str(p))
 
 
-def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
-    """ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage), so
-    compare the bytes present with the bytes the header promises."""
+def _nifti_bytes_present(path: Path) -> int:
+    """Bytes of the (decompressed) NIfTI file; raises InputImageError when the compressed data is corrupt."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size
+    present = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                present += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        raise InputImageError(f"{path}: is truncated or corrupt (the compressed data ends early)") from None
+    return present
+
+
+def _check_nifti_complete(path: Path, image: sitk.Image, present: int) -> None:
+    """Compare the bytes present with the bytes the header promises."""
     try:
         voxel_bytes = int(image.GetMetaData("bitpix")) // 8
         expected = int(float(image.GetMetaData("vox_offset"))) + image.GetNumberOfPixels() * \
             image.GetNumberOfComponentsPerPixel() * voxel_bytes
     except (RuntimeError, ValueError):
         return
-    if path.name.lower().endswith(".gz"):
-        present = 0
-        try:
-            with gzip.open(path, "rb") as stream:
-                while present < expected:
-                    chunk = stream.read(1 << 22)
-                    if not chunk:
-                        break
-                    present += len(chunk)
-        except (EOFError, OSError, zlib.error):
-            raise InputImageError(f"{path}: is truncated or corrupt (the compressed data ends early)") from None
-    else:
-        present = path.stat().st_size
     if present < expected:
         raise InputImageError(f"{path}: is truncated (holds {present} of the {expected} bytes its header promises)")
 

@@ -12,6 +12,7 @@ from MedAutoencoderLib.detection import (
     ScoredVolume,
     calibrate_threshold,
     describe_components,
+    in_plane_median,
     structural_dissimilarity,
     threshold_mask,
 )
@@ -105,3 +106,15 @@ def test_template_foreground_excludes_a_skull_that_otsu_keeps(subject_with_brain
 def test_detection_config_rejects_an_unknown_score():
     with pytest.raises(Exception, match="score must be"):
         DetectionConfig(score="gradient").validate()
+
+
+def test_detection_config_rejects_an_even_median_window():
+    with pytest.raises(Exception, match="median_size must be odd"):
+        DetectionConfig(median_size=4).validate()
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_in_plane_median_matches_scipy_edges_included(size):
+    volume = np.random.default_rng(size).random((3, 17, 23)).astype(np.float32)
+    expected = ndimage.median_filter(volume, size=(1, size, size), mode="nearest")
+    np.testing.assert_array_equal(in_plane_median(volume, size), expected)

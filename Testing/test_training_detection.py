@@ -11,8 +11,8 @@ import torch
 from conftest import tiny_train_config
 from MedAutoencoderLib.api import load_model, run_detection
 from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
-from MedAutoencoderLib.config import DetectionConfig, ModelConfig
-from MedAutoencoderLib.errors import Cancelled, ModelFileError, OutputExistsError
+from MedAutoencoderLib.config import DetectionConfig, DetectOptions, ModelConfig
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, ModelFileError, OutputExistsError
 from MedAutoencoderLib.evaluation import voxel_metrics
 from MedAutoencoderLib.training import Trainer
 
@@ -74,6 +74,19 @@ def test_healthy_volume_scores_lower_than_the_lesioned_one(dae_model, lesion_run
     healthy = run_detection(lesion_case["healthy"], dae_model).result.summary
     assert healthy["anomaly_score"] < lesion_run.result.summary["anomaly_score"]
     assert healthy["anomalous_volume_ml"] <= lesion_run.result.summary["anomalous_volume_ml"]
+
+
+def test_bfloat16_changes_maps_and_masks_only_within_rounding(dae_model, lesion_run, lesion_case):
+    """The default on a CPU is float32 (what ``lesion_run`` used); bfloat16 must give nearly the same result."""
+    reduced = run_detection(lesion_case["image"], dae_model, DetectOptions(precision="bfloat16"), name="case_000")
+    region = lesion_run.scored.region
+    difference = np.abs(reduced.scored.score_map - lesion_run.scored.score_map)[region]
+    assert 0 < np.quantile(difference, 0.99) < 0.02 * lesion_run.scored.score_map[region].max()
+    full_mask = sitk.GetArrayFromImage(lesion_run.result.anomaly_mask) > 0
+    reduced_mask = sitk.GetArrayFromImage(reduced.result.anomaly_mask) > 0
+    assert 2 * (full_mask & reduced_mask).sum() >= 0.9 * (full_mask.sum() + reduced_mask.sum())
+    with pytest.raises(ConfigurationError, match="precision must be"):
+        run_detection(lesion_case["image"], dae_model, DetectOptions(precision="float8"))
 
 
 def test_stop_file_present_from_the_start_stops_after_one_epoch(toy_cohort, tmp_path, lesion_case):

@@ -16,14 +16,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from MedAutoencoderLib.api import DEFAULT_MODEL, detect_files, load_model
-from MedAutoencoderLib.config import ModelConfig, PreprocessConfig, TrainConfig
+from MedAutoencoderLib.api import DEFAULT_MODEL, OUTPUT_KINDS, LoadedModel, detect_files, load_model
+from MedAutoencoderLib.config import DetectOptions, ModelConfig, PreprocessConfig, TrainConfig
+from MedAutoencoderLib.io import read_image, write_image
+from MedAutoencoderLib.preprocessing import prepare_volume
 from MedAutoencoderLib.synthetic import load_template
 
 
@@ -82,6 +84,39 @@ def timed(function: Callable[[], None], repeats: int) -> List[float]:
     return times
 
 
+def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int) -> Dict[str, float]:
+    """Median seconds of each stage of our detection, run one after another (the end-to-end run overlaps the
+    writes with scoring; here each is timed alone)."""
+    from MedAutoencoderLib.brain_mask import template_to_image_transform
+    from MedAutoencoderLib.detection import finish_detection, reconstruction_on_input_grid, score_volume
+    from MedAutoencoderLib.inference import reconstruct
+
+    record, times = model.record, {}
+
+    def timed_stage(name: str, function: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        result = function()
+        times.setdefault(name, []).append(time.perf_counter() - start)
+        return result
+
+    for _ in range(repeats + 1):
+        image = timed_stage("read (NIfTI, gzip)", lambda: read_image(volume))
+        prepared = timed_stage("preprocess (brain mask, resample, normalise)",
+                               lambda: prepare_volume(image, record.preprocess))
+        timed_stage("  of which brain-mask registration", lambda: template_to_image_transform(image))
+        reconstruction = timed_stage("network", lambda: reconstruct(model.network, prepared, record.model,
+                                                                      record.detection.batch_size, model.device))
+        scored = timed_stage("score (residual, median, erosion)",
+                             lambda: score_volume(prepared, reconstruction, record.detection))
+        recon_image = timed_stage("reconstruction onto the input grid",
+                                  lambda: reconstruction_on_input_grid(prepared, reconstruction))
+        result = timed_stage("map onto the input grid, threshold, components", lambda: finish_detection(
+            prepared, recon_image, scored, float(record.threshold), record.detection))
+        for kind in OUTPUT_KINDS:
+            timed_stage(f"write {kind}", lambda: write_image(getattr(result, kind), out_dir / f"{kind}.nii.gz"))
+    return {name: statistics.median(values[1:]) for name, values in times.items()}  # first run: warm-up
+
+
 def training_throughput(folder: Path, device: str) -> float:
     """Slices per second of the default DAE's training loop (one epoch on one volume, augmentation on)."""
     from MedAutoencoderLib.training import Trainer
@@ -108,16 +143,25 @@ def main() -> None:
         volume = benchmark_volume(folder / "volume.nii.gz")
         model = load_model(DEFAULT_MODEL, device=args.device)
         ours = timed(lambda: detect_files([volume], folder / "ours", model, overwrite=True), args.repeats)
+        bfloat16 = DetectOptions(device=args.device, precision="bfloat16")
+        ours_bfloat16 = timed(lambda: detect_files([volume], folder / "ours", model, bfloat16, overwrite=True),
+                              args.repeats)
         plain_run = plain_monai_pipeline(device)
         (folder / "plain").mkdir()
         plain = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)
+        stages = stage_seconds(volume, folder, model, args.repeats)
         slices_per_second = training_throughput(folder, args.device)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
     print(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
     print(f"{'MedAutoencoder detect (end to end)':<44}{statistics.median(ours):>10.2f}{min(ours):>8.2f}")
+    print(f"{'MedAutoencoder detect --precision bfloat16':<44}{statistics.median(ours_bfloat16):>10.2f}"
+          f"{min(ours_bfloat16):>8.2f}")
     print(f"{'plain MONAI AutoEncoder + sliding window':<44}{statistics.median(plain):>10.2f}{min(plain):>8.2f}")
     print(f"speed-up: {statistics.median(plain) / statistics.median(ours):.2f}x")
+    print("stages of our detection, each timed alone (medians, s):")
+    for name, seconds in stages.items():
+        print(f"  {name:<50}{seconds:>6.2f}")
     print(f"training throughput (default DAE, batch 16, augmentation): {slices_per_second:.1f} slices/s")
     print(f"peak resident memory of this process: {peak_mb:.0f} MB")
 

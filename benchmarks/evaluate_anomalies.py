@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from MedAutoencoderLib.api import load_model
+from MedAutoencoderLib.config import PRECISIONS, DetectOptions
 from MedAutoencoderLib.evaluation import evaluate_model, format_report
 from MedAutoencoderLib.synthetic import LESION_KINDS, make_cohort
 
@@ -48,27 +49,29 @@ def main() -> None:
     parser.add_argument("--healthy", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--json", type=Path, help="write all reports here")
     args = parser.parse_args()
 
     model = load_model(args.model, device=args.device)
+    options = DetectOptions(device=args.device, precision=args.precision)
     reports = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         controls = [str(p) for p in make_cohort(folder / "healthy", args.healthy, args.seed + 99)]
         by_kind = synthetic_pairs(folder, args.per_kind, args.seed)
         for kind, pairs in by_kind.items():
-            reports[f"synthetic: {kind}"] = evaluate_model(model, pairs, [])
+            reports[f"synthetic: {kind}"] = evaluate_model(model, pairs, [], options=options)
             print(f"\n== synthetic {kind} ==\n{format_report(reports[f'synthetic: {kind}'])}", flush=True)
         everything = [pair for pairs in by_kind.values() for pair in pairs]
-        reports["synthetic: all kinds + healthy controls"] = evaluate_model(model, everything, controls)
+        reports["synthetic: all kinds + healthy controls"] = evaluate_model(model, everything, controls, options=options)
         print(f"\n== synthetic, all kinds ==\n{format_report(reports['synthetic: all kinds + healthy controls'])}")
     if SHARED_DATA.is_dir():
         for name, (image, mask) in REAL_CASES.items():
-            reports[name] = evaluate_model(model, [(SHARED_DATA / image, SHARED_DATA / mask)], [])
+            reports[name] = evaluate_model(model, [(SHARED_DATA / image, SHARED_DATA / mask)], [], options=options)
             print(f"\n== {name} ==\n{format_report(reports[name])}", flush=True)
         for name, image in REAL_HEALTHY.items():
-            reports[name] = evaluate_model(model, [], [str(SHARED_DATA / image)])
+            reports[name] = evaluate_model(model, [], [str(SHARED_DATA / image)], options=options)
             print(f"\n== {name} ==\n{format_report(reports[name])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({k: headline(v) | {"cases": v["cases"]} for k, v in reports.items()},
