@@ -60,11 +60,15 @@ TRAINING_SOURCES = ["scene volumes", "folder"]
 TRAINING_STOP_GRACE_MS = 120000
 #: How often the main thread collects worker output.
 POLL_INTERVAL_MS = 100
+#: Slicer before 5.12 (no ``slicer.packaging.pip_ensure``): what to install for each missing package of
+#: requirements.txt; --no-deps keeps the PyTorch extension's torch.
+PIP_INSTALL_ARGUMENTS = {"monai": "--no-deps monai>=1.4", "scipy": "scipy", "isal": "isal>=1.6"}
 
 
 #
 # MedAutoencoder
 #
+
 
 
 class MedAutoencoder(ScriptedLoadableModule):
@@ -538,23 +542,22 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("MedAutoencoder cannot run without PyTorch; the installation was cancelled."))
 
     def _ensureRequirements(self) -> None:
-        """monai and scipy from requirements.txt, never replacing Slicer's or the PyTorch extension's packages."""
+        """monai, scipy and isal from requirements.txt, never replacing Slicer's or the PyTorch extension's
+        packages."""
         requirementsPath = self.resourcePath("requirements.txt")
         if self._hasPipEnsure():
             slicer.packaging.pip_ensure(slicer.packaging.load_requirements(requirementsPath),
                                         requester="MedAutoencoder", skip_packages=["torch", "SimpleITK", "requests"])
             return
-        missing = [name for name in ("monai", "scipy") if importlib.util.find_spec(name) is None]
+        missing = [name for name in PIP_INSTALL_ARGUMENTS if importlib.util.find_spec(name) is None]
         if not missing:
             return
         if not slicer.util.confirmOkCancelDisplay(
                 _("MedAutoencoder needs these Python packages: {names}. Download and install them now?").format(
                     names=", ".join(missing))):
             raise RuntimeError(_("MedAutoencoder cannot run without {names}.").format(names=", ".join(missing)))
-        if "monai" in missing:
-            slicer.util.pip_install("--no-deps monai>=1.4")  # --no-deps: keep the PyTorch extension's torch
-        if "scipy" in missing:
-            slicer.util.pip_install("scipy")
+        for name in missing:
+            slicer.util.pip_install(PIP_INSTALL_ARGUMENTS[name])
 
     @staticmethod
     def _hasPipEnsure() -> bool:

@@ -6,6 +6,7 @@ extension metadata the Extensions Index needs, without a Slicer build.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -142,3 +143,16 @@ def test_module_requirements_never_replace_slicer_packages():
              if line.strip() and not line.lstrip().startswith("#")]
     assert "monai" in names
     assert not {"torch", "simpleitk", "requests", "numpy"} & set(names)
+
+
+def test_module_fallback_installer_covers_every_requirement():
+    """Slicer before 5.12 installs missing packages one by one from PIP_INSTALL_ARGUMENTS: it must name each
+    package of requirements.txt (the module itself cannot be imported without Slicer, so its source is read)."""
+    requirements = (MODULE / "Resources/requirements.txt").read_text(encoding="utf-8")
+    names = {re.split(r"[<>=!~ ;\[]", line.strip())[0].lower() for line in requirements.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")}
+    tree = ast.parse((MODULE / "MedAutoencoder.py").read_text(encoding="utf-8"))
+    (arguments,) = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and any(getattr(t, "id", None) == "PIP_INSTALL_ARGUMENTS" for t in node.targets)]
+    assert set(arguments) == names
+    assert arguments["monai"].startswith("--no-deps")  # never replaces the PyTorch extension's torch
