@@ -144,8 +144,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
     written: Dict[str, Dict[str, str]] = {}
-    # Compressing the outputs takes as long as the network: writer threads (zlib releases the GIL) write each
-    # output as soon as it exists, while the scores and the next volume are computed.
+    # Writer threads write each output as soon as it exists (compression releases the GIL), while the scores and
+    # the next volume are computed.
     with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
         previous: List[Future] = []
         for i, path in enumerate(paths):

@@ -1,7 +1,9 @@
 """Training on healthy toy volumes and detection on a lesioned one, end to end on real files."""
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from conftest import tiny_train_config
-from MedAutoencoderLib.api import load_model, run_detection
+from MedAutoencoderLib.api import detect_files, load_model, run_detection
 from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
 from MedAutoencoderLib.config import DetectionConfig, DetectOptions, ModelConfig
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, ModelFileError, OutputExistsError
 from MedAutoencoderLib.evaluation import voxel_metrics
+from MedAutoencoderLib.io import read_image
 from MedAutoencoderLib.training import Trainer
 
 
@@ -87,6 +90,20 @@ def test_bfloat16_changes_maps_and_masks_only_within_rounding(dae_model, lesion_
     assert 2 * (full_mask & reduced_mask).sum() >= 0.9 * (full_mask.sum() + reduced_mask.sum())
     with pytest.raises(ConfigurationError, match="precision must be"):
         run_detection(lesion_case["image"], dae_model, DetectOptions(precision="float8"))
+
+
+def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_model, lesion_case, tmp_path):
+    """detect_files writes outputs on threads while the next volume is computed: every file must hold what
+    detection gives for its own volume."""
+    paths = [lesion_case["image_path"], lesion_case["healthy_path"]]
+    written = detect_files(paths, tmp_path, dae_model)
+    for path in paths:
+        expected = run_detection(read_image(path), dae_model, name=str(path)).result
+        for kind in ("reconstruction", "anomaly_map", "anomaly_mask"):
+            on_disk = sitk.ReadImage(written[str(path)][kind])
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(on_disk),
+                                          sitk.GetArrayFromImage(getattr(expected, kind)))
+        assert json.loads(Path(written[str(path)]["summary"]).read_text()) == json.loads(json.dumps(expected.summary))
 
 
 def test_stop_file_present_from_the_start_stops_after_one_epoch(toy_cohort, tmp_path, lesion_case):
