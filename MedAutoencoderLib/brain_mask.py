@@ -17,13 +17,8 @@ from MedAutoencoderLib.errors import InputImageError
 
 _SAMPLING_SHARE = 0.05  # share of template voxels used by the metric at each level
 _REGISTRATION_SPACING_MM = 2.0  # both images are registered on a 2 mm copy: the mask needs millimetres only
-# Multi-resolution levels on those copies (shrink factors, smoothing sigmas in mm). The similarity stage goes from
-# 4 mm to 2 mm; the affine stage starts from its 2 mm result and refines at 2 mm only, a quarter less time with
-# masks as accurate for every metric sampling seed tried (Dice >= 0.986 to a 5x-sampled reference, six seeds, on
-# the benchmark volume, the real head with skull, BraTS and MS). Stopping the similarity stage at 4 mm instead
-# made it depend on the seed (Dice 0.47 on the real head for some seeds).
-_SIMILARITY_LEVELS = ((2, 1), (2.0, 1.0))
-_AFFINE_LEVELS = ((1,), (1.0,))
+_SHRINK = (2, 1)  # multi-resolution levels on those copies: 4 mm, then 2 mm
+_SMOOTHING_MM = (2.0, 1.0)
 _MASK_MARGIN_MM = 8  # the metric sees the brain plus this margin of the template: skull does not pull on it
 
 
@@ -62,7 +57,7 @@ def _metric_region(mask: sitk.Image) -> sitk.Image:
 
 
 def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, transform: sitk.Transform,
-              levels: tuple, seed: int) -> sitk.Transform:
+              seed: int) -> sitk.Transform:
     """Optimise ``transform`` in place (Mattes mutual information, multi-resolution) and return it."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
@@ -73,9 +68,8 @@ def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, t
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=150,
                                                     relaxationFactor=0.6)
     method.SetOptimizerScalesFromPhysicalShift()
-    shrink_factors, smoothing_mm = levels
-    method.SetShrinkFactorsPerLevel(list(shrink_factors))
-    method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
+    method.SetShrinkFactorsPerLevel(list(_SHRINK))
+    method.SetSmoothingSigmasPerLevel(list(_SMOOTHING_MM))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(fixed, moving)
@@ -89,7 +83,7 @@ def template_to_image_transform(image: sitk.Image, seed: int = 0) -> sitk.Transf
     initial = sitk.CenteredTransformInitializer(template, moving, sitk.Similarity3DTransform(),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
     try:
-        similarity = _register(template, moving, region, initial, _SIMILARITY_LEVELS, seed)
+        similarity = _register(template, moving, region, initial, seed)
     except RuntimeError as exc:
         raise InputImageError(f"registration to the brain template failed ({str(exc).splitlines()[-1][:120]})") from None
     affine = sitk.AffineTransform(3)
@@ -97,7 +91,7 @@ def template_to_image_transform(image: sitk.Image, seed: int = 0) -> sitk.Transf
     affine.SetTranslation(similarity.GetTranslation())
     affine.SetCenter(similarity.GetCenter())
     try:
-        return _register(template, moving, region, affine, _AFFINE_LEVELS, seed)
+        return _register(template, moving, region, affine, seed)
     except RuntimeError:  # the affine refinement is optional: the similarity result already places the brain
         affine.SetMatrix(similarity.GetMatrix())
         affine.SetTranslation(similarity.GetTranslation())
