@@ -30,9 +30,11 @@ from MedAutoencoderLib.detection import (
     finish_detection,
     reconstruct_and_score,
     reconstruction_on_input_grid,
+    score_volume,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
 from MedAutoencoderLib.errors import ModelFileError, OutputExistsError
+from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import (
     find_volumes,
     output_path,
@@ -105,17 +107,13 @@ def run_detection(image: sitk.Image, model: LoadedModel, options: Optional[Detec
     threshold = _threshold(model, options)
     record = model.record
     prepared = prepare_volume(image, record.preprocess, name=name)
-    reconstruction_image: List[sitk.Image] = []
-
-    def map_back(reconstruction: np.ndarray) -> None:
-        reconstruction_image.append(reconstruction_on_input_grid(prepared, reconstruction))
-        if on_output is not None:
-            on_output("reconstruction", reconstruction_image[0])
-
-    reconstruction, scored = reconstruct_and_score(model.network, prepared, record.model, record.detection,
-                                                   model.device, options.precision,
-                                                   on_reconstruction=map_back)
-    result = finish_detection(prepared, reconstruction_image[0], scored, threshold, record.detection)
+    reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device,
+                                 options.precision)
+    reconstruction_image = reconstruction_on_input_grid(prepared, reconstruction)
+    if on_output is not None:
+        on_output("reconstruction", reconstruction_image)  # written while the scores are computed
+    scored = score_volume(prepared, reconstruction, record.detection)
+    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)

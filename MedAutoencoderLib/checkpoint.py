@@ -7,7 +7,6 @@ Files are written through a temporary name so that an interrupted save never lea
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -18,6 +17,7 @@ from torch import nn
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, from_plain, to_plain
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+from MedAutoencoderLib.io import replacing
 from MedAutoencoderLib.networks import build_network
 
 FORMAT = "MedAutoencoder-model"
@@ -57,10 +57,8 @@ def save_model(path: Path, network: nn.Module, record: ModelRecord,
     if training_state is not None:
         payload["training_state"] = training_state
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with replacing(path) as temporary:
+        torch.save(payload, temporary)
     return path
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAutoencoderLib.evaluation import dice
-from MedAutoencoderLib.io import write_image
+from MedAutoencoderLib.io import write_image, write_text
 from MedAutoencoderLib.progress import ProgressCallback
 from MedAutoencoderLib.synthetic import insert_lesion, load_template, make_healthy_subject_with_mask, template_brain_mask
 
@@ -77,7 +77,7 @@ def run_demo(output_dir: Path, model_path: Optional[str] = None, kind: str = "ma
                                  float(np.prod(truth.GetSpacing())) / 1000, 3)
     summary["dice_vs_truth"] = round(dice(sitk.GetArrayViewFromImage(mask) > 0,
                                           sitk.GetArrayViewFromImage(truth) > 0), 4)
-    Path(outputs["summary"]).write_text(json.dumps(summary, indent=2))
+    write_text(Path(outputs["summary"]), json.dumps(summary, indent=2), overwrite=True)
     outputs["overlay"] = str(overlay_png(lesioned, sitk.ReadImage(outputs["reconstruction"]),
                                          sitk.ReadImage(outputs["anomaly_map"]), mask, truth,
                                          summary["threshold"], output_dir / "demo_overlay.png"))

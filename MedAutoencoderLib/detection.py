@@ -8,7 +8,7 @@ false-positive rate; connected components smaller than a physical volume are rem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -91,19 +91,16 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
         else:
             score_map[box] = residual[box]
     score_map[~region] = 0.0
-    return ScoredVolume(score_map=score_map.astype(np.float32), region=region)
+    return ScoredVolume(score_map=score_map.astype(np.float32, copy=False), region=region)
 
 
 def reconstruct_and_score(network: nn.Module, prepared: PreparedVolume, model: ModelConfig,
                           config: DetectionConfig, device: torch.device, precision: str = "auto",
-                          on_reconstruction: Optional[Callable[[np.ndarray], None]] = None,
                           ) -> Tuple[np.ndarray, ScoredVolume]:
-    """The network's reconstruction of a prepared volume and its anomaly scores, both on the model grid: the
-    one path shared by detection, training-time calibration and recalibration. ``on_reconstruction`` sees the
-    reconstruction before scoring starts (detection starts writing it then)."""
+    """The network's reconstruction of a prepared volume and its anomaly scores, both on the model grid, as
+    training-time calibration and recalibration need them (detection runs the same two steps with a write
+    in between)."""
     reconstruction = reconstruct(network, prepared, model, config.batch_size, device, precision)
-    if on_reconstruction is not None:
-        on_reconstruction(reconstruction)
     return reconstruction, score_volume(prepared, reconstruction, config)
 
 
@@ -124,18 +121,30 @@ def anomaly_score(scored: ScoredVolume) -> float:
     return float(np.partition(values, values.size - k)[-k:].mean())
 
 
-def threshold_mask(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
-    """Voxels above ``threshold``, without connected components smaller than ``min_component_ml`` (uint8)."""
+def _component_labels(mask: sitk.Image, min_voxels: int = 0) -> sitk.Image:
+    """Connected components (full connectivity) numbered largest first, those under ``min_voxels`` removed."""
+    return sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), minimumObjectSize=min_voxels,
+                                 sortByObjectSize=True)
+
+
+def _labels_above(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
     above = sitk.Cast(sitk.Greater(anomaly_map, threshold), sitk.sitkUInt8)
     voxel_ml = float(np.prod(anomaly_map.GetSpacing())) / 1000.0
     min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(above, True), minimumObjectSize=min_voxels)
-    return sitk.Cast(components > 0, sitk.sitkUInt8)
+    return _component_labels(above, min_voxels)
+
+
+def threshold_mask(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
+    """Voxels above ``threshold``, without connected components smaller than ``min_component_ml`` (uint8)."""
+    return sitk.Cast(_labels_above(anomaly_map, threshold, min_component_ml) > 0, sitk.sitkUInt8)
 
 
 def describe_components(mask: sitk.Image) -> List[Dict[str, Any]]:
     """Size and physical centroid (LPS as in the file, RAS as in Slicer) of each component, largest first."""
-    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
+    return _describe_labels(_component_labels(mask))
+
+
+def _describe_labels(labels: sitk.Image) -> List[Dict[str, Any]]:
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(labels)
     components = []
@@ -160,8 +169,9 @@ def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image,
                      threshold: float, config: DetectionConfig) -> DetectionResult:
     """Map the scores back onto the input grid, threshold there and summarise."""
     anomaly_map = prepared.to_input_grid(scored.score_map)
-    mask = threshold_mask(anomaly_map, threshold, config.min_component_ml)
-    components = describe_components(mask)
+    labels = _labels_above(anomaly_map, threshold, config.min_component_ml)  # components found once
+    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    components = _describe_labels(labels)
     summary = {
         "input": prepared.name,
         "anomaly_score": round(anomaly_score(scored), 6),

@@ -59,10 +59,10 @@ def inference_autocast(device: torch.device, precision: str = "auto") -> context
     but it moved the real-scan results slightly (benchmarks/results/precision_check.txt), so it is a choice,
     not the CPU default.
     """
-    if precision == "float32" or (precision == "auto" and device.type == "cpu"):
+    if precision == "float32":
         return contextlib.nullcontext()
     if precision == "auto":
-        return autocast(device)
+        return autocast(device)  # float32 on CPUs
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError("this GPU has no bfloat16 support; use --precision auto (float16) or float32")
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -11,7 +11,6 @@ is how the export is verified).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
@@ -25,7 +24,7 @@ from MedAutoencoderLib.checkpoint import ModelRecord, record_from_payload
 from MedAutoencoderLib.config import to_plain
 from MedAutoencoderLib.device import resolve_device
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
-from MedAutoencoderLib.io import refuse_overwrite, write_text
+from MedAutoencoderLib.io import refuse_overwrite, replacing, write_text
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 SIDECAR_FORMAT = "MedAutoencoder-export"
@@ -120,9 +119,8 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
-            temporary = out.with_name(f".{out.name}.partial")
-            torch.jit.save(torch.jit.trace(wrapper, example), str(temporary))
-            os.replace(temporary, out)
+            with replacing(out) as temporary:
+                torch.jit.save(torch.jit.trace(wrapper, example), str(temporary))
         else:
             _export_onnx(wrapper, example, out)
     write_text(meta, json.dumps(sidecar(model.record, model.path, fmt), indent=2), overwrite=True)

@@ -12,7 +12,6 @@ Tables are written as CSV (``file,slice,f0,f1,...``) or as a NumPy structured ar
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Union
@@ -23,7 +22,7 @@ from monai.transforms import DivisiblePad
 
 from MedAutoencoderLib.api import LoadedModel
 from MedAutoencoderLib.errors import ConfigurationError, TableFileError
-from MedAutoencoderLib.io import read_image
+from MedAutoencoderLib.io import read_image, replacing
 from MedAutoencoderLib.latent import encode_slices, require_2d
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 
@@ -99,21 +98,19 @@ def write_features(table: FeatureTable, path: Union[str, Path], fmt: Union[str, 
     so that an interrupted write never leaves a truncated table under the final name."""
     path = Path(path)
     fmt = _format_of(path, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    if fmt == "npy":
-        width = max([len(f) for f in table.files] + [1])
-        dtype = [("file", f"U{width}"), ("slice", "i4"), ("features", "f4", (table.values.shape[1],))]
-        rows = np.array(list(zip(table.files, table.slices, table.values)), dtype=dtype)
-        with open(temporary, "wb") as handle:  # np.save would append ".npy" to any other suffix
-            np.save(handle, rows, allow_pickle=False)
-    else:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "slice"] + [f"f{i}" for i in range(table.values.shape[1])])
-            for name, index, values in zip(table.files, table.slices, table.values):
-                writer.writerow([name, int(index)] + [f"{v:.7g}" for v in values])
-    os.replace(temporary, path)
+    with replacing(path) as temporary:
+        if fmt == "npy":
+            width = max([len(f) for f in table.files] + [1])
+            dtype = [("file", f"U{width}"), ("slice", "i4"), ("features", "f4", (table.values.shape[1],))]
+            rows = np.array(list(zip(table.files, table.slices, table.values)), dtype=dtype)
+            with open(temporary, "wb") as handle:  # np.save would append ".npy" to any other suffix
+                np.save(handle, rows, allow_pickle=False)
+        else:
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["file", "slice"] + [f"f{i}" for i in range(table.values.shape[1])])
+                for name, index, values in zip(table.files, table.slices, table.values):
+                    writer.writerow([name, int(index)] + [f"{v:.7g}" for v in values])
     return path
 
 

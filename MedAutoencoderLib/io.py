@@ -5,18 +5,17 @@ is reported as an :class:`InputImageError` that names the file, instead of faili
 """
 from __future__ import annotations
 
+import contextlib
 import glob
-import gzip
 import os
 import shutil
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
-from isal import igzip
+from isal import igzip, isal_zlib
 
 from MedAutoencoderLib.errors import InputImageError, OutputExistsError
 
@@ -81,19 +80,25 @@ def read_image(path: PathLike) -> sitk.Image:
     p = Path(path)
     if not p.exists():
         raise InputImageError(f"{p}: no such file or folder")
-    nifti = not p.is_dir() and volume_suffix(p) in (".nii", ".nii.gz")
+    if p.is_dir():
+        return check_volume(_read(_read_dicom_series, p), str(p))
+    if volume_suffix(p) not in (".nii", ".nii.gz"):
+        return check_volume(_read(lambda q: sitk.ReadImage(str(q)), p), str(p))
     with ThreadPoolExecutor(max_workers=1) as side:
         # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage), so
         # the bytes present are counted beside the read, on the other core, and compared with the header's
-        present = side.submit(_nifti_bytes_present, p) if nifti else None
-        try:
-            image = _read_dicom_series(p) if p.is_dir() else sitk.ReadImage(str(p))
-        except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
-            first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-            raise InputImageError(f"{p}: cannot be read as a medical image ({first_line})") from None
-        if present is not None:
-            _check_nifti_complete(p, image, present.result())
+        present = side.submit(_nifti_bytes_present, p)
+        image = _read(lambda q: sitk.ReadImage(str(q)), p)
+        _check_nifti_complete(p, image, present.result())
     return check_volume(image, str(p))
+
+
+def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
+    try:
+        return reader(path)
+    except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputImageError(f"{path}: cannot be read as a medical image ({first_line})") from None
 
 
 def _nifti_bytes_present(path: Path) -> int:
@@ -102,10 +107,10 @@ def _nifti_bytes_present(path: Path) -> int:
         return path.stat().st_size
     present = 0
     try:
-        with gzip.open(path, "rb") as stream:
+        with igzip.open(path, "rb") as stream:  # ISA-L: a third of zlib's time
             for chunk in iter(lambda: stream.read(1 << 22), b""):
                 present += len(chunk)
-    except (EOFError, OSError, zlib.error):
+    except (EOFError, OSError, isal_zlib.error):
         raise InputImageError(f"{path}: is truncated or corrupt (the compressed data ends early)") from None
     return present
 
@@ -175,21 +180,30 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = ()) -> N
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 
-def write_image(image: sitk.Image, path: PathLike) -> Path:
-    """Write ``image`` (compressed where the format allows) through a temporary file, so that an interrupted
-    write never leaves a half-written file under the final name."""
+@contextlib.contextmanager
+def replacing(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary name beside ``path`` (``.<name>.partial<suffix>``) to write to: on success it replaces
+    ``path`` in one step, on failure it is removed, so that an interrupted write never leaves a half-written
+    file under the final name, nor a leftover beside the user's files."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.partial{volume_suffix(target) or '.nrrd'}")
+    temporary = target.with_name(f".{target.name}.partial{suffix}")
     try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_image(image: sitk.Image, path: PathLike) -> Path:
+    """Write ``image`` (compressed where the format allows) through a temporary file (:func:`replacing`)."""
+    target = Path(path)
+    with replacing(target, volume_suffix(target) or ".nrrd") as temporary:  # ITK picks the format by suffix
         if volume_suffix(target) == ".nii.gz":
             _write_gzipped_nifti(image, temporary)
         else:
             sitk.WriteImage(image, str(temporary), useCompression=True)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)  # no half-written leftovers beside the user's files
-        raise
     return target
 
 
@@ -212,8 +226,6 @@ def write_text(path: Path, text: str, overwrite: bool = False) -> Path:
     target = Path(path)
     if not overwrite:
         refuse_overwrite([target])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.partial")
-    temporary.write_text(text)
-    os.replace(temporary, target)
+    with replacing(target) as temporary:
+        temporary.write_text(text)
     return target

@@ -48,7 +48,7 @@ class PreparedVolume:
         input voxels beyond the model grid get ``outside``."""
         interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
         pixel_type = sitk.sitkUInt8 if nearest else sitk.sitkFloat32
-        source = array.astype(np.uint8) if nearest else array.astype(np.float32)
+        source = array.astype(np.uint8 if nearest else np.float32, copy=False)
         return sitk.Resample(self.on_grid(source), self.source, sitk.Transform(), interpolator, outside, pixel_type)
 
 
