@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 import time
 from typing import Annotated, Callable, Dict, List, Optional
 
@@ -487,10 +488,7 @@ class MedAutoencoderJob:
 
     def kill(self) -> None:
         """Kill the worker's process tree (no-op when it has ended)."""
-        from MedAutoencoderLib import jobs
-
-        self.worker.cancel_requested = True
-        jobs.kill_process_tree(self.worker.process)
+        self.worker.cancel()
 
     def wait(self) -> None:
         """Block until the job has ended, keeping Slicer responsive (console scripting)."""
@@ -692,10 +690,10 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
     # ---- shared
 
     def _newTemporaryDirectory(self) -> str:
-        folder = os.path.join(slicer.app.temporaryPath, "MedAutoencoder", time.strftime("%Y%m%d_%H%M%S_")
-                              + str(int(time.time() * 1000) % 1000))
-        os.makedirs(folder, exist_ok=True)
-        return folder
+        """A new folder of its own for each job (two jobs started in the same instant never share one)."""
+        root = os.path.join(slicer.app.temporaryPath, "MedAutoencoder")
+        os.makedirs(root, exist_ok=True)
+        return tempfile.mkdtemp(prefix=time.strftime("%Y%m%d_%H%M%S_"), dir=root)
 
     def _startWorker(self, command: List[str], device: str, useStartupEnvironment: bool,
                      stopFile: Optional[str] = None):

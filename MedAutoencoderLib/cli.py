@@ -27,10 +27,10 @@ from MedAutoencoderLib.config import (
 )
 from MedAutoencoderLib.errors import Cancelled, MedAutoencoderError
 from MedAutoencoderLib.io import write_text
+from MedAutoencoderLib.jobs import EXIT_CANCELLED
 from MedAutoencoderLib.progress import make_reporter
 
 EXIT_USER_ERROR = 1
-EXIT_CANCELLED = 130
 
 
 def _threshold(text: str) -> Optional[float]:

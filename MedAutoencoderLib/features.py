@@ -21,10 +21,13 @@ import torch
 from monai.transforms import DivisiblePad
 
 from MedAutoencoderLib.api import LoadedModel
+from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import ConfigurationError, TableFileError
+from MedAutoencoderLib.inference import foreground_slices
 from MedAutoencoderLib.io import read_image, replacing
 from MedAutoencoderLib.latent import encode_slices, require_2d
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
+from MedAutoencoderLib.samples import training_slices
 
 VOLUME_ROW = -1  # ``slice`` value of a row that describes a whole volume
 FEATURE_FORMATS = ("csv", "npy")
@@ -49,10 +52,10 @@ def _pooled_code(codes: torch.Tensor) -> np.ndarray:
     return codes.flatten(2).mean(dim=2).numpy()
 
 
-def _trained_slices(prepared: PreparedVolume, min_fraction: float) -> np.ndarray:
-    coverage = prepared.foreground.reshape(prepared.foreground.shape[0], -1).mean(axis=1)
-    chosen = np.flatnonzero(coverage >= min_fraction)
-    return chosen if len(chosen) else np.flatnonzero(coverage > 0)
+def _trained_slices(prepared: PreparedVolume, config: PreprocessConfig) -> np.ndarray:
+    """The slices a 2D model trains on, or every foreground slice of a volume that has none of those."""
+    chosen = training_slices(prepared.foreground, config)
+    return chosen if len(chosen) else foreground_slices(prepared.foreground)
 
 
 def _volume_code_3d(model: LoadedModel, prepared: PreparedVolume) -> np.ndarray:
@@ -68,7 +71,7 @@ def volume_features(model: LoadedModel, prepared: PreparedVolume, name: str, per
         if per_slice:
             require_2d(model, "per-slice features")
         return FeatureTable([name], np.array([VOLUME_ROW]), _volume_code_3d(model, prepared)[None])
-    slices = _trained_slices(prepared, model.record.preprocess.mask_min_fraction)
+    slices = _trained_slices(prepared, model.record.preprocess)
     pooled = _pooled_code(encode_slices(model, prepared.image[slices]))
     rows = [pooled.mean(axis=0, keepdims=True)] + ([pooled] if per_slice else [])
     indices = [np.array([VOLUME_ROW])] + ([slices] if per_slice else [])
