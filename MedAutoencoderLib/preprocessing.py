@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from MedAutoencoderLib import morphology
 from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
 
@@ -64,44 +65,11 @@ def otsu_foreground(image: sitk.Image) -> sitk.Image:
     largest = sitk.Equal(components, 1)
     if sitk.GetArrayViewFromImage(largest).max() == 0:
         raise InputImageError("no foreground found (Otsu threshold left no bright region)")
-    closed = sitk.GetImageFromArray(close_with_ball_radius_2(sitk.GetArrayViewFromImage(largest) > 0)
+    closed = sitk.GetImageFromArray(morphology.close(sitk.GetArrayViewFromImage(largest) > 0, (2, 2, 2))
                                     .astype(np.uint8))
     closed.CopyInformation(largest)
     filled = sitk.BinaryFillhole(closed)
     return _fill_holes_per_slice(filled)
-
-
-# ITK's voxel ball of radius 2 (81 voxels) is the union of these three boxes ((z, y, x) sizes): 5x5 squares without
-# corners in the middle three planes, 3x3 squares in the outer two.
-_BALL_RADIUS_2_AS_BOXES = ((3, 5, 3), (3, 3, 5), (5, 3, 3))
-
-
-def close_with_ball_radius_2(mask: np.ndarray) -> np.ndarray:
-    """Binary closing of a (z, y, x) mask with ITK's radius-2 ball, beyond-the-edge voxels as background: the
-    same voxels as ``sitk.BinaryMorphologicalClosing(image, [2, 2, 2])`` in a twentieth of the time (0.01 s
-    instead of 0.25 s on the model grid). Dilating by a union of boxes is the union of the box dilations, and a
-    box dilation is a few shifted ORs per axis."""
-    padded = np.pad(mask, 4)  # twice the radius: the closing never reaches the array's own edge
-    dilated = _dilate_by_boxes(padded)
-    closed = ~_dilate_by_boxes(~dilated)  # erosion is the dilation of the complement
-    return closed[4:-4, 4:-4, 4:-4]
-
-
-def _dilate_by_boxes(mask: np.ndarray) -> np.ndarray:
-    result = np.zeros_like(mask)
-    for box in _BALL_RADIUS_2_AS_BOXES:
-        dilated = mask
-        for axis, size in enumerate(box):
-            grown = dilated.copy()
-            for shift in range(1, size // 2 + 1):
-                later = [slice(None)] * 3
-                earlier = [slice(None)] * 3
-                later[axis], earlier[axis] = slice(shift, None), slice(None, -shift)
-                grown[tuple(later)] |= dilated[tuple(earlier)]
-                grown[tuple(earlier)] |= dilated[tuple(later)]
-            dilated = grown
-        result |= dilated
-    return result
 
 
 _IN_PLANE = np.array([np.zeros((3, 3)), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3))], dtype=bool)
@@ -215,8 +183,7 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
 
 def erode_mask(mask: np.ndarray, radius_mm: float, spacing: tuple) -> np.ndarray:
     """Erode a (z, y, x) mask by ``radius_mm`` using a per-axis radius from the grid spacing (x, y, z)."""
-    radius = [int(round(radius_mm / s)) for s in spacing]
+    radius = [int(round(radius_mm / s)) for s in reversed(spacing)]
     if max(radius) == 0:
         return mask.copy()
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    return sitk.GetArrayFromImage(sitk.BinaryErode(image, radius)).astype(bool)
+    return morphology.erode(mask, radius)

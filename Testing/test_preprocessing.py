@@ -9,7 +9,8 @@ from scipy import ndimage
 from conftest import oblique_direction, organ_mask, rotation_z, toy
 from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.preprocessing import close_with_ball_radius_2, normalise, otsu_foreground, prepare_volume
+from MedAutoencoderLib import morphology
+from MedAutoencoderLib.preprocessing import erode_mask, normalise, otsu_foreground, prepare_volume
 
 # 64 mm of model grid (finer than the input, so little is lost by resampling) hold the whole toy organ of any cohort geometry
 COVERING = PreprocessConfig(spacing=(1.0, 1.0, 1.0), size=(64, 64, 64))
@@ -137,13 +138,34 @@ def test_invalid_preprocessing_settings_are_refused():
             PreprocessConfig(**bad).validate()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ball_closing_gives_the_voxels_of_itks_closing(seed):
-    """Blobs with gaps and holes, touching the array's edges: the same voxels as SimpleITK's ball closing."""
-    rng = np.random.default_rng(seed)
+RADII = [(2, 2, 2), (1, 1, 1), (3, 3, 3), (1, 2, 3), (0, 2, 2)]  # (z, y, x), anisotropic and in-plane included
+
+
+@pytest.mark.parametrize("radius", RADII, ids=str)
+def test_ball_morphology_gives_the_voxels_of_itks(radius):
+    """Blobs with gaps and holes, touching the array's edges: dilation, erosion and closing give the same voxels
+    as SimpleITK's ball filters (whose edge rules differ: background for dilation, foreground for erosion, a
+    safe border for closing)."""
+    rng = np.random.default_rng(sum(radius))
     blobs = ndimage.gaussian_filter(rng.random((30, 41, 37)), 2.0) > 0.5
     image = sitk.GetImageFromArray(blobs.astype(np.uint8))
-    expected = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(image, [2, 2, 2])) > 0
-    closed = close_with_ball_radius_2(blobs)
-    assert closed.sum() > blobs.sum()  # the closing did fill something
-    np.testing.assert_array_equal(closed, expected)
+    itk_radius = list(radius[::-1])
+    expected = {
+        "dilate": sitk.BinaryDilate(image, itk_radius),
+        "erode": sitk.BinaryErode(image, itk_radius),
+        "close": sitk.BinaryMorphologicalClosing(image, itk_radius),
+    }
+    for name, itk_result in expected.items():
+        ours = getattr(morphology, name)(blobs, radius)
+        assert not np.array_equal(ours, blobs), name  # the operation did change something
+        np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(itk_result) > 0, err_msg=name)
+
+
+def test_mask_erosion_in_millimetres_follows_each_axis_spacing():
+    """3 mm on a grid of spacing (x, y, z) = (1, 1.5, 3) mm is a radius of 3, 2 and 1 voxels along x, y, z."""
+    mask = np.zeros((20, 30, 40), dtype=bool)
+    mask[3:17, 5:25, 6:34] = True
+    eroded = erode_mask(mask, 3.0, (1.0, 1.5, 3.0))
+    expected = sitk.BinaryErode(sitk.GetImageFromArray(mask.astype(np.uint8)), [3, 2, 1])
+    np.testing.assert_array_equal(eroded, sitk.GetArrayFromImage(expected) > 0)
+    assert eroded[4:16, 7:23, 9:31].all() and eroded.sum() == 12 * 16 * 22
