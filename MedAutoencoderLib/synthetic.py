@@ -208,6 +208,18 @@ def _head_corners(template: sitk.Image) -> np.ndarray:
     return np.asarray(corners, dtype=np.float64)
 
 
+def tilted_copy(image: sitk.Image, degrees: float, axis: Sequence[float]) -> sitk.Image:
+    """The same voxels placed in patient space rotated by ``degrees`` about ``axis`` (LPS) through the volume's
+    centre: the head of ``image`` tilted in the scanner. Anything found on the voxels must not change."""
+    rotation = np.array(sitk.VersorTransform(tuple(float(a) for a in axis), np.deg2rad(degrees)).GetMatrix())
+    rotation = rotation.reshape(3, 3)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([s / 2.0 for s in image.GetSize()]))
+    result = sitk.Image(image)
+    result.SetDirection((rotation @ np.array(image.GetDirection()).reshape(3, 3)).ravel().tolist())
+    result.SetOrigin((rotation @ (np.array(image.GetOrigin()) - centre) + centre).tolist())
+    return result
+
+
 def _random_rotation(rng: np.random.Generator, max_angle_deg: float) -> np.ndarray:
     """Rotation matrix about a uniformly random axis by an angle uniform in [-max, max] degrees."""
     axis = rng.standard_normal(3)

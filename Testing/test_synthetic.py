@@ -279,3 +279,21 @@ def test_make_cohort_writes_paired_healthy_and_lesioned_subjects(template: sitk.
     assert not (tmp_path / "healthy" / "healthy_000_mask.nii.gz").exists()
     with pytest.raises(OutputExistsError):
         synthetic.make_cohort(tmp_path / "healthy", 1, **common)
+
+
+def test_tilted_copy_rotates_the_placement_about_the_centre_and_keeps_the_voxels():
+    image = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    image.SetSpacing((1.0, 1.5, 2.0))
+    image.SetOrigin((10.0, -20.0, 5.0))
+    tilted = synthetic.tilted_copy(image, 90.0, (0.0, 0.0, 1.0))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(tilted), sitk.GetArrayViewFromImage(image))
+    assert tilted.GetSpacing() == image.GetSpacing()
+    np.testing.assert_allclose(np.array(tilted.GetDirection()).reshape(3, 3), [[0, -1, 0], [1, 0, 0], [0, 0, 1]],
+                               atol=1e-12)
+    centre = [s / 2.0 for s in image.GetSize()]
+    np.testing.assert_allclose(tilted.TransformContinuousIndexToPhysicalPoint(centre),
+                               image.TransformContinuousIndexToPhysicalPoint(centre), atol=1e-9)
+    # the origin turns a quarter about the z axis through the centre
+    offset = np.subtract(image.GetOrigin(), image.TransformContinuousIndexToPhysicalPoint(centre))
+    np.testing.assert_allclose(np.subtract(tilted.GetOrigin(), image.TransformContinuousIndexToPhysicalPoint(centre)),
+                               [-offset[1], offset[0], offset[2]], atol=1e-9)
