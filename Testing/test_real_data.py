@@ -82,8 +82,9 @@ def test_brain_mask_registration_does_not_depend_on_the_metric_sampling():
 @pytest.mark.parametrize("axis", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)], ids=["LR", "AP", "SI"])
 def test_brain_mask_follows_a_head_tilted_by_ten_degrees(axis):
     """A head tilted in the scanner is the same voxels with another direction matrix: its brain mask must be the
-    same voxels. 10 degrees about any axis holds in every run measured; 20 degrees does not always hold for a head
-    with skull (README, model card limits; ``benchmarks/registration_tilt.py``)."""
+    same voxels. Starting the registration at the template's own size failed this in about a third of the runs
+    (the template brain grew onto the scalp); tilts up to 30 degrees are measured by
+    ``benchmarks/registration_tilt.py``."""
     head = read_image(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz")
     as_acquired = template_brain_mask_on(head, template_to_image_transform(head))
     tilted = tilted_copy(head, 10.0, axis)
