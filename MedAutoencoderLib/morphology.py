@@ -47,9 +47,10 @@ def _dilate_by_box(mask: np.ndarray, half_size: Radius) -> np.ndarray:
 
 def dilate(mask: np.ndarray, radius: Sequence[int]) -> np.ndarray:
     """``sitk.BinaryDilate`` with a ball of ``radius`` (z, y, x): beyond the array counts as background."""
-    result = np.zeros_like(mask, dtype=bool)
+    mask = mask.astype(bool, copy=False)
+    result = np.zeros_like(mask)
     for box in ball_as_boxes(tuple(int(r) for r in radius)):
-        result |= _dilate_by_box(mask.astype(bool, copy=False), box)
+        result |= _dilate_by_box(mask, box)
     return result
 
 
