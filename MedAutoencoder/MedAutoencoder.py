@@ -71,7 +71,6 @@ PIP_INSTALL_ARGUMENTS = {"monai": "--no-deps monai>=1.4", "scipy": "scipy", "isa
 #
 
 
-
 class MedAutoencoder(ScriptedLoadableModule):
     """Module description shown in Slicer (see ScriptedLoadableModule)."""
 

@@ -7,9 +7,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from conftest import oblique_direction, organ_mask, rotation_z, toy
+from MedAutoencoderLib import morphology
 from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib import morphology
 from MedAutoencoderLib.preprocessing import erode_mask, normalise, otsu_foreground, prepare_volume
 
 # 64 mm of model grid (finer than the input, so little is lost by resampling) hold the whole toy organ of any cohort geometry

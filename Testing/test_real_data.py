@@ -22,9 +22,20 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
 
 
-def test_brain_mask_of_a_head_with_skull_is_brain_sized_and_leaves_the_scalp_out():
-    head = read_image(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz")
-    brain = template_brain_mask_on(head, template_to_image_transform(head))
+@pytest.fixture(scope="module")
+def head() -> sitk.Image:
+    """The real healthy T1 head with skull, read once for the tests of this module."""
+    return read_image(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def head_brain(head) -> np.ndarray:
+    """The head's brain mask from the registration with the default seed, computed once."""
+    return template_brain_mask_on(head, template_to_image_transform(head))
+
+
+def test_brain_mask_of_a_head_with_skull_is_brain_sized_and_leaves_the_scalp_out(head, head_brain):
+    brain = head_brain
     volume_ml = brain.sum() * np.prod(head.GetSpacing()) / 1000
     assert 1000 < volume_ml < 1700
     head_mask = otsu_foreground(head)  # the whole head, holes filled per slice
@@ -60,8 +71,8 @@ def test_default_model_finds_the_glioma_on_native_t1(default_model):
     assert run.result.anomaly_mask.GetDirection() == image.GetDirection()
 
 
-def test_default_model_flags_little_of_a_healthy_head_with_skull(default_model):
-    run = run_detection(read_image(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz"), default_model)
+def test_default_model_flags_little_of_a_healthy_head_with_skull(default_model, head):
+    run = run_detection(head, default_model)
     region = sitk.GetArrayFromImage(run.prepared.to_input_grid(run.scored.region, nearest=True)) > 0
     flagged = sitk.GetArrayFromImage(run.result.anomaly_mask)[region].mean()
     # measured 2.5 %: ventricles and midline CSF of a real brain differ from the one template anatomy the model
@@ -69,25 +80,22 @@ def test_default_model_flags_little_of_a_healthy_head_with_skull(default_model):
     assert flagged < 0.05
 
 
-def test_brain_mask_registration_does_not_depend_on_the_metric_sampling():
+def test_brain_mask_registration_does_not_depend_on_the_metric_sampling(head, head_brain):
     """The metric samples random voxels (seeded); a registration that only works for some seeds would fail on
     some users' scans. On the real head with skull, three seeds must give the same brain mask."""
-    head = read_image(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz")
-    first, *others = [template_brain_mask_on(head, template_to_image_transform(head, seed=seed)) for seed in (0, 1, 2)]
-    agreement = [dice(first, other) for other in others]
+    others = [template_brain_mask_on(head, template_to_image_transform(head, seed=seed)) for seed in (1, 2)]
+    agreement = [dice(head_brain, other) for other in others]
     # measured 0.991-0.996 over 45 registrations; the seed-dependent setting it guards against gave 0.47
     assert min(agreement) > 0.9, agreement
 
 
 @pytest.mark.parametrize("axis", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)], ids=["LR", "AP", "SI"])
-def test_brain_mask_follows_a_head_tilted_by_ten_degrees(axis):
+def test_brain_mask_follows_a_head_tilted_by_ten_degrees(axis, head, head_brain):
     """A head tilted in the scanner is the same voxels with another direction matrix: its brain mask must be the
     same voxels. Starting the registration at the template's own size failed this in about a third of the runs
     (the template brain grew onto the scalp); tilts up to 30 degrees are measured by
     ``benchmarks/registration_tilt.py``."""
-    head = read_image(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz")
-    as_acquired = template_brain_mask_on(head, template_to_image_transform(head))
     tilted = tilted_copy(head, 10.0, axis)
     assert tilted.GetDirection() != head.GetDirection()
     on_tilted = template_brain_mask_on(tilted, template_to_image_transform(tilted))
-    assert dice(as_acquired, on_tilted) > 0.95
+    assert dice(head_brain, on_tilted) > 0.95
