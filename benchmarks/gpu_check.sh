@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # GPU checks in one go (run on a CUDA machine from the repository root): detection speed with AMP beside the
-# plain MONAI pipeline, and DDP training through torchrun on the NCCL backend with a tiny toy cohort.
-set -euo pipefail
+# plain MONAI pipeline (stages timed alone too), DDP training through torchrun on the NCCL backend with a tiny toy
+# cohort (and the clear error when more processes than GPUs are started), and the synthetic evaluation in mixed
+# precision, to compare with the same cases in float32 on a CPU:
+#     python benchmarks/evaluate_anomalies.py --per-kind 2 --healthy 3 --device cpu
+set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 benchmarks/benchmark_speed.py --device cuda --repeats 7 2>&1 | { grep -v -i warning || true; } | tee "$out/speed_cuda.txt"
+quiet() { grep -v -i warning || true; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  python3 -c "import torch, SimpleITK, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())"
+} 2>&1 | tee "$out/gpu.txt"
+timeout 300 python3 benchmarks/benchmark_speed.py --device cuda --repeats 7 2>&1 | quiet | tee "$out/speed_cuda.txt"
 python3 - <<'PY'
 import numpy as np, SimpleITK as sitk, os
 from MedAutoencoderLib.synthetic import toy_volume
@@ -13,7 +19,13 @@ os.makedirs("/tmp/toy", exist_ok=True)
 for seed in range(4):
     sitk.WriteImage(toy_volume(np.random.default_rng(seed), shape=(48, 48, 40)), f"/tmp/toy/healthy{seed}.nrrd")
 PY
-torchrun --standalone --nproc_per_node 1 -m MedAutoencoderLib train --data /tmp/toy --out /tmp/toy_ddp.pt \
-    --size 32 32 32 --spacing 1.5 1.5 1.5 --channels 8 16 --epochs 3 --device cuda --progress json --no-augment \
-    2>&1 | { grep -v -i warning || true; } | tee "$out/ddp_nccl.txt"
-python3 -m MedAutoencoderLib info /tmp/toy_ddp.pt | tee -a "$out/ddp_nccl.txt"
+for n in 1 2; do
+  echo "== torchrun --nproc_per_node $n on $(nvidia-smi -L | wc -l) GPU(s)"
+  timeout 120 torchrun --standalone --nproc_per_node $n -m MedAutoencoderLib train --data /tmp/toy \
+      --out /tmp/toy_ddp$n.pt --size 32 32 32 --spacing 1.5 1.5 1.5 --channels 8 16 --epochs 3 --device cuda \
+      --progress json --no-augment 2>&1 | quiet | grep -v '"step"'
+  echo "exit status: $?"
+  python3 -m MedAutoencoderLib info /tmp/toy_ddp$n.pt
+done 2>&1 | tee "$out/ddp_nccl.txt"
+timeout 240 python3 benchmarks/evaluate_anomalies.py --per-kind 2 --healthy 3 --device cuda 2>&1 | quiet \
+    | tee "$out/evaluation_cuda_amp.txt"
