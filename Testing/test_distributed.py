@@ -85,10 +85,13 @@ def test_only_rank_zero_writes_reports_and_cancels(runs):
     cancelled, resumed = runs["cancelled"], runs["resumed"]
     assert cancelled.returncode != 0 and "cancelled:" in cancelled.stderr, cancelled.stderr[-2000:]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert sorted(p.name for p in runs["folder"].iterdir()) == ["cancelled.pt", "resumed.pt"]
+    written = sorted(p.name for p in runs["folder"].iterdir())
+    assert written == ["cancelled.pt", "resumed.pt"], written
     for done, last in ((cancelled, "cancelled"), (resumed, "done")):
         names = [e["event"] for e in events(done)]
-        assert names.count("start") == 1 and names.count(last) == 1 and names[-1] == last
+        # the messages say what happened if this ever fails again (it failed once in a full local run, unseen)
+        assert names.count("start") == 1 and names.count(last) == 1 and names[-1] == last, \
+            (names, done.stderr[-2000:])
     first = read_model_file(runs["folder"] / "cancelled.pt")["training"]
     assert first["stop_reason"] == "cancelled" and first["epochs"] == 1 and first["processes"] == 2
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedAutoencoderLib import brain_mask
 from MedAutoencoderLib.api import load_model, run_detection
 from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
 from MedAutoencoderLib.evaluation import dice, voxel_metrics
@@ -97,5 +98,15 @@ def test_brain_mask_follows_a_head_tilted_by_ten_degrees(axis, head, head_brain)
     ``benchmarks/registration_tilt.py``."""
     tilted = tilted_copy(head, 10.0, axis)
     assert tilted.GetDirection() != head.GetDirection()
+    on_tilted = template_brain_mask_on(tilted, template_to_image_transform(tilted))
+    assert dice(head_brain, on_tilted) > 0.95
+
+
+def test_a_similarity_stage_grown_onto_the_scalp_is_caught_by_the_second_start(head, head_brain, monkeypatch):
+    """Started at the template's own size, the similarity stage lands on the scalp of this head tilted by 20
+    degrees (measured 4 of 4 runs, scale 1.15, Mattes MI -0.28 against -0.41 for the true pose); the second start
+    from 0.7 must find the true pose and win on the metric."""
+    monkeypatch.setattr(brain_mask, "_INITIAL_SCALE", 1.0)
+    tilted = tilted_copy(head, -20.0, (1.0, 0.0, 0.0))
     on_tilted = template_brain_mask_on(tilted, template_to_image_transform(tilted))
     assert dice(head_brain, on_tilted) > 0.95
