@@ -4,7 +4,8 @@ A tilted head is the same voxels with a rotated direction matrix and origin: the
 not change. For each real scan in ``../shared/data`` and each tilt (about the left-right, anterior-posterior and
 superior-inferior axes, through the volume's centre) this prints the Dice between the brain mask registered on
 the tilted scan and on the scan as acquired (1.0 = the same voxels; below about 0.95 the template brain has
-slipped, typically grown onto the scalp of a whole head).
+slipped, typically grown onto the scalp of a whole head). For skull-stripped scans, whose non-zero voxels are the
+brain, it also prints each mask's Dice with that brain: two masks can disagree while both are as good.
 
     python benchmarks/registration_tilt.py [--data ../shared/data] [--tilts 10 20 30 -20]
 """
@@ -55,13 +56,20 @@ def main() -> None:
             continue
         image = read_image(path)
         as_acquired = brain_mask(image, seconds)
-        cells = []
+        own_brain = sitk.GetArrayViewFromImage(image) > 0 if "skull-stripped" in label else None
+        cells, against_own = [], [] if own_brain is None else [dice(own_brain, as_acquired)]
         for axis_name, axis in AXES.items():
             for degrees in args.tilts:
-                score = dice(as_acquired, brain_mask(tilted_copy(image, degrees, axis), seconds))
+                on_tilted = brain_mask(tilted_copy(image, degrees, axis), seconds)
+                score = dice(as_acquired, on_tilted)
                 scores.append(score)
                 cells.append(f"{axis_name}{degrees:+.0f} {score:.2f}")
+                if own_brain is not None:
+                    against_own.append(dice(own_brain, on_tilted))
         print(f"{label}:\n  " + "  ".join(cells), flush=True)
+        if against_own:  # the skull-stripped scan's non-zero voxels are its own brain: how good is each mask?
+            print(f"  Dice with the scan's own brain: as acquired {against_own[0]:.3f}, tilted "
+                  f"{min(against_own[1:]):.3f}-{max(against_own[1:]):.3f}", flush=True)
     if scores:
         print(f"tilted registrations with Dice < 0.95: {sum(s < 0.95 for s in scores)} of {len(scores)}; "
               f"median registration time {statistics.median(seconds):.2f} s")
