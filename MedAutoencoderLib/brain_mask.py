@@ -17,14 +17,16 @@ import SimpleITK as sitk
 from MedAutoencoderLib.errors import InputImageError
 
 _SAMPLING_SHARE = 0.05  # share of template voxels used by the metric at each level
-# Multi-resolution levels: voxel size of the copies both images are registered on (the mask needs millimetres
-# only) and the Gaussian smoothing at each. The copies are made here instead of by ITK's shrink factors because
-# ITK smooths the full-size images and filters the moving image's gradient again at every level of every stage;
-# on copies of each level's size the 4 mm levels cost an eighth, and the template's copies are made once per
-# process. Registration 1.38 -> 1.05 s on two cores (benchmark volume, interleaved runs), masks as accurate
+# The metric's random samples are drawn from this seed: ITK's default (0) seeds from the wall clock, which made every
+# run of the same scan give a slightly different mask (and now and then a wrong one; see _INITIAL_SCALE).
+DEFAULT_SEED = 1
+# Multi-resolution levels: (voxel size of the copies both images are registered on, Gaussian smoothing), in mm;
+# the mask needs millimetres only. The copies are made here instead of by ITK's shrink factors because ITK smooths
+# the full-size images and filters the moving image's gradient again at every level of every stage; on copies of
+# each level's size the 4 mm levels cost an eighth, and the template's copies are made once per process.
+# Registration 1.38 -> 1.05 s on two cores (benchmark volume, interleaved runs), masks as accurate
 # (benchmarks/results/registration_tilt.txt).
-_LEVELS_MM = (4.0, 2.0)
-_SMOOTHING_MM = (2.0, 1.0)
+_LEVELS = ((4.0, 2.0), (2.0, 1.0))
 _MASK_MARGIN_MM = 8  # the metric sees the brain plus this margin of the template: skull does not pull on it
 # The similarity stage starts with the template shrunk to 0.8, below the size of most brains (the MNI152 template
 # brain is large; this project's real head registers at 0.86-0.98), so that the optimiser approaches from the small
@@ -33,11 +35,13 @@ _MASK_MARGIN_MM = 8  # the metric sees the brain plus this margin of the templat
 # untilted and tilted by 10-30 degrees (benchmarks/registration_tilt.py) failed so 19 of 32 times from 1.0, 4 of 62
 # from 0.9 and 0 of 60 from 0.8; skull-stripped scans (MS, BraTS, four contrasts) register alike from all three.
 # A similarity result that grew the template beyond its own size is rare from 0.8 (1 in about 150 registrations of
-# the tilted head) but is where that basin lies: it is checked against a second start from 0.7, and the pose the
-# metric prefers is kept. Brains larger than the template pay for one more similarity stage, nothing else does.
+# the tilted head with wall-clock seeds) but is where that basin lies: it is checked against a second start, and
+# the pose the metric prefers is kept. Brains larger than the template pay for one more similarity stage, nothing
+# else does.
 _INITIAL_SCALE = 0.8
-_SECOND_START_SCALE = 0.7
-_GROWN_SCALE = 1.0
+_GROWN_SCALE = 1.0  # a similarity result above this scale is checked against a second start ...
+_SECOND_START_SCALE = 0.7  # ... from this one
+
 
 @lru_cache(maxsize=1)
 def _template_and_mask() -> tuple:
@@ -54,9 +58,11 @@ def coarse_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 
 def image_levels(image: sitk.Image) -> List[sitk.Image]:
-    """Copies of ``image`` at the voxel sizes of :data:`_LEVELS_MM`, each averaged from the next finer one."""
-    levels = [coarse_copy(image, _LEVELS_MM[-1])]
-    for spacing_mm in reversed(_LEVELS_MM[:-1]):
+    """Copies of ``image`` at the voxel sizes of :data:`_LEVELS`, coarse first, each averaged from the next finer
+    one."""
+    spacings_mm = [spacing_mm for spacing_mm, _ in _LEVELS]
+    levels = [coarse_copy(image, spacings_mm[-1])]
+    for spacing_mm in reversed(spacings_mm[:-1]):
         levels.insert(0, coarse_copy(levels[0], spacing_mm))
     return levels
 
@@ -66,9 +72,9 @@ def _template_levels() -> Tuple[Tuple[sitk.Image, sitk.Image], ...]:
     """The template at each level with the region the metric sees there (brain mask plus margin)."""
     template, mask = _template_and_mask()
     levels = []
-    for copy in image_levels(template):
-        coarse_mask = sitk.Resample(mask, copy, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        levels.append((copy, _metric_region(coarse_mask)))
+    for level in image_levels(template):
+        level_mask = sitk.Resample(mask, level, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        levels.append((level, _metric_region(level_mask)))
     return tuple(levels)
 
 
@@ -85,16 +91,20 @@ def _metric_region(mask: sitk.Image) -> sitk.Image:
     return sitk.BinaryDilate(mask, radius)
 
 
-def _register(moving_levels: Sequence[sitk.Image], transform: sitk.Transform, seed: int) -> float:
-    """Optimise ``transform`` in place, coarse level to fine, and return the metric's final value (Mattes mutual
-    information on the finest level's samples, the same samples for every call with ``seed``: lower is better)."""
-    for (template, region), moving, sigma_mm in zip(_template_levels(), moving_levels, _SMOOTHING_MM):
-        method = sitk.ImageRegistrationMethod()
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+def _method_with_metric(region: sitk.Image) -> sitk.ImageRegistrationMethod:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricFixedMask(region)
+    method.SetInterpolator(sitk.sitkLinear)
+    return method
+
+
+def _register(moving_levels: Sequence[sitk.Image], transform: sitk.Transform, seed: int) -> None:
+    """Optimise ``transform`` in place, coarse level to fine (Mattes mutual information on random samples)."""
+    for (template, region), moving, (_, sigma_mm) in zip(_template_levels(), moving_levels, _LEVELS):
+        method = _method_with_metric(region)
         method.SetMetricSamplingStrategy(method.RANDOM)
         method.SetMetricSamplingPercentage(_SAMPLING_SHARE, seed)
-        method.SetMetricFixedMask(region)
-        method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=150,
                                                         relaxationFactor=0.6)
         method.SetOptimizerScalesFromPhysicalShift()
@@ -103,26 +113,40 @@ def _register(moving_levels: Sequence[sitk.Image], transform: sitk.Transform, se
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         method.SetInitialTransform(transform, inPlace=True)
         method.Execute(template, moving)
-    return method.GetMetricValue()
+
+
+def _metric_on_finest_level(moving_levels: Sequence[sitk.Image], transform: sitk.Transform) -> float:
+    """Mattes mutual information of ``transform`` over every voxel of the finest level's metric region (no
+    sampling: two poses are compared on the same voxels). Lower is better."""
+    template, region = _template_levels()[-1]
+    method = _method_with_metric(region)
+    method.SetInitialTransform(transform, inPlace=False)
+    return method.MetricEvaluate(template, moving_levels[-1])
 
 
 def _similarity(moving_levels: Sequence[sitk.Image], seed: int) -> sitk.Similarity3DTransform:
-    """The similarity stage, from a second, smaller start too when the first grew the template (see
-    :data:`_GROWN_SCALE`); the pose with the better metric wins."""
-    candidates = []
-    for scale in (_INITIAL_SCALE, _SECOND_START_SCALE):
-        transform = sitk.CenteredTransformInitializer(_template_levels()[-1][0], moving_levels[-1],
-                                                      sitk.Similarity3DTransform(),
-                                                      sitk.CenteredTransformInitializerFilter.MOMENTS)
-        transform.SetScale(scale)
-        candidates.append((_register(moving_levels, transform, seed), transform))
-        if transform.GetScale() <= _GROWN_SCALE:
-            break
-    return min(candidates, key=lambda candidate: candidate[0])[1]
+    """The similarity stage; when it grew the template beyond :data:`_GROWN_SCALE`, also from
+    :data:`_SECOND_START_SCALE`, keeping the pose the metric prefers."""
+    start = sitk.CenteredTransformInitializer(_template_levels()[-1][0], moving_levels[-1],
+                                              sitk.Similarity3DTransform(),
+                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
+    first = sitk.Similarity3DTransform(start)
+    first.SetScale(_INITIAL_SCALE)
+    _register(moving_levels, first, seed)
+    if first.GetScale() <= _GROWN_SCALE:
+        return first
+    second = sitk.Similarity3DTransform(start)
+    second.SetScale(_SECOND_START_SCALE)
+    try:
+        _register(moving_levels, second, seed)
+    except RuntimeError:  # the first result stands
+        return first
+    return min((first, second), key=lambda pose: _metric_on_finest_level(moving_levels, pose))
 
 
-def template_to_image_transform(image: sitk.Image, seed: int = 0) -> sitk.Transform:
-    """Affine transform mapping template points to ``image`` points (similarity first, then full affine)."""
+def template_to_image_transform(image: sitk.Image, seed: int = DEFAULT_SEED) -> sitk.Transform:
+    """Affine transform mapping template points to ``image`` points (similarity first, then full affine);
+    ``seed`` draws the metric's random samples (not 0, which ITK takes as "seed from the clock")."""
     moving_levels = image_levels(image)
     try:
         similarity = _similarity(moving_levels, seed)

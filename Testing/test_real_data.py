@@ -84,7 +84,7 @@ def test_default_model_flags_little_of_a_healthy_head_with_skull(default_model, 
 def test_brain_mask_registration_does_not_depend_on_the_metric_sampling(head, head_brain):
     """The metric samples random voxels (seeded); a registration that only works for some seeds would fail on
     some users' scans. On the real head with skull, three seeds must give the same brain mask."""
-    others = [template_brain_mask_on(head, template_to_image_transform(head, seed=seed)) for seed in (1, 2)]
+    others = [template_brain_mask_on(head, template_to_image_transform(head, seed=seed)) for seed in (2, 3)]
     agreement = [dice(head_brain, other) for other in others]
     # measured 0.991-0.996 over 45 registrations; the seed-dependent setting it guards against gave 0.47
     assert min(agreement) > 0.9, agreement
@@ -107,6 +107,16 @@ def test_a_similarity_stage_grown_onto_the_scalp_is_caught_by_the_second_start(h
     degrees (measured 4 of 4 runs, scale 1.15, Mattes MI -0.28 against -0.41 for the true pose); the second start
     from 0.7 must find the true pose and win on the metric."""
     monkeypatch.setattr(brain_mask, "_INITIAL_SCALE", 1.0)
+    similarity_scales = []
+    register = brain_mask._register
+
+    def register_and_record(moving_levels, transform, seed):
+        register(moving_levels, transform, seed)
+        if isinstance(transform, sitk.Similarity3DTransform):
+            similarity_scales.append(transform.GetScale())
+
+    monkeypatch.setattr(brain_mask, "_register", register_and_record)
     tilted = tilted_copy(head, -20.0, (1.0, 0.0, 0.0))
     on_tilted = template_brain_mask_on(tilted, template_to_image_transform(tilted))
+    assert len(similarity_scales) == 2 and similarity_scales[0] > 1.0, similarity_scales  # it grew; second start ran
     assert dice(head_brain, on_tilted) > 0.95

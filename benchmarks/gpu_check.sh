@@ -24,7 +24,7 @@ for n in 1 2; do
   timeout 120 torchrun --standalone --nproc_per_node $n -m MedAutoencoderLib train --data /tmp/toy \
       --out /tmp/toy_ddp$n.pt --size 32 32 32 --spacing 1.5 1.5 1.5 --channels 8 16 --epochs 3 --device cuda \
       --progress json --no-augment 2>&1 | quiet | grep -v '"step"'
-  echo "exit status: $?"
+  echo "exit status: ${PIPESTATUS[0]}"
   python3 -m MedAutoencoderLib info /tmp/toy_ddp$n.pt
 done 2>&1 | tee "$out/ddp_nccl.txt"
 timeout 240 python3 benchmarks/evaluate_anomalies.py --per-kind 2 --healthy 3 --device cuda 2>&1 | quiet \

@@ -25,11 +25,11 @@ from MedAutoencoderLib.evaluation import dice
 from MedAutoencoderLib.io import read_image
 from MedAutoencoderLib.synthetic import tilted_copy
 
-SCANS = {
-    "healthy head with skull, T1": "healthy_t1_head/chris_t1.nii.gz",
-    "MS patient, skull-stripped T1": "ms_lesion_patient26/T1.nii.gz",
-    "BraTS glioma, skull-stripped T1": "brats_glioma_case/t1n.nii.gz",
-    "BraTS glioma, skull-stripped FLAIR": "brats_glioma_case/t2f.nii.gz",
+SCANS = {  # label: (file under --data, skull-stripped: its non-zero voxels are its brain)
+    "healthy head with skull, T1": ("healthy_t1_head/chris_t1.nii.gz", False),
+    "MS patient, skull-stripped T1": ("ms_lesion_patient26/T1.nii.gz", True),
+    "BraTS glioma, skull-stripped T1": ("brats_glioma_case/t1n.nii.gz", True),
+    "BraTS glioma, skull-stripped FLAIR": ("brats_glioma_case/t2f.nii.gz", True),
 }
 AXES = {"LR": (1.0, 0.0, 0.0), "AP": (0.0, 1.0, 0.0), "SI": (0.0, 0.0, 1.0)}
 
@@ -49,15 +49,16 @@ def main() -> None:
 
     seconds: List[float] = []
     scores: List[float] = []
-    for label, relative in SCANS.items():
+    for label, (relative, skull_stripped) in SCANS.items():
         path = args.data / relative
         if not path.is_file():
             print(f"{label}: {path} missing, skipped")
             continue
         image = read_image(path)
         as_acquired = brain_mask(image, seconds)
-        own_brain = sitk.GetArrayViewFromImage(image) > 0 if "skull-stripped" in label else None
-        cells, against_own = [], [] if own_brain is None else [dice(own_brain, as_acquired)]
+        own_brain = (sitk.GetArrayViewFromImage(image) > 0) if skull_stripped else None
+        cells: List[str] = []
+        against_own = [] if own_brain is None else [dice(own_brain, as_acquired)]
         for axis_name, axis in AXES.items():
             for degrees in args.tilts:
                 on_tilted = brain_mask(tilted_copy(image, degrees, axis), seconds)
