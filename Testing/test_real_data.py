@@ -110,8 +110,8 @@ def test_a_similarity_stage_grown_onto_the_scalp_is_caught_by_the_second_start(h
     similarity_scales = []
     register = brain_mask._register
 
-    def register_and_record(moving, transform, seed):
-        register(moving, transform, seed)
+    def register_and_record(scan_levels, transform, seed):
+        register(scan_levels, transform, seed)
         if isinstance(transform, sitk.Similarity3DTransform):
             similarity_scales.append(transform.GetScale())
 
