@@ -18,6 +18,7 @@ from torch import nn
 
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig
 from MedAutoencoderLib.inference import reconstruct
+from MedAutoencoderLib.median import in_plane_median
 from MedAutoencoderLib.preprocessing import PreparedVolume, erode_mask
 
 _TOP_SHARE_FOR_SCORE = 0.001  # the volume's anomaly score is the mean of its highest 0.1 % map values
@@ -59,16 +60,6 @@ def structural_dissimilarity(image: np.ndarray, reconstruction: np.ndarray, sigm
     return (1.0 - ssim).astype(np.float32)
 
 
-def in_plane_median(volume: np.ndarray, size: int) -> np.ndarray:
-    """Median over ``size`` x ``size`` windows within each axial slice of a (z, y, x) array, edges replicated.
-
-    SimpleITK's median runs on all cores and gives the same values as ``scipy.ndimage.median_filter`` (which
-    runs on one)."""
-    radius = size // 2
-    filtered = sitk.Median(sitk.GetImageFromArray(volume), [radius, radius, 0])
-    return sitk.GetArrayFromImage(filtered)
-
-
 def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: DetectionConfig) -> ScoredVolume:
     """Residual (signed as configured) or structural dissimilarity, median filtered per slice, inside the
     eroded foreground."""
@@ -86,10 +77,7 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
     box = ndimage.find_objects(region.astype(np.uint8))
     if box:  # filter only the region's bounding box: a third of the grid for a brain
         box = box[0]
-        if config.median_size > 1:
-            score_map[box] = in_plane_median(residual[box], config.median_size)
-        else:
-            score_map[box] = residual[box]
+        score_map[box] = in_plane_median(residual[box], config.median_size)
     score_map[~region] = 0.0
     return ScoredVolume(score_map=score_map.astype(np.float32, copy=False), region=region)
 

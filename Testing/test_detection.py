@@ -12,10 +12,10 @@ from MedAutoencoderLib.detection import (
     ScoredVolume,
     calibrate_threshold,
     describe_components,
-    in_plane_median,
     structural_dissimilarity,
     threshold_mask,
 )
+from MedAutoencoderLib.median import in_plane_median, median_network
 from MedAutoencoderLib.preprocessing import prepare_volume
 from MedAutoencoderLib.synthetic import load_template, make_healthy_subject_with_mask, template_brain_mask
 
@@ -113,8 +113,20 @@ def test_detection_config_rejects_an_even_median_window():
         DetectionConfig(median_size=4).validate()
 
 
-@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
 def test_in_plane_median_matches_scipy_edges_included(size):
-    volume = np.random.default_rng(size).random((3, 17, 23)).astype(np.float32)
+    volume = np.random.default_rng(size).random((11, 17, 23)).astype(np.float32)  # more slices than one chunk
+    volume[2, 5:9, 5:9] = 0.25  # ties
     expected = ndimage.median_filter(volume, size=(1, size, size), mode="nearest")
     np.testing.assert_array_equal(in_plane_median(volume, size), expected)
+
+
+@pytest.mark.parametrize("count", [3, 9, 25, 49])
+def test_median_network_leaves_the_middle_rank_in_the_middle_for_any_order(count):
+    rng = np.random.default_rng(count)
+    values = np.stack([rng.permutation(count) for _ in range(2000)], axis=1).astype(np.float32)  # ranks 0..n-1
+    wires = list(values)
+    for low, high, keep_min, keep_max in median_network(count):
+        a, b = wires[low], wires[high]
+        wires[low], wires[high] = (np.minimum(a, b) if keep_min else a), (np.maximum(a, b) if keep_max else b)
+    np.testing.assert_array_equal(wires[count // 2], np.full(2000, count // 2))

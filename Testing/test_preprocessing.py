@@ -10,7 +10,7 @@ from conftest import oblique_direction, organ_mask, rotation_z, toy
 from MedAutoencoderLib import morphology
 from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.preprocessing import erode_mask, normalise, otsu_foreground, prepare_volume
+from MedAutoencoderLib.preprocessing import erode_mask, fill_holes_per_slice, normalise, otsu_foreground, prepare_volume
 
 # 64 mm of model grid (finer than the input, so little is lost by resampling) hold the whole toy organ of any cohort geometry
 COVERING = PreprocessConfig(spacing=(1.0, 1.0, 1.0), size=(64, 64, 64))
@@ -169,3 +169,15 @@ def test_mask_erosion_in_millimetres_follows_each_axis_spacing():
     expected = sitk.BinaryErode(sitk.GetImageFromArray(mask.astype(np.uint8)), [3, 2, 1])
     np.testing.assert_array_equal(eroded, sitk.GetArrayFromImage(expected) > 0)
     assert eroded[4:16, 7:23, 9:31].all() and eroded.sum() == 12 * 16 * 22
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_holes_per_slice_is_scipys_in_plane_fill_and_a_3d_fill_first_adds_nothing(seed):
+    rng = np.random.default_rng(seed)
+    mask = ndimage.gaussian_filter(rng.random((9, 30, 31)), 1.2) > 0.48 + 0.01 * seed  # many holes, open and closed
+    in_plane = np.array([np.zeros((3, 3)), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3))], dtype=bool)
+    expected = ndimage.binary_fill_holes(mask, structure=in_plane)
+    assert expected.sum() > mask.sum()  # the case has holes to fill
+    np.testing.assert_array_equal(fill_holes_per_slice(mask), expected)
+    filled_3d = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)))) > 0
+    np.testing.assert_array_equal(fill_holes_per_slice(filled_3d), expected)
