@@ -20,8 +20,8 @@ _TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024  # free heap top kept up to this (it 
 
 def keep_freed_memory_for_reuse() -> bool:
     """Make glibc's malloc serve blocks below 32 MB from the heap and keep freed heap memory for reuse (up to
-    1 GB) instead of returning it to the system. Returns False where the C library has no ``mallopt`` (macOS,
-    Windows) or refuses the settings; nothing changes there."""
+    1 GB) instead of returning it to the system. Returns whether both settings took: False where the C library
+    has no ``mallopt`` (macOS, Windows: nothing changes) or refuses a setting (32-bit glibc refuses 32 MB)."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):

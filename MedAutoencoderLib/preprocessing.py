@@ -57,8 +57,8 @@ def otsu_foreground(image: sitk.Image) -> sitk.Image:
     """Largest Otsu-bright connected region with the holes of each axial slice filled (uint8).
 
     Filling holes slice by slice keeps dark lesions and ventricles inside the organ instead of treating them as
-    background, also where a ventricle is open in 3D. (A 3D hole is a hole in each of its slices, so a 3D fill
-    before it would add nothing.)
+    background, also where a ventricle is open in 3D. (Every 3D hole lies within holes of the slices it crosses,
+    so a 3D fill before it would add nothing.)
     """
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), min(image.GetSpacing()))
     bright = sitk.OtsuThreshold(smoothed, 0, 1)

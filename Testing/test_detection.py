@@ -113,12 +113,23 @@ def test_detection_config_rejects_an_even_median_window():
         DetectionConfig(median_size=4).validate()
 
 
+@pytest.mark.parametrize("shape", [(11, 17, 23), (2, 3, 2)], ids=["more-slices-than-a-chunk", "smaller-than-window"])
 @pytest.mark.parametrize("size", [1, 3, 5, 7])
-def test_in_plane_median_matches_scipy_edges_included(size):
-    volume = np.random.default_rng(size).random((11, 17, 23)).astype(np.float32)  # more slices than one chunk
-    volume[2, 5:9, 5:9] = 0.25  # ties
+def test_in_plane_median_matches_scipy_edges_included(size, shape):
+    volume = np.random.default_rng(size).normal(size=shape).astype(np.float32)
+    volume[:2, :2, :2] = 0.25  # ties
     expected = ndimage.median_filter(volume, size=(1, size, size), mode="nearest")
     np.testing.assert_array_equal(in_plane_median(volume, size), expected)
+
+
+def test_median_network_of_nine_values_is_right_for_every_zero_one_input():
+    """The 0-1 principle: a comparator network that selects the median of every 0/1 input selects it of any."""
+    inputs = (np.arange(2 ** 9)[:, None] >> np.arange(9)) & 1  # all 512 combinations
+    wires = list(inputs.T)
+    for low, high, keep_min, keep_max in median_network(9):
+        a, b = wires[low], wires[high]
+        wires[low], wires[high] = (np.minimum(a, b) if keep_min else a), (np.maximum(a, b) if keep_max else b)
+    np.testing.assert_array_equal(wires[4], np.sort(inputs, axis=1)[:, 4])
 
 
 @pytest.mark.parametrize("count", [3, 9, 25, 49])

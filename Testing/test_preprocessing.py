@@ -174,10 +174,13 @@ def test_mask_erosion_in_millimetres_follows_each_axis_spacing():
 @pytest.mark.parametrize("seed", range(6))
 def test_fill_holes_per_slice_is_scipys_in_plane_fill_and_a_3d_fill_first_adds_nothing(seed):
     rng = np.random.default_rng(seed)
-    mask = ndimage.gaussian_filter(rng.random((9, 30, 31)), 1.2) > 0.48 + 0.01 * seed  # many holes, open and closed
+    mask = ndimage.gaussian_filter(rng.random((9, 30, 31)), 1.2) > 0.48 + 0.01 * seed  # holes open in 3D
+    mask[2:8, 4:16, 5:17] = True
+    mask[3:7, 6:14, 7:15] = False  # and a cavity closed in 3D
     in_plane = np.array([np.zeros((3, 3)), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3))], dtype=bool)
     expected = ndimage.binary_fill_holes(mask, structure=in_plane)
     assert expected.sum() > mask.sum()  # the case has holes to fill
     np.testing.assert_array_equal(fill_holes_per_slice(mask), expected)
     filled_3d = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)))) > 0
+    assert filled_3d.sum() >= mask.sum() + 4 * 8 * 8  # ITK's 3D fill closed the cavity at least
     np.testing.assert_array_equal(fill_holes_per_slice(filled_3d), expected)
