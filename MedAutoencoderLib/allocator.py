@@ -10,7 +10,6 @@ calls it, not a library call inside a long-lived application such as Slicer.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -23,8 +22,8 @@ def keep_freed_memory_for_reuse() -> bool:
     1 GB) instead of returning it to the system. Returns whether both settings took: False where the C library
     has no ``mallopt`` (macOS, Windows: nothing changes) or refuses a setting (32-bit glibc refuses 32 MB)."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library (Windows has no such handle: TypeError)
+    except (OSError, TypeError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
