@@ -7,7 +7,8 @@ would write without tuning: ``LoadImage`` -> ``Orientation`` -> ``Spacing`` -> `
 several runs, the ratio, training throughput and the process's peak resident memory. The plain pipeline runs
 first with glibc's default allocator, as a MONAI user's script would; then the allocator is set as
 ``python -m MedAutoencoderLib`` sets it (:mod:`MedAutoencoderLib.allocator`) for ours, and the plain pipeline
-runs once more with that setting too, for a like-for-like ratio.
+runs once more with that setting too, for a like-for-like ratio. Last, whole one-volume command-line processes are
+timed, as each Slicer job runs (imports and first-use costs included).
 
     python benchmarks/benchmark_speed.py --repeats 5 [--device cuda]
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,6 +124,19 @@ def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int)
     return {name: statistics.median(values[1:]) for name, values in times.items()}  # first run: warm-up
 
 
+def command_line_seconds(volume: Path, out_dir: Path, device: str, repeats: int) -> List[float]:
+    """Wall time of whole ``python -m MedAutoencoderLib detect`` processes on one volume, as each Slicer job runs:
+    interpreter start, imports (torch, MONAI), model and template loading, first passes, detection, writes."""
+    command = [sys.executable, "-m", "MedAutoencoderLib", "detect", str(volume), "--output-dir", str(out_dir),
+               "--device", device, "--overwrite", "--progress", "none"]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def training_throughput(folder: Path, device: str) -> float:
     """Slices per second of the default DAE's training loop (one epoch on one volume, augmentation on)."""
     from MedAutoencoderLib.training import Trainer
@@ -157,6 +173,7 @@ def main() -> None:
         plain_same_allocator = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)
         stages = stage_seconds(volume, folder, model, args.repeats)
         slices_per_second = training_throughput(folder, args.device)
+        process_seconds = command_line_seconds(volume, folder / "cli", args.device, max(3, args.repeats // 3))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
     print(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
@@ -172,6 +189,8 @@ def main() -> None:
     print("stages of our detection, each timed alone (medians, s):")
     for name, seconds in stages.items():
         print(f"  {name:<50}{seconds:>6.2f}")
+    print(f"one-volume command-line process (python -m MedAutoencoderLib detect, imports included): "
+          f"median {statistics.median(process_seconds):.2f} s of {len(process_seconds)}")
     print(f"training throughput (default DAE, batch 16, augmentation): {slices_per_second:.1f} slices/s")
     print(f"peak resident memory of this process: {peak_mb:.0f} MB")
 
