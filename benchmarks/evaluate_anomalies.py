@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
 from MedAutoencoderLib.api import load_model
 from MedAutoencoderLib.config import PRECISIONS, DetectOptions
 from MedAutoencoderLib.evaluation import evaluate_model, format_report
@@ -79,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory_for_reuse()  # the script owns its process, as the command line does
     main()

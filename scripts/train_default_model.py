@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
 from MedAutoencoderLib.api import calibrate_model, detect_image, load_model, train_model
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, TrainConfig
 from MedAutoencoderLib.evaluation import evaluate_model, format_report
@@ -119,4 +120,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory_for_reuse()  # the script owns its process, as the command line does
     main()
