@@ -122,22 +122,22 @@ def test_in_plane_median_matches_scipy_edges_included(size, shape):
     np.testing.assert_array_equal(in_plane_median(volume, size), expected)
 
 
+def run_median_network(wires):
+    """The value :func:`median_network` leaves on the middle wire, applied to NumPy rows (one row per wire)."""
+    for low, high, keep_min, keep_max in median_network(len(wires)):
+        a, b = wires[low], wires[high]
+        wires[low], wires[high] = (np.minimum(a, b) if keep_min else a), (np.maximum(a, b) if keep_max else b)
+    return wires[len(wires) // 2]
+
+
 def test_median_network_of_nine_values_is_right_for_every_zero_one_input():
     """The 0-1 principle: a comparator network that selects the median of every 0/1 input selects it of any."""
     inputs = (np.arange(2 ** 9)[:, None] >> np.arange(9)) & 1  # all 512 combinations
-    wires = list(inputs.T)
-    for low, high, keep_min, keep_max in median_network(9):
-        a, b = wires[low], wires[high]
-        wires[low], wires[high] = (np.minimum(a, b) if keep_min else a), (np.maximum(a, b) if keep_max else b)
-    np.testing.assert_array_equal(wires[4], np.sort(inputs, axis=1)[:, 4])
+    np.testing.assert_array_equal(run_median_network(list(inputs.T)), np.sort(inputs, axis=1)[:, 4])
 
 
 @pytest.mark.parametrize("count", [3, 9, 25, 49])
 def test_median_network_leaves_the_middle_rank_in_the_middle_for_any_order(count):
     rng = np.random.default_rng(count)
     values = np.stack([rng.permutation(count) for _ in range(2000)], axis=1).astype(np.float32)  # ranks 0..n-1
-    wires = list(values)
-    for low, high, keep_min, keep_max in median_network(count):
-        a, b = wires[low], wires[high]
-        wires[low], wires[high] = (np.minimum(a, b) if keep_min else a), (np.maximum(a, b) if keep_max else b)
-    np.testing.assert_array_equal(wires[count // 2], np.full(2000, count // 2))
+    np.testing.assert_array_equal(run_median_network(list(values)), np.full(2000, count // 2))
