@@ -78,6 +78,12 @@ def _use_fused_swish(module: nn.Module) -> None:
             _use_fused_swish(child)
 
 
+def group_count(base_channels: int) -> int:
+    """Groups of the DAE's group norm: 8 as in Kascenas et al. (2022), or the largest divisor of the first level's
+    width below that (every level's width is a multiple of it), so that any width builds (12 -> 6, 10 -> 5)."""
+    return max(g for g in range(1, 9) if base_channels % g == 0)
+
+
 class DenoisingUNet(nn.Module):
     """MONAI ``BasicUNet`` with group norm and swish, as in Kascenas et al. (2022), scaled by ``channels``."""
 
@@ -87,7 +93,7 @@ class DenoisingUNet(nn.Module):
         features = (base, base, 2 * base, 4 * base, 8 * base, base)
         self.unet = BasicUNet(
             spatial_dims=config.spatial_dims, in_channels=1, out_channels=1, features=features,
-            act="swish", norm=("group", {"num_groups": min(8, base)}),
+            act="swish", norm=("group", {"num_groups": group_count(base)}),
         )
         _use_fused_swish(self.unet)
 

@@ -53,6 +53,16 @@ def test_3d_forward_shapes(name):
     assert network.encode(x)["code"].dim() == 5
 
 
+@pytest.mark.parametrize("base, groups", [(16, 8), (8, 8), (12, 6), (10, 5), (6, 6), (24, 8)])
+def test_dae_builds_for_any_first_level_width(base, groups):
+    """Group norm needs widths divisible by its group count: 12 or 10 channels used to fail inside torch."""
+    network = build_network(ModelConfig(name="dae", channels=(base, 2 * base)))
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {groups}
+    with torch.no_grad():
+        assert network(torch.rand(1, 1, 32, 32))["reconstruction"].shape == (1, 1, 32, 32)
+
+
 def test_vae_decodes_the_mean_in_eval_mode_and_samples_in_training():
     torch.manual_seed(0)
     network = build_network(tiny("vae"))
