@@ -137,8 +137,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     targets = {p: {**{kind: output_path(p, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
                    "summary": Path(output_dir) / f"{volume_stem(p)}_summary.json"} for p in paths}
     _refuse_shared_targets(targets)
-    if not overwrite:
-        refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths)
+    refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
     written: Dict[str, Dict[str, str]] = {}

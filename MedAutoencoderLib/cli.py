@@ -106,7 +106,8 @@ def _add_detect(sub) -> None:
     p = sub.add_parser("detect", help="detect anomalies in volumes",
                        description="Write <stem>_reconstruction, <stem>_anomaly_map, <stem>_anomaly_mask and "
                                    "<stem>_summary.json for each input.")
-    p.add_argument("inputs", nargs="+", help="volume files or DICOM series folders")
+    p.add_argument("inputs", nargs="+", help="volume files, folders (of volume files or DICOM series) or glob "
+                                              "patterns")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--threshold", type=_threshold, default=None,
@@ -284,10 +285,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_detect(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import detect_files, load_model
+    from MedAutoencoderLib.io import find_volumes
 
+    inputs = find_volumes(args.inputs)
     model = load_model(args.model, device=args.device)
     options = DetectOptions(threshold=args.threshold, device=args.device, precision=args.precision)
-    detect_files(args.inputs, args.output_dir, model, options,
+    detect_files(inputs, args.output_dir, model, options,
                  output_format=args.format, overwrite=args.overwrite, progress=make_reporter(args.progress))
     return 0
 

@@ -32,8 +32,8 @@ def volume_suffix(path: PathLike) -> str:
 
 
 def volume_stem(path: PathLike) -> str:
-    """File name without its volume extension (a DICOM folder keeps its folder name)."""
-    p = Path(path)
+    """File name without its volume extension (a DICOM folder keeps its folder name, also when given as ``.``)."""
+    p = Path(os.path.abspath(path))
     suffix = volume_suffix(p)
     return p.name[: len(p.name) - len(suffix)] if suffix else p.name
 
@@ -170,13 +170,14 @@ def output_path(input_path: PathLike, output_dir: PathLike, kind: str, fmt: str 
     return Path(output_dir) / f"{volume_stem(input_path)}_{kind}.{fmt}"
 
 
-def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = ()) -> None:
-    """Raise before anything is written if a target exists or is one of the user's inputs."""
+def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), overwrite: bool = False) -> None:
+    """Raise before anything is written if a target is one of the user's inputs (always) or exists (unless
+    ``overwrite``: replacing earlier outputs is what it is for, replacing an input never is)."""
     protected_set = {Path(p).resolve() for p in protected}
     for path in paths:
         if path.resolve() in protected_set:
             raise OutputExistsError(f"{path}: output would overwrite an input; choose another output folder")
-        if path.exists():
+        if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 

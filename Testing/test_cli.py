@@ -71,6 +71,26 @@ def test_detect_writes_outputs_and_refuses_to_overwrite(dae_model_path, lesion_c
     assert {p.name: p.read_bytes() for p in outputs.iterdir()} == before
 
 
+def test_detect_takes_folders_and_never_replaces_an_input_even_with_overwrite(dae_model_path, lesion_case, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "a.nii.gz").write_bytes(open(lesion_case["image_path"], "rb").read())
+    done = cli("detect", scans, "--model", dae_model_path, "--output-dir", tmp_path / "out", "--progress", "none",
+               "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_anomaly_map.nii.gz", "a_anomaly_mask.nii.gz", "a_reconstruction.nii.gz", "a_summary.json"]
+
+    users_file = scans / "a_reconstruction.nii.gz"  # the user's own scan, also an input of the folder
+    users_file.write_bytes(open(lesion_case["healthy_path"], "rb").read())
+    before = users_file.read_bytes()
+    refused = cli("detect", scans, "--model", dae_model_path, "--output-dir", scans, "--overwrite", "--progress",
+                  "none", "--device", "cpu")
+    assert refused.returncode == 1
+    assert "overwrite an input" in refused.stderr and "Traceback" not in refused.stderr
+    assert users_file.read_bytes() == before and len(list(scans.iterdir())) == 2
+
+
 def test_detect_bad_input_is_a_clean_error(dae_model_path, tmp_path):
     flat = tmp_path / "flat_slice.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 20)).astype(np.float32)), str(flat))

@@ -161,6 +161,13 @@ def test_output_path_naming(tmp_path):
         output_path("/data/case.nii.gz", tmp_path, "anomaly_map", "png")
 
 
+def test_a_dicom_folder_given_as_dot_is_named_after_the_folder(tmp_path, monkeypatch):
+    (tmp_path / "series_7").mkdir()
+    monkeypatch.chdir(tmp_path / "series_7")
+    assert volume_stem(".") == "series_7"
+    assert output_path(".", tmp_path, "anomaly_map") == tmp_path / "series_7_anomaly_map.nrrd"
+
+
 @pytest.mark.parametrize("name", ["out.nii.gz", "out.nrrd"])
 def test_write_image_leaves_only_the_final_name(tmp_path, name):
     image = toy(7)
