@@ -10,8 +10,9 @@ import glob
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,6 +22,7 @@ from MedAutoencoderLib.errors import InputImageError, OutputExistsError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+_NON_FINITE = "contains NaN or infinite values; fix or mask them before use"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
 
@@ -69,7 +71,7 @@ def check_volume(image: sitk.Image, name: str) -> sitk.Image:
     if values.size == 0:
         raise InputImageError(f"{name}: is empty")
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise InputImageError(f"{name}: contains NaN or infinite values; fix or mask them before use")
+        raise InputImageError(f"{name}: {_NON_FINITE}")
     if values.min() == values.max():
         raise InputImageError(f"{name}: every voxel has the same value ({values.min()}); the volume carries no image")
     return image
@@ -85,11 +87,14 @@ def read_image(path: PathLike) -> sitk.Image:
     if volume_suffix(p) not in (".nii", ".nii.gz"):
         return check_volume(_read(lambda q: sitk.ReadImage(str(q)), p), str(p))
     with ThreadPoolExecutor(max_workers=1) as side:
-        # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage), so
-        # the bytes present are counted beside the read, on the other core, and compared with the header's
-        present = side.submit(_nifti_bytes_present, p)
+        # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage) and
+        # turns NaN and infinite voxels into zeros, so the file is scanned beside the read, on the other core:
+        # its bytes are counted and compared with the header's, its float voxels checked
+        scan = side.submit(_scan_nifti, p)
         image = _read(lambda q: sitk.ReadImage(str(q)), p)
-        _check_nifti_complete(p, image, present.result())
+        _check_nifti_complete(p, image, scan.result().bytes_present)
+    if scan.result().non_finite:
+        raise InputImageError(f"{p}: {_NON_FINITE}")
     return check_volume(image, str(p))
 
 
@@ -101,18 +106,48 @@ def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
         raise InputImageError(f"{path}: cannot be read as a medical image ({first_line})") from None
 
 
-def _nifti_bytes_present(path: Path) -> int:
-    """Bytes of the (decompressed) NIfTI file; raises InputImageError when the compressed data is corrupt."""
-    if not path.name.lower().endswith(".gz"):
-        return path.stat().st_size
-    present = 0
+@dataclass
+class _NiftiScan:
+    bytes_present: int  # of the decompressed file
+    non_finite: bool  # a float voxel is NaN or infinite
+
+
+_NIFTI1_HEADER_BYTES = 348
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64 voxels
+
+
+def _nifti_float_voxels(header: bytes) -> Tuple[Optional[np.dtype], int]:
+    """The voxels' float dtype (None for integer types, which cannot hold NaN) and the data's offset, from a
+    NIfTI-1 header in either byte order (ITK reads no NIfTI-2); (None, 0) when it is not one."""
+    if len(header) < _NIFTI1_HEADER_BYTES:
+        return None, 0
+    order = next((o for o in "<>" if np.frombuffer(header[:4], f"{o}i4")[0] == 348), None)
+    if order is None:
+        return None, 0
+    float_type = _NIFTI_FLOAT_TYPES.get(int(np.frombuffer(header[70:72], f"{order}i2")[0]))
+    offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+    return (np.dtype(f"{order}{float_type}") if float_type else None), offset
+
+
+def _scan_nifti(path: Path) -> _NiftiScan:
+    """Read the (decompressed) NIfTI file once: count its bytes and look for NaN or infinite float voxels.
+    Raises InputImageError when the compressed data is corrupt."""
+    opener = igzip.open if path.name.lower().endswith(".gz") else open  # ISA-L: a third of zlib's time
+    non_finite = False
     try:
-        with igzip.open(path, "rb") as stream:  # ISA-L: a third of zlib's time
+        with opener(path, "rb") as stream:
+            header = stream.read(_NIFTI1_HEADER_BYTES)
+            float_type, data_start = _nifti_float_voxels(header)
+            present = len(header) + len(stream.read(max(0, data_start - len(header))))
+            # reads return whole chunks until the end of the file, and a chunk holds whole voxels
             for chunk in iter(lambda: stream.read(1 << 22), b""):
                 present += len(chunk)
+                if float_type is not None and not non_finite:
+                    voxels = np.frombuffer(chunk, float_type, count=len(chunk) // float_type.itemsize)
+                    non_finite = not np.isfinite(voxels).all()
     except (EOFError, OSError, isal_zlib.error):
         raise InputImageError(f"{path}: is truncated or corrupt (the compressed data ends early)") from None
-    return present
+    return _NiftiScan(bytes_present=present, non_finite=non_finite)
 
 
 def _check_nifti_complete(path: Path, image: sitk.Image, present: int) -> None:

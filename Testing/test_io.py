@@ -60,10 +60,20 @@ def test_vector_rgb_image_is_refused(tmp_path):
                   "scalar")
 
 
-def test_nan_values_are_refused(tmp_path):
-    array = sitk.GetArrayFromImage(toy(3))
-    array[5, 5, 5] = np.nan
-    _expect_error(_write(sitk.GetImageFromArray(array), tmp_path / "nan.nrrd"), "NaN")
+@pytest.mark.parametrize("name", ["nan.nrrd", "nan.nii.gz", "nan.nii"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value, where", [(np.nan, (5, 5, 5)), (np.inf, (0, 0, 0)), (-np.inf, (-1, -1, -1))])
+def test_nan_and_infinite_values_are_refused_in_every_format(tmp_path, name, dtype, value, where):
+    """ITK's NIfTI reader turns NaN and infinity into zeros without a word; the file's own voxels are checked."""
+    array = sitk.GetArrayFromImage(toy(3)).astype(dtype)
+    array[where] = value
+    _expect_error(_write(sitk.GetImageFromArray(array), tmp_path / name), "NaN or infinite")
+
+
+def test_a_large_nifti_with_one_nan_in_its_last_chunk_is_refused(tmp_path):
+    array = np.ones((180, 128, 96), np.float32)  # 8.8 MB: the NaN lies in the third 4 MiB chunk
+    array[-1, -1, -1] = np.nan
+    _expect_error(_write(sitk.GetImageFromArray(array), tmp_path / "large.nii.gz"), "NaN or infinite")
 
 
 def test_constant_image_is_refused(tmp_path):
