@@ -146,10 +146,20 @@ def _metric_of(moving: sitk.Image, transform: sitk.Transform) -> float:
     return method.MetricEvaluate(template, moving)
 
 
+def _background_at_zero(image: sitk.Image) -> sitk.Image:
+    """``image`` shifted so that its background level (1st percentile) is zero, for the moments that give the
+    first pose: they weigh each voxel by its intensity, so the background of a z-scored or offset scan (below or
+    above zero) would pull the centre of mass off the head, by metres where positive and negative weights nearly
+    cancel. (Mutual information, which the registration then optimises, does not depend on such a shift.)"""
+    level = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))
+    return image if level == 0.0 else image - level
+
+
 def _similarity(moving: sitk.Image, scan_levels: Tuple[sitk.Image, ...], seed: int) -> sitk.Similarity3DTransform:
     """The similarity stage; when it grew the template beyond :data:`_GROWN_SCALE`, also from
     :data:`_SECOND_START_SCALE`, keeping the pose the metric prefers."""
-    start = sitk.CenteredTransformInitializer(_coarse_template_and_region()[0], moving, sitk.Similarity3DTransform(),
+    start = sitk.CenteredTransformInitializer(_coarse_template_and_region()[0], _background_at_zero(moving),
+                                              sitk.Similarity3DTransform(),
                                               sitk.CenteredTransformInitializerFilter.MOMENTS)
     first = sitk.Similarity3DTransform(start)
     first.SetScale(_INITIAL_SCALE)

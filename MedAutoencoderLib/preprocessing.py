@@ -86,10 +86,15 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return ~reaches_edge[labels]
 
 
+def _coarse_copy(image: sitk.Image) -> sitk.Image:
+    """Every n-th voxel of ``image``, about 64 per axis: enough to find where the object is."""
+    factors = [max(1, int(s // _CENTRING_GRID_VOXELS)) for s in image.GetSize()]
+    return sitk.Shrink(image, factors) if max(factors) > 1 else image
+
+
 def foreground_centroid(image: sitk.Image) -> np.ndarray:
     """Physical centroid (LPS, mm) of the foreground, found on a coarse copy for speed."""
-    factors = [max(1, int(s // _CENTRING_GRID_VOXELS)) for s in image.GetSize()]
-    coarse = sitk.Shrink(image, factors) if max(factors) > 1 else image
+    coarse = _coarse_copy(image)
     foreground = otsu_foreground(coarse)
     _require_contrast(coarse, foreground)
     stats = sitk.LabelShapeStatisticsImageFilter()
@@ -113,6 +118,25 @@ def _require_contrast(image: sitk.Image, foreground: sitk.Image) -> None:
     if contrast <= _MIN_FOREGROUND_CONTRAST * spread:
         raise InputImageError("no foreground found: the brightest region is hardly brighter than the "
                               "background (an empty or noise-only volume?)")
+
+
+_MAX_SHARE_BELOW_BACKGROUND = 0.01  # real scans: at most 0.08 % (interpolation ringing); z-scored brains: 10 %
+
+
+def _require_darkest_background(values: np.ndarray) -> None:
+    """Refuse a volume whose constant background (the value at all eight corners) is brighter than a good part
+    of the image, as in a brain z-scored inside its mask with the background left at 0: the foreground, the
+    normalisation and the model all take the background to be the darkest tissue, and would silently give
+    nonsense."""
+    corners = {float(values[z, y, x]) for z in (0, -1) for y in (0, -1) for x in (0, -1)}
+    if len(corners) != 1:
+        return
+    level = corners.pop()
+    share_below = float(np.mean(values[::2, ::2, ::2] < level))  # every 8th voxel estimates the share well
+    if share_below > _MAX_SHARE_BELOW_BACKGROUND:
+        raise InputImageError(f"its background (value {level:g} at the corners) is brighter than {share_below:.0%} "
+                              "of the voxels, as in a scan normalised inside a mask with the background left "
+                              "at 0; give the scan with its original intensities")
 
 
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:
@@ -158,6 +182,8 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.n
         return foreground_centroid(image), None
     from MedAutoencoderLib.brain_mask import template_brain_centroid, template_to_image_transform
 
+    coarse = _coarse_copy(image)  # the registration would place the template brain on anything, noise included
+    _require_contrast(coarse, sitk.OtsuThreshold(coarse, 0, 1))
     transform = template_to_image_transform(image)
     return np.array(transform.TransformPoint(template_brain_centroid())), transform
 
@@ -166,6 +192,7 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
     """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground="template"``)
     and normalise it."""
     try:
+        _require_darkest_background(sitk.GetArrayViewFromImage(image))
         centre, template_to_image = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))

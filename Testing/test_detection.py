@@ -81,6 +81,18 @@ def test_template_registration_recovers_the_brain_of_a_generated_subject(subject
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.93
 
 
+@pytest.mark.parametrize("rescale", [lambda a: (a - a.mean()) / a.std(), lambda a: a / a.max() * 3000 - 500],
+                         ids=["z-scored", "background -500"])
+def test_template_registration_is_not_thrown_off_by_the_intensity_scale(subject_with_brain, rescale):
+    """The first pose comes from intensity moments: a background below zero used to pull it metres off."""
+    image, brain = subject_with_brain
+    rescaled = sitk.GetImageFromArray(rescale(sitk.GetArrayFromImage(image).astype(np.float64)).astype(np.float32))
+    rescaled.CopyInformation(image)
+    mask = template_brain_mask_on(rescaled, template_to_image_transform(rescaled))
+    truth = sitk.GetArrayViewFromImage(brain) > 0
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.93
+
+
 def test_template_foreground_excludes_a_skull_that_otsu_keeps(subject_with_brain):
     """A bright shell touching the brain (skull and scalp) is foreground for Otsu, not for the template."""
     image, brain = subject_with_brain

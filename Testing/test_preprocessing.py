@@ -130,6 +130,30 @@ def test_noise_only_volume_gives_a_clear_error():
     assert "noise.nii.gz" in str(caught.value) and "foreground" in str(caught.value)
 
 
+def test_noise_only_volume_is_refused_also_where_the_brain_comes_from_the_template():
+    """The registration places the template brain on anything, noise included."""
+    noise = np.abs(np.random.default_rng(3).normal(100, 10, size=(90, 100, 80))).astype(np.float32)
+    image = sitk.GetImageFromArray(noise)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    with pytest.raises(InputImageError) as caught:
+        prepare_volume(image, PreprocessConfig(size=(64, 64, 64), spacing=(3.0, 3.0, 3.0), foreground="template"),
+                       name="noise.nii.gz")
+    assert "noise.nii.gz" in str(caught.value)
+
+
+def test_a_volume_normalised_inside_a_mask_with_its_background_at_zero_is_refused():
+    """Z-scores inside a brain mask put the background (0) amid the brain's intensities: the foreground and
+    the normalisation, which take the background to be the darkest, would silently make nonsense of it."""
+    values = sitk.GetArrayFromImage(toy(4))
+    inside = values > 30  # the toy organ
+    values[inside] = (values[inside] - values[inside].mean()) / values[inside].std()
+    values[~inside] = 0.0
+    with pytest.raises(InputImageError, match="z.nii.gz: its background .* brighter than"):
+        prepare_volume(sitk.GetImageFromArray(values), PreprocessConfig(size=(32, 32, 32)), name="z.nii.gz")
+    values[~inside] = values[inside].min()  # the same scan with a dark background is fine
+    prepare_volume(sitk.GetImageFromArray(values), PreprocessConfig(size=(32, 32, 32)))
+
+
 def test_invalid_preprocessing_settings_are_refused():
     from MedAutoencoderLib.errors import ConfigurationError
 
