@@ -39,6 +39,7 @@ from MedAutoencoderLib.io import (
     find_volumes,
     output_path,
     read_image,
+    refuse_file_as_folder,
     refuse_overwrite,
     volume_stem,
     write_image,
@@ -134,6 +135,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     All target paths are checked before anything is written; the model is loaded once for all inputs.
     """
     paths = [Path(p) for p in inputs]
+    refuse_file_as_folder(output_dir)
     targets = {p: {**{kind: output_path(p, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
                    "summary": Path(output_dir) / f"{volume_stem(p)}_summary.json"} for p in paths}
     _refuse_shared_targets(targets)

@@ -7,6 +7,7 @@ Files are written through a temporary name so that an interrupted save never lea
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -17,7 +18,7 @@ from torch import nn
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, from_plain, to_plain
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
-from MedAutoencoderLib.io import replacing
+from MedAutoencoderLib.io import replacing, volume_suffix
 from MedAutoencoderLib.networks import build_network
 
 FORMAT = "MedAutoencoder-model"
@@ -70,8 +71,8 @@ def read_model_file(path: Path) -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler fails on foreign bytes in many ways (IndexError, KeyError...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({reason[:200]})") from None
+        raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({_unreadable_because(path, exc)})"
+                             ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: is a PyTorch file but not a MedAutoencoder model (no '{FORMAT}' marker)")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
@@ -80,6 +81,20 @@ def read_model_file(path: Path) -> Dict[str, Any]:
             f"{payload['format_version']}); this is {__version__}, which reads format {FORMAT_VERSION}: upgrade"
         )
     return payload
+
+
+def _unreadable_because(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` refused a file, in the user's terms: never torch's advice to load it with
+    ``weights_only=False``, which would run whatever code a foreign file carries."""
+    if volume_suffix(path):
+        return "it is an image volume; the model file is a .pt written by train or calibrate"
+    with open(path, "rb") as stream:
+        start = stream.read(4)
+    if not (start == b"PK\x03\x04" or start[:1] == b"\x80"):  # a PyTorch zip archive or a (legacy) pickle
+        return "its bytes are not a PyTorch file"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds Python objects, not a model's plain data and tensors; such files are not opened, for safety"
+    return "it is damaged or truncated"
 
 
 def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:

@@ -216,6 +216,13 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 
+def refuse_file_as_folder(folder: PathLike) -> None:
+    """Raise before any work when the output folder given is an existing file (writing would fail only at the
+    end, after the work)."""
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise OutputExistsError(f"{folder}: is a file, not a folder; choose another output folder")
+
+
 @contextlib.contextmanager
 def replacing(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """A temporary name beside ``path`` (``.<name>.partial<suffix>``) to write to: on success it replaces

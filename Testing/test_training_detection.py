@@ -160,14 +160,16 @@ def _future_file(source, path):
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("truncated", "not a readable"),
+    ("truncated", "damaged or truncated"),
     ("foreign", "not a MedAutoencoder model"),
-    ("text", "not a readable"),
+    ("text", "bytes are not a PyTorch file"),
+    ("pickled objects", "holds Python objects"),
+    ("volume.nii.gz", "image volume"),
     ("future", "upgrade"),
     ("missing", "not found"),
 ])
-def test_bad_model_files_give_model_file_error(kind, words, tmp_path, ae_model_path):
-    path = tmp_path / f"{kind}.pt"
+def test_bad_model_files_give_model_file_error(kind, words, tmp_path, ae_model_path, lesion_case):
+    path = tmp_path / (kind if kind.endswith(".nii.gz") else f"{kind}.pt")
     if kind == "truncated":
         data = ae_model_path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
@@ -175,11 +177,16 @@ def test_bad_model_files_give_model_file_error(kind, words, tmp_path, ae_model_p
         torch.save({"a": 1}, path)
     elif kind == "text":
         path.write_text("this is a text file, not a model\n")
+    elif kind == "pickled objects":
+        torch.save({"network": torch.nn.Linear(2, 2)}, path)  # a whole module, as people often save them
+    elif kind.endswith(".nii.gz"):
+        path.write_bytes(open(lesion_case["image_path"], "rb").read())
     elif kind == "future":
         _future_file(ae_model_path, path)
     with pytest.raises(ModelFileError) as caught:
         load_model(path, device="cpu")
     assert str(path) in str(caught.value) and words in str(caught.value)
+    assert "weights_only" not in str(caught.value)  # torch's advice would run the file's code
 
 
 def test_3d_patch_model_trains_and_detects_on_the_input_grid(toy_cohort, tmp_path, lesion_case):

@@ -43,6 +43,7 @@ def test_an_output_folder_that_is_a_file_is_a_clean_error_also_in_the_json_strea
     code, out, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
                              "--output-dir", str(blocker), "--progress", "json")
     assert code == 1 and err.startswith("error:") and "Traceback" not in err
+    assert "is a file, not a folder" in err  # said before the detection runs, not when writing after it
     assert json.loads(out.strip().splitlines()[-1])["event"] == "error"
     assert blocker.read_text() == "mine"
 
