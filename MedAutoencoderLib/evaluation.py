@@ -25,7 +25,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from MedAutoencoderLib.config import DetectOptions
 from MedAutoencoderLib.detection import ScoredVolume, anomaly_score
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.io import find_volumes, read_image, volume_stem
+from MedAutoencoderLib.io import find_volumes, read_image, read_mask, same_grid, volume_stem
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 
 _MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_labels", "_gt", "_lesion", "_segmentation")
@@ -107,12 +107,11 @@ def pair_images_with_masks(images: Sequence[str], masks: Sequence[str]) -> List[
 
 
 def mask_on_grid(mask_path: Path, reference: sitk.Image) -> np.ndarray:
-    """Ground truth (any label > 0) as a boolean array on ``reference``'s grid."""
-    try:
-        mask = sitk.ReadImage(str(mask_path))
-    except RuntimeError:
-        raise InputImageError(f"{mask_path}: cannot be read as a mask") from None
-    if mask.GetSize() != reference.GetSize() or not np.allclose(mask.GetSpacing(), reference.GetSpacing()):
+    """Ground truth (any label > 0) as a boolean array on ``reference``'s grid. A mask on another grid is
+    resampled (nearest neighbour) through physical space: a copy stored flipped or shifted has the image's size
+    and spacing but other voxels under each index."""
+    mask = read_mask(mask_path)
+    if not same_grid(mask, reference):
         mask = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayViewFromImage(mask) > 0
 
@@ -155,8 +154,9 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
     per_case, sample_labels = [], []
     for i, (image_path, mask_path) in enumerate(cases):
         image = read_image(image_path)
+        given_truth = mask_on_grid(mask_path, image) if mask_path else None  # a bad mask stops before detection
         run = run_detection(image, model, options, name=str(image_path))
-        arrays = _case_arrays(run, mask_on_grid(mask_path, image) if mask_path else None)
+        arrays = _case_arrays(run, given_truth)
         region, truth = arrays["region"], arrays["truth"] & arrays["region"]
         model_pool.add(arrays["map"][region], truth[region])
         baseline_pool.add(arrays["baseline"][region], truth[region])
