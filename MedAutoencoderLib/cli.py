@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from MedAutoencoderLib.config import (
     PreprocessConfig,
     TrainConfig,
 )
-from MedAutoencoderLib.errors import Cancelled, MedAutoencoderError
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, MedAutoencoderError
 from MedAutoencoderLib.io import write_text
 from MedAutoencoderLib.jobs import EXIT_CANCELLED
 from MedAutoencoderLib.progress import make_reporter
@@ -34,14 +33,17 @@ EXIT_USER_ERROR = 1
 
 
 def _threshold(text: str) -> Optional[float]:
+    """``--threshold``: 'auto' (None: the model's calibrated one) or a number that DetectOptions accepts, checked
+    here so that a bad value is refused before the model is loaded."""
     if text == "auto":
         return None
     try:
         value = float(text)
+        DetectOptions(threshold=value).validate()
     except ValueError:
-        value = float("nan")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a finite number, not {text!r}")
+        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a number, not {text!r}") from None
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

@@ -13,8 +13,8 @@ import torch
 
 from conftest import tiny_train_config
 from MedAutoencoderLib import cli
-from MedAutoencoderLib.api import load_model
-from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.api import detect_image, load_model
+from MedAutoencoderLib.config import DetectOptions, ModelConfig
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
 
 
@@ -52,6 +52,17 @@ def test_non_finite_threshold_is_rejected_by_the_parser(capsys, lesion_case, dae
         cli.main(["detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
                   "--output-dir", str(tmp_path), "--threshold", "nan"])
     assert exit_info.value.code == 2 and "finite number" in capsys.readouterr().err
+
+
+def test_a_negative_threshold_is_refused_on_the_command_line_and_in_the_api(capsys, lesion_case, dae_model,
+                                                                            dae_model_path, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
+                  "--output-dir", str(tmp_path / "out"), "--threshold", "-0.1"])
+    assert exit_info.value.code == 2 and "threshold must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigurationError, match="threshold must be a finite number >= 0, not -0.1"):
+        detect_image(lesion_case["image"], dae_model, DetectOptions(threshold=-0.1))
 
 
 @pytest.mark.parametrize("overrides, message", [
