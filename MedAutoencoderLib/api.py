@@ -134,8 +134,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     All target paths are checked before anything is written; the model is loaded once for all inputs.
     """
     paths = [Path(p) for p in inputs]
-    targets = {p: {**{kind: output_path(p, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
-                   "summary": Path(output_dir) / f"{volume_stem(p)}_summary.json"} for p in paths}
+    targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
     _refuse_shared_targets(targets)
     if not overwrite:
         refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths)
@@ -164,6 +163,14 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         _wait_for(previous)
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def detection_targets(input_path: Path, output_dir: Union[str, Path],
+                      output_format: Optional[str] = None) -> Dict[str, Path]:
+    """The files :func:`detect_files` writes for ``input_path``: one per kind of :data:`OUTPUT_KINDS` and the
+    summary (also for callers that check them before any work)."""
+    return {**{kind: output_path(input_path, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
+            "summary": Path(output_dir) / f"{volume_stem(input_path)}_summary.json"}
 
 
 def _wait_for(writes: List[Future]) -> None:

@@ -165,6 +165,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--lesion", default="mass", help="lesion kind: hyper, hypo, mass, subtle or foreign")
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --output-dir")
     _common(p)
 
 
@@ -348,7 +349,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.demo import run_demo as demo
 
     result = demo(args.output_dir, model_path=args.model, kind=args.lesion, seed=args.seed, device=args.device,
-                  progress=make_reporter(args.progress))
+                  overwrite=args.overwrite, progress=make_reporter(args.progress))
     summary = result["summary"]
     print(f"{summary['lesion_kind']} lesion of {summary['lesion_ml']} mL: {summary['anomalous_volume_ml']} mL "
           f"flagged in {summary['n_components']} component(s), Dice {summary['dice_vs_truth']}; "

@@ -96,3 +96,30 @@ def test_an_invalid_stored_setting_names_the_file_and_the_versions(tmp_path, dae
     torch.save(payload, broken)
     with pytest.raises(ModelFileError, match=r"odd\.pt: spatial_dims must be 2 or 3.*made by MedAutoencoderLib"):
         load_model(broken, device="cpu")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "seed must be 0 or more, not -1"),
+    (["--model", "{junk}"], "junk.pt: not a readable MedAutoencoder model file"),
+])
+def test_demo_refuses_a_bad_request_before_writing_anything(capsys, tmp_path, args, message):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    out = tmp_path / "demo"
+    code, _, err = run_cli(capsys, "demo", "--output-dir", str(out), "--device", "cpu", "--progress", "none",
+                           *(a.format(junk=junk) for a in args))
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_demo_keeps_existing_files_unless_told_to_overwrite(capsys, tmp_path, dae_model_path):
+    overlay = tmp_path / "demo_overlay.png"
+    overlay.write_text("mine")
+    demo = ["demo", "--output-dir", str(tmp_path), "--model", str(dae_model_path), "--device", "cpu",
+            "--progress", "none"]
+    code, _, err = run_cli(capsys, *demo)
+    assert code == 1 and "demo_overlay.png: already exists" in err
+    assert overlay.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["demo_overlay.png"]
+    code, out, err = run_cli(capsys, *demo, "--overwrite")
+    assert code == 0, err
+    assert overlay.read_bytes().startswith(b"\x89PNG") and "Dice" in out
