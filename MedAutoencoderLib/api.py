@@ -22,7 +22,7 @@ from MedAutoencoderLib.checkpoint import (
     record_from_payload,
     save_model,
 )
-from MedAutoencoderLib.config import DetectOptions, TrainConfig
+from MedAutoencoderLib.config import DetectOptions, TrainConfig, to_plain
 from MedAutoencoderLib.detection import (
     DetectionResult,
     ScoredVolume,
@@ -236,14 +236,16 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
 
 
 def describe_model(model_path: Union[str, Path]) -> Dict[str, object]:
-    """The model card of a file: type, data, preprocessing, threshold and metrics, as plain data."""
+    """The model card of a file: type, data, preprocessing, threshold and metrics, as plain data. The file is
+    checked as :func:`load_model` checks it (weights included), so a damaged one gives the same error."""
     path = Path(model_path)
     payload = read_model_file(path)
     record = record_from_payload(payload, path)
+    network = network_from_payload(payload, record, path)
     training = {k: v for k, v in record.training.items() if k != "history"}
     history: List[dict] = record.training.get("history", [])
-    return {"file": str(path), "library_version": record.library_version, "model": payload["model"],
-            "preprocess": payload["preprocess"], "detection": payload["detection"],
+    return {"file": str(path), "library_version": record.library_version, "model": to_plain(record.model),
+            "preprocess": to_plain(record.preprocess), "detection": to_plain(record.detection),
             "calibration": record.calibration, "training": training,
             "last_epoch": history[-1] if history else None,
-            "parameters": sum(t.numel() for t in payload["state_dict"].values())}
+            "parameters": sum(t.numel() for t in network.state_dict().values())}

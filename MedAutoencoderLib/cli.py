@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import (
@@ -326,14 +326,26 @@ def run_info(args: argparse.Namespace) -> int:
           f"{card['parameters']:,} parameters, loss {card['model']['reconstruction_loss']}")
     print(f"  preprocessing: spacing {card['preprocess']['spacing']} mm, grid {card['preprocess']['size']}, "
           f"{card['preprocess']['normalization']} normalisation, {card['preprocess'].get('foreground', 'otsu')} foreground")
-    print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
-    print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "
-          f"stopped by {training.get('stop_reason')}, best validation loss {training.get('best_val_loss')}")
-    threshold = calibration.get("threshold")
-    print(f"  threshold: {threshold if threshold is not None else 'not calibrated'}"
-          + (f" (voxel FPR {calibration['target_fpr']} on {calibration['healthy_volumes']} healthy volume(s))"
-             if threshold is not None else ""))
+    if training:
+        print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
+        print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "
+              f"stopped by {training.get('stop_reason')}, best validation loss {training.get('best_val_loss')}")
+    else:
+        print("  data and training: not recorded")
+    print(f"  threshold: {_calibration_text(calibration)}")
     return 0
+
+
+def _calibration_text(calibration: Dict[str, Any]) -> str:
+    """The threshold and how it was chosen, as far as the model file records it (older or hand-made files may
+    hold the threshold alone)."""
+    threshold = calibration.get("threshold")
+    if threshold is None:
+        return "not calibrated"
+    how = " ".join(part for part in (
+        f"voxel FPR {calibration['target_fpr']}" if "target_fpr" in calibration else "",
+        f"on {calibration['healthy_volumes']} healthy volume(s)" if "healthy_volumes" in calibration else "") if part)
+    return f"{threshold} ({how or 'calibration details not recorded'})"
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

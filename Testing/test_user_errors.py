@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import pytest
@@ -123,3 +124,30 @@ def test_demo_keeps_existing_files_unless_told_to_overwrite(capsys, tmp_path, da
     code, out, err = run_cli(capsys, *demo, "--overwrite")
     assert code == 0, err
     assert overlay.read_bytes().startswith(b"\x89PNG") and "Dice" in out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda payload: payload.pop("state_dict"), "incomplete model file (no 'state_dict' section"),
+    (lambda payload: payload.update(calibration=[0.1]),
+     "damaged model file (its 'calibration' section is not a table)"),
+])
+def test_info_reports_a_damaged_model_file_like_loading_does(capsys, tmp_path, dae_model_path, damage, message):
+    payload = torch.load(dae_model_path, weights_only=True)
+    damage(payload)
+    broken = tmp_path / "damaged.pt"
+    torch.save(payload, broken)
+    with pytest.raises(ModelFileError, match=f"damaged.pt: {re.escape(message)}"):
+        load_model(broken, device="cpu")
+    code, _, err = run_cli(capsys, "info", str(broken))
+    assert code == 1 and f"damaged.pt: {message}" in err and "Traceback" not in err
+
+
+def test_info_prints_a_threshold_without_its_calibration_details(capsys, tmp_path, dae_model_path):
+    payload = torch.load(dae_model_path, weights_only=True)
+    payload["calibration"] = {"threshold": 0.25}
+    del payload["training"]
+    partial = tmp_path / "partial.pt"
+    torch.save(payload, partial)
+    code, out, err = run_cli(capsys, "info", str(partial))
+    assert code == 0, err
+    assert "threshold: 0.25 (calibration details not recorded)" in out and "training: not recorded" in out
