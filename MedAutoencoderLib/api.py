@@ -22,7 +22,7 @@ from MedAutoencoderLib.checkpoint import (
     record_from_payload,
     save_model,
 )
-from MedAutoencoderLib.config import DetectOptions, TrainConfig
+from MedAutoencoderLib.config import DetectOptions, TrainConfig, to_plain
 from MedAutoencoderLib.detection import (
     DetectionResult,
     ScoredVolume,
@@ -136,8 +136,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     """
     paths = [Path(p) for p in inputs]
     refuse_file_as_folder(output_dir)
-    targets = {p: {**{kind: output_path(p, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
-                   "summary": Path(output_dir) / f"{volume_stem(p)}_summary.json"} for p in paths}
+    targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
     _refuse_shared_targets(targets)
     refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)
     tracker = ProgressTracker(progress, total=len(paths))
@@ -165,6 +164,14 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         _wait_for(previous)
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def detection_targets(input_path: Path, output_dir: Union[str, Path],
+                      output_format: Optional[str] = None) -> Dict[str, Path]:
+    """The files :func:`detect_files` writes for ``input_path``: one per kind of :data:`OUTPUT_KINDS` and the
+    summary (also for callers that check them before any work)."""
+    return {**{kind: output_path(input_path, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
+            "summary": Path(output_dir) / f"{volume_stem(input_path)}_summary.json"}
 
 
 def _wait_for(writes: List[Future]) -> None:
@@ -230,14 +237,16 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
 
 
 def describe_model(model_path: Union[str, Path]) -> Dict[str, object]:
-    """The model card of a file: type, data, preprocessing, threshold and metrics, as plain data."""
+    """The model card of a file: type, data, preprocessing, threshold and metrics, as plain data. The file is
+    checked as :func:`load_model` checks it (weights included), so a damaged one gives the same error."""
     path = Path(model_path)
     payload = read_model_file(path)
     record = record_from_payload(payload, path)
+    network = network_from_payload(payload, record, path)
     training = {k: v for k, v in record.training.items() if k != "history"}
     history: List[dict] = record.training.get("history", [])
-    return {"file": str(path), "library_version": record.library_version, "model": payload["model"],
-            "preprocess": payload["preprocess"], "detection": payload["detection"],
+    return {"file": str(path), "library_version": record.library_version, "model": to_plain(record.model),
+            "preprocess": to_plain(record.preprocess), "detection": to_plain(record.detection),
             "calibration": record.calibration, "training": training,
             "last_epoch": history[-1] if history else None,
-            "parameters": sum(t.numel() for t in payload["state_dict"].values())}
+            "parameters": sum(t.numel() for t in network.state_dict().values())}

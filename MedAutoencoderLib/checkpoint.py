@@ -111,12 +111,17 @@ def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:
         except ConfigurationError as exc:
             message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             raise ModelFileError(f"{message} (made by MedAutoencoderLib {version}; this is {__version__})") from None
+    for optional in ("calibration", "training"):
+        if not isinstance(payload.get(optional, {}), dict):
+            raise ModelFileError(f"{path}: damaged model file (its '{optional}' section is not a table)")
     return ModelRecord(calibration=payload.get("calibration", {}), training=payload.get("training", {}),
                        library_version=version, **configs)
 
 
 def network_from_payload(payload: Dict[str, Any], record: ModelRecord, path: Path) -> nn.Module:
     """Rebuild the network and load its weights; a mismatch is reported as a corrupt model file."""
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: incomplete model file (no 'state_dict' section: it holds no weights)")
     network = build_network(record.model)
     try:
         network.load_state_dict(payload["state_dict"])

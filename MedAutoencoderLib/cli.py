@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import (
@@ -25,7 +24,7 @@ from MedAutoencoderLib.config import (
     PreprocessConfig,
     TrainConfig,
 )
-from MedAutoencoderLib.errors import Cancelled, MedAutoencoderError
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, MedAutoencoderError
 from MedAutoencoderLib.io import write_text
 from MedAutoencoderLib.jobs import EXIT_CANCELLED
 from MedAutoencoderLib.progress import make_reporter
@@ -34,14 +33,17 @@ EXIT_USER_ERROR = 1
 
 
 def _threshold(text: str) -> Optional[float]:
+    """``--threshold``: 'auto' (None: the model's calibrated one) or a number that DetectOptions accepts, checked
+    here so that a bad value is refused before the model is loaded."""
     if text == "auto":
         return None
     try:
         value = float(text)
+        DetectOptions(threshold=value).validate()
     except ValueError:
-        value = float("nan")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a finite number, not {text!r}")
+        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a number, not {text!r}") from None
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 
@@ -164,6 +166,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--lesion", default="mass", help="lesion kind: hyper, hypo, mass, subtle or foreign")
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --output-dir")
     _common(p)
 
 
@@ -298,7 +301,10 @@ def run_detect(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import load_model
     from MedAutoencoderLib.evaluation import evaluate_model, format_report, pair_images_with_masks
+    from MedAutoencoderLib.io import refuse_overwrite
 
+    if args.json_out and not args.overwrite:
+        refuse_overwrite([Path(args.json_out)])  # now, not after the whole evaluation
     model = load_model(args.model, device=args.device)
     pairs = pair_images_with_masks(args.images, args.masks)
     options = DetectOptions(device=args.device, precision=args.precision)
@@ -323,14 +329,26 @@ def run_info(args: argparse.Namespace) -> int:
           f"{card['parameters']:,} parameters, loss {card['model']['reconstruction_loss']}")
     print(f"  preprocessing: spacing {card['preprocess']['spacing']} mm, grid {card['preprocess']['size']}, "
           f"{card['preprocess']['normalization']} normalisation, {card['preprocess'].get('foreground', 'otsu')} foreground")
-    print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
-    print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "
-          f"stopped by {training.get('stop_reason')}, best validation loss {training.get('best_val_loss')}")
-    threshold = calibration.get("threshold")
-    print(f"  threshold: {threshold if threshold is not None else 'not calibrated'}"
-          + (f" (voxel FPR {calibration['target_fpr']} on {calibration['healthy_volumes']} healthy volume(s))"
-             if threshold is not None else ""))
+    if training:
+        print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
+        print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "
+              f"stopped by {training.get('stop_reason')}, best validation loss {training.get('best_val_loss')}")
+    else:
+        print("  data and training: not recorded")
+    print(f"  threshold: {_calibration_text(calibration)}")
     return 0
+
+
+def _calibration_text(calibration: Dict[str, Any]) -> str:
+    """The threshold and how it was chosen, as far as the model file records it (older or hand-made files may
+    hold the threshold alone)."""
+    threshold = calibration.get("threshold")
+    if threshold is None:
+        return "not calibrated"
+    how = " ".join(part for part in (
+        f"voxel FPR {calibration['target_fpr']}" if "target_fpr" in calibration else "",
+        f"on {calibration['healthy_volumes']} healthy volume(s)" if "healthy_volumes" in calibration else "") if part)
+    return f"{threshold} ({how or 'calibration details not recorded'})"
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -346,7 +364,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.demo import run_demo as demo
 
     result = demo(args.output_dir, model_path=args.model, kind=args.lesion, seed=args.seed, device=args.device,
-                  progress=make_reporter(args.progress))
+                  overwrite=args.overwrite, progress=make_reporter(args.progress))
     summary = result["summary"]
     print(f"{summary['lesion_kind']} lesion of {summary['lesion_ml']} mL: {summary['anomalous_volume_ml']} mL "
           f"flagged in {summary['n_components']} component(s), Dice {summary['dice_vs_truth']}; "

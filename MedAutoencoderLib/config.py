@@ -8,6 +8,7 @@ with.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
@@ -154,6 +155,9 @@ class DetectOptions:
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise ConfigurationError(f"threshold must be a finite number >= 0, not {self.threshold!r} (anomaly maps "
+                                     "are never negative: a negative threshold would flag the whole field of view)")
 
 
 @dataclass

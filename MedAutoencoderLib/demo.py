@@ -14,7 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAutoencoderLib.evaluation import dice
-from MedAutoencoderLib.io import write_image, write_text
+from MedAutoencoderLib.errors import ConfigurationError
+from MedAutoencoderLib.io import refuse_overwrite, write_image, write_text
 from MedAutoencoderLib.progress import ProgressCallback
 from MedAutoencoderLib.synthetic import insert_lesion, load_template, make_healthy_subject_with_mask, template_brain_mask
 
@@ -56,20 +57,37 @@ def overlay_png(image: sitk.Image, reconstruction: sitk.Image, anomaly_map: sitk
     return path
 
 
+def demo_outputs(output_dir: Path) -> Dict[str, Path]:
+    """Every file the demo writes into ``output_dir``, to check before any work."""
+    from MedAutoencoderLib.api import detection_targets
+
+    subject = output_dir / "demo_subject.nii.gz"
+    return {"subject": subject, "truth": output_dir / "demo_subject_truth.nii.gz",
+            "overlay": output_dir / "demo_overlay.png", **detection_targets(subject, output_dir)}
+
+
 def run_demo(output_dir: Path, model_path: Optional[str] = None, kind: str = "mass", seed: int = 3,
-             device: str = "auto", progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
-    """Generate a lesioned subject, detect, and write outputs, overlay PNG and summary into ``output_dir``."""
+             device: str = "auto", overwrite: bool = False,
+             progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """Generate a lesioned subject, detect, and write outputs, overlay PNG and summary into ``output_dir``.
+    Existing files there are refused unless ``overwrite``, and the model is loaded first: a bad request
+    fails before the subject (30 MB) is written."""
     from MedAutoencoderLib.api import detect_files, load_model
 
+    if seed < 0:
+        raise ConfigurationError(f"seed must be 0 or more, not {seed}")
     output_dir = Path(output_dir)
+    targets = demo_outputs(output_dir)
+    if not overwrite:
+        refuse_overwrite(targets.values())
+    model = load_model(model_path, device=device)
     rng = np.random.default_rng(seed)
     template = load_template()
     subject, brain = make_healthy_subject_with_mask(template, template_brain_mask(template), rng)
     lesioned, truth = insert_lesion(subject, brain, kind, rng)
-    input_path = write_image(lesioned, output_dir / "demo_subject.nii.gz")
-    write_image(truth, output_dir / "demo_subject_truth.nii.gz")
-    model = load_model(model_path, device=device)
-    outputs = detect_files([input_path], output_dir, model, overwrite=True, progress=progress)[str(input_path)]
+    input_path = write_image(lesioned, targets["subject"])
+    write_image(truth, targets["truth"])
+    outputs = detect_files([input_path], output_dir, model, overwrite=overwrite, progress=progress)[str(input_path)]
     mask = sitk.ReadImage(outputs["anomaly_mask"])
     summary = json.loads(Path(outputs["summary"]).read_text())
     summary["lesion_kind"] = kind
@@ -77,8 +95,8 @@ def run_demo(output_dir: Path, model_path: Optional[str] = None, kind: str = "ma
                                  float(np.prod(truth.GetSpacing())) / 1000, 3)
     summary["dice_vs_truth"] = round(dice(sitk.GetArrayViewFromImage(mask) > 0,
                                           sitk.GetArrayViewFromImage(truth) > 0), 4)
-    write_text(Path(outputs["summary"]), json.dumps(summary, indent=2), overwrite=True)
+    write_text(Path(outputs["summary"]), json.dumps(summary, indent=2), overwrite=True)  # detect_files' own
     outputs["overlay"] = str(overlay_png(lesioned, sitk.ReadImage(outputs["reconstruction"]),
                                          sitk.ReadImage(outputs["anomaly_map"]), mask, truth,
-                                         summary["threshold"], output_dir / "demo_overlay.png"))
+                                         summary["threshold"], targets["overlay"]))
     return {"outputs": outputs, "summary": summary}

@@ -54,7 +54,18 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
 
 
 def check_volume(image: sitk.Image, name: str) -> sitk.Image:
-    """Raise a clear error unless ``image`` is a usable 3D scalar volume; returns it unchanged."""
+    """Raise a clear error unless ``image`` is a usable 3D scalar volume; returns it (a 4D file with one time
+    point as 3D)."""
+    image = check_volume_grid(image, name)
+    values = sitk.GetArrayViewFromImage(image)
+    if values.min() == values.max():
+        raise InputImageError(f"{name}: every voxel has the same value ({values.min()}); the volume carries no image")
+    return image
+
+
+def check_volume_grid(image: sitk.Image, name: str) -> sitk.Image:
+    """:func:`check_volume` without the demand for contrast: a 3D scalar grid of finite values, which is all
+    a mask needs (a healthy case's ground truth is all zero)."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(
             f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB); "
@@ -62,7 +73,7 @@ def check_volume(image: sitk.Image, name: str) -> sitk.Image:
         )
     size = image.GetSize()
     if image.GetDimension() == 4 and size[3] == 1:
-        return check_volume(image[:, :, :, 0], name)
+        return check_volume_grid(image[:, :, :, 0], name)
     if image.GetDimension() != 3:
         raise InputImageError(f"{name}: is {image.GetDimension()}D with size {size}; a 3D volume is needed")
     if min(size) < 2:
@@ -72,20 +83,39 @@ def check_volume(image: sitk.Image, name: str) -> sitk.Image:
         raise InputImageError(f"{name}: is empty")
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise InputImageError(f"{name}: {_NON_FINITE}")
-    if values.min() == values.max():
-        raise InputImageError(f"{name}: every voxel has the same value ({values.min()}); the volume carries no image")
     return image
+
+
+def same_grid(image: sitk.Image, other: sitk.Image) -> bool:
+    """Whether two volumes share size, spacing, origin and direction, i.e. voxel (i, j, k) of one lies where
+    voxel (i, j, k) of the other does (equal size and spacing alone do not: a flipped copy has both)."""
+    return (image.GetSize() == other.GetSize()
+            and np.allclose(image.GetSpacing(), other.GetSpacing(), atol=1e-4)
+            and np.allclose(image.GetOrigin(), other.GetOrigin(), atol=1e-3)
+            and np.allclose(image.GetDirection(), other.GetDirection(), atol=1e-4))
 
 
 def read_image(path: PathLike) -> sitk.Image:
     """Read a 3D scalar volume from a file or a DICOM series folder, checked (see :func:`check_volume`)."""
     p = Path(path)
+    return check_volume(_read_volume(p), str(p))
+
+
+def read_mask(path: PathLike) -> sitk.Image:
+    """Read a label volume like :func:`read_image`, but one value only is allowed (see
+    :func:`check_volume_grid`)."""
+    p = Path(path)
+    return check_volume_grid(_read_volume(p), str(p))
+
+
+def _read_volume(p: Path) -> sitk.Image:
+    """The volume in a file or DICOM series folder, before any check of its content."""
     if not p.exists():
         raise InputImageError(f"{p}: no such file or folder")
     if p.is_dir():
-        return check_volume(_read(_read_dicom_series, p), str(p))
+        return _read(_read_dicom_series, p)
     if volume_suffix(p) not in (".nii", ".nii.gz"):
-        return check_volume(_read(lambda q: sitk.ReadImage(str(q)), p), str(p))
+        return _read(lambda q: sitk.ReadImage(str(q)), p)
     with ThreadPoolExecutor(max_workers=1) as side:
         # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage) and
         # turns NaN and infinite voxels into zeros, so the file is scanned beside the read, on the other core:
@@ -95,7 +125,7 @@ def read_image(path: PathLike) -> sitk.Image:
         _check_nifti_complete(p, image, scan.result().bytes_present)
     if scan.result().non_finite:
         raise InputImageError(f"{p}: {_NON_FINITE}")
-    return check_volume(image, str(p))
+    return image
 
 
 def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:

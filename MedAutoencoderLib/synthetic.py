@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import ConfigurationError, InputImageError, OutputExistsError
+from .io import same_grid
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "data" / "mni_icbm152_t1_09a.nii.gz"
 
@@ -420,13 +421,7 @@ def insert_lesion(
 def _require_same_grid(image: sitk.Image, mask: sitk.Image) -> None:
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise InputImageError("Lesions can only be inserted into 3D scalar images.")
-    same = (
-        image.GetSize() == mask.GetSize()
-        and np.allclose(image.GetSpacing(), mask.GetSpacing(), atol=1e-4)
-        and np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-3)
-        and np.allclose(image.GetDirection(), mask.GetDirection(), atol=1e-4)
-    )
-    if not same:
+    if not same_grid(image, mask):
         raise InputImageError(
             "The brain mask must be on the same grid (size, spacing, origin, direction) as the image."
         )

@@ -144,3 +144,13 @@ def test_evaluate_prints_model_and_baseline_columns(dae_model_path, lesion_case,
     report = json.loads(report_file.read_text())
     assert model_value == pytest.approx(report["model"]["auroc"], abs=1e-4)
     assert baseline_value == pytest.approx(report["baseline_robust_z"]["auroc"], abs=1e-4)
+
+
+def test_evaluate_refuses_an_existing_json_report_before_evaluating(dae_model_path, lesion_case, tmp_path):
+    report_file = tmp_path / "report.json"
+    report_file.write_text("mine")
+    done = cli("evaluate", "--model", dae_model_path, "--images", lesion_case["image_path"],
+               "--masks", lesion_case["mask_path"], "--json", report_file, "--progress", "json", "--device", "cpu")
+    assert done.returncode == 1 and "report.json: already exists" in done.stderr and "Traceback" not in done.stderr
+    assert [json.loads(line)["event"] for line in done.stdout.strip().splitlines()] == ["error"]  # no evaluation
+    assert report_file.read_text() == "mine"

@@ -10,7 +10,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from conftest import toy
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.evaluation import dice, evaluate_model, format_report, pair_images_with_masks, voxel_metrics
+from MedAutoencoderLib.evaluation import (
+    dice,
+    evaluate_model,
+    format_report,
+    mask_on_grid,
+    pair_images_with_masks,
+    voxel_metrics,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -85,3 +92,37 @@ def test_evaluate_model_report(dae_model, lesion_case):
     assert [e["event"] for e in events] == ["start", "progress", "progress", "done"]
     table = format_report(report)
     assert "model" in table and "|z| baseline" in table and "voxel AUROC" in table
+
+
+
+def test_a_mask_stored_flipped_is_compared_in_physical_space(lesion_case, tmp_path):
+    flipped = sitk.Flip(lesion_case["truth"], [True, False, False])  # same size and spacing, other origin/direction
+    path = tmp_path / "case_000_mask.nii.gz"
+    sitk.WriteImage(flipped, str(path))
+    assert np.array_equal(mask_on_grid(path, lesion_case["image"]), sitk.GetArrayFromImage(lesion_case["truth"]) > 0)
+
+
+
+def test_masks_are_checked_like_images_before_any_detection_but_may_hold_one_value(dae_model, lesion_case,
+                                                                                   tmp_path):
+    bad_masks = {"flat_mask.nii.gz": (sitk.GetImageFromArray(np.zeros((3, 3), np.uint8)), "2D"),
+                 "rgb_mask.nrrd": (sitk.GetImageFromArray(np.zeros((4, 4, 4, 3), np.uint8), isVector=True),
+                                   "3 components")}
+    for name, (mask, problem) in bad_masks.items():
+        sitk.WriteImage(mask, str(tmp_path / name))
+        events = []
+        with pytest.raises(InputImageError, match=f"{name}: .*{problem}"):
+            evaluate_model(dae_model, [(lesion_case["image_path"], tmp_path / name)], progress=events.append)
+        assert [e["event"] for e in events] == ["start"]
+    healthy_truth = tmp_path / "healthy_mask.nii.gz"
+    sitk.WriteImage(lesion_case["truth"] * 0, str(healthy_truth))
+    assert not mask_on_grid(healthy_truth, lesion_case["image"]).any()
+
+
+def test_the_threshold_sweep_row_says_it_removes_no_components():
+    # the model's own mask drops small components, the sweep does not: its Dice can be the lower one
+    methods = {"best_dice": 0.40, "dice_at_threshold": 0.47}
+    report = {"n_lesioned": 1, "n_healthy": 0, "model": methods, "baseline_robust_z": methods}
+    sweep_row = next(line for line in format_report(report).splitlines() if line.split()[-1] == "0.4000")
+    assert sweep_row.startswith("best Dice over thresholds (no component filter)")
+    assert "upper bound" not in format_report(report)
