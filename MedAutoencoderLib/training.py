@@ -4,7 +4,7 @@ The loop is Adam with a cosine schedule; it stops at the epoch limit, the time b
 validation loss, or a cooperative cancel (callback, SIGINT/SIGTERM through the command line, or a stop file).
 The best model so far is always on disk; at the end (also after a cancel) the best weights are reloaded and the
 anomaly threshold is calibrated on the held-out healthy volumes, so that a finished or cancelled run leaves a
-usable model.
+usable model. A cancel before the first training step (during data preparation) writes nothing.
 
 Launched by ``torchrun`` the same loop trains data-parallel (see :mod:`distributed`): each process trains a
 DDP copy on its share of the samples, losses are averaged over all processes, stop decisions come from rank 0,
@@ -78,14 +78,6 @@ def split_volumes(paths: Sequence[Path], fraction: float, seed: int) -> Tuple[Li
     n_val = min(len(paths) - 1, max(1, int(round(fraction * len(paths)))))
     val = sorted(paths[i] for i in order[:n_val])
     return [p for p in paths if p not in val], val
-
-
-def prepare_all(paths: Sequence[Path], config: TrainConfig, tracker: ProgressTracker) -> List[PreparedVolume]:
-    volumes = []
-    for i, path in enumerate(paths):
-        tracker.emit("log", 0, f"preparing {path.name} ({i + 1}/{len(paths)})")
-        volumes.append(prepare_volume(read_image(path), config.preprocess, name=str(path)))
-    return volumes
 
 
 class Trainer:
@@ -167,6 +159,26 @@ class Trainer:
     def _stop_requested(self) -> bool:
         stop_file = self.config.stop_file
         return self.should_stop() or bool(stop_file and Path(stop_file).exists())
+
+    def _cancel_if_stopped_before_training(self, tracker: ProgressTracker) -> None:
+        """A stop asked for before the first training step ends the run at once, writing nothing: there is no
+        model worth keeping yet, and an existing --out file (given with --overwrite) must not be replaced by an
+        untrained one."""
+        if not self.context.decided_by_rank_zero(self._stop_requested()):
+            return
+        message = "training cancelled before it began; nothing was written"
+        tracker.emit("cancelled", 0, message)
+        raise Cancelled(message)
+
+    def _prepare_all(self, paths: Sequence[Path], tracker: ProgressTracker) -> List[PreparedVolume]:
+        """The volumes on the model grid; a stop request is honoured between volumes (preparing many can take
+        minutes)."""
+        volumes = []
+        for i, path in enumerate(paths):
+            self._cancel_if_stopped_before_training(tracker)
+            tracker.emit("log", 0, f"preparing {path.name} ({i + 1}/{len(paths)})")
+            volumes.append(prepare_volume(read_image(path), self.config.preprocess, name=str(path)))
+        return volumes
 
     def _out_of_time(self) -> bool:
         budget = self.config.max_minutes
@@ -348,13 +360,9 @@ class Trainer:
         if self.config.resume:
             tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
                                    "settings are used, options given for them here are ignored")
-        if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
-            # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
-            # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
-            save_model(self.out, self.network, self._record(), self._training_state())
-        train_volumes = prepare_all(train_paths, self.config, tracker)
+        train_volumes = self._prepare_all(train_paths, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
-            prepare_all(val_paths, self.config, tracker)
+            self._prepare_all(val_paths, tracker)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,
                       batch_size=self.config.batch_size, seed=self.config.seed,
                       num_workers=self.config.num_workers, context=self.context)
@@ -362,6 +370,11 @@ class Trainer:
         val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
         if len(train_loader) == 0:
             raise ConfigurationError("no training samples: the volumes' foreground is empty on the model grid")
+        self._cancel_if_stopped_before_training(tracker)
+        if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
+            # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
+            # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
+            save_model(self.out, self.network, self._record(), self._training_state())
         self._loop(train_loader, val_loader, tracker)
         if not self.context.is_main:  # no barrier: calibration may outlast the process group's timeout
             return self.out

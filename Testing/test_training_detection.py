@@ -106,21 +106,22 @@ def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_m
         assert json.loads(Path(written[str(path)]["summary"]).read_text()) == json.loads(json.dumps(expected.summary))
 
 
-def test_stop_file_present_from_the_start_stops_after_one_epoch(toy_cohort, tmp_path, lesion_case):
+def test_stop_file_present_from_the_start_cancels_before_training_and_keeps_the_existing_model(
+        toy_cohort, tmp_path, ae_model_path):
     stop = tmp_path / "STOP"
     stop.write_text("")
-    out = tmp_path / "stopped.pt"
+    out = tmp_path / "existing.pt"
+    shutil.copy(ae_model_path, out)
+    original = out.read_bytes()
     events = []
-    trainer = Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, stop_file=str(stop)),
+    trainer = Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, stop_file=str(stop), overwrite=True),
                       progress=events.append)
-    with pytest.raises(Cancelled, match="1 epoch"):
+    with pytest.raises(Cancelled, match="before it began; nothing was written"):
         trainer.run()
-    assert events[-1]["event"] == "cancelled" and events[-1]["outputs"]["model"] == str(out)
-    model = load_model(out, device="cpu")
-    assert model.record.training["epochs"] == 1 and model.record.training["stop_reason"] == "cancelled"
-    assert np.isfinite(model.record.threshold)
-    result = run_detection(lesion_case["image"], model).result  # usable with its own threshold
-    assert result.summary["threshold"] == model.record.threshold
+    assert events[-1]["event"] == "cancelled" and "outputs" not in events[-1]
+    assert not any(e["event"] == "progress" for e in events)
+    assert out.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["STOP", "existing.pt"]
 
 
 def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):
