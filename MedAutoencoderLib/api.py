@@ -198,8 +198,8 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     rate, the smallest component kept, or the foreground method (``"template"`` adds brain extraction by
     registration)."""
     source, target = Path(model_path), Path(out)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    paths = find_volumes(healthy)
+    refuse_overwrite([target], protected=paths, overwrite=overwrite)
     model = load_model(source, device=device)
     record = model.record
     if target_fpr is not None:
@@ -210,7 +210,6 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
         record.preprocess.foreground = foreground
     record.preprocess.validate()
     record.detection.validate()
-    paths = find_volumes(healthy)
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"calibrating on {len(paths)} healthy volume(s)")
     scored = []

@@ -176,7 +176,7 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
     protected_set = {Path(p).resolve() for p in protected}
     for path in paths:
         if path.resolve() in protected_set:
-            raise OutputExistsError(f"{path}: output would overwrite an input; choose another output folder")
+            raise OutputExistsError(f"{path}: output would overwrite an input; choose another output name or folder")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 

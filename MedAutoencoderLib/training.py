@@ -33,7 +33,7 @@ from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_sco
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
 from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
-from MedAutoencoderLib.io import find_volumes, read_image
+from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
 from MedAutoencoderLib.noise import corrupt
@@ -96,7 +96,10 @@ class Trainer:
         self.started = time.monotonic()
 
     # -- set-up -------------------------------------------------------------------------------------------
-    def _check_output(self) -> None:
+    def _check_output(self, inputs: Sequence[Path]) -> None:
+        """Refuse an --out that is one of the training volumes (with --overwrite too: that would replace the
+        user's data), or an existing file without --overwrite (unless it is the model being resumed)."""
+        refuse_overwrite([self.out], protected=inputs, overwrite=True)
         resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):
             raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
@@ -344,11 +347,11 @@ class Trainer:
             return self._run()
 
     def _run(self) -> Path:
+        paths = find_volumes(self.config.data)
         if self.context.is_main:  # the only writer
-            self._check_output()
+            self._check_output(paths)
         tracker = ProgressTracker(self.progress if self.context.is_main else None, total=self.config.epochs)
         tracker.emit("start", 0, f"training {self.config.model.name} on {self.device}")
-        paths = find_volumes(self.config.data)
         train_paths, val_paths = split_volumes(paths, self.config.validation_fraction, self.config.seed)
         self.data_summary = {"n_volumes": len(paths), "train_files": [p.name for p in train_paths],
                              "validation_files": [p.name for p in val_paths],

@@ -85,3 +85,33 @@ def test_an_invalid_stored_setting_names_the_file_and_the_versions(tmp_path, dae
     torch.save(payload, broken)
     with pytest.raises(ModelFileError, match=r"odd\.pt: spatial_dims must be 2 or 3.*made by MedAutoencoderLib"):
         load_model(broken, device="cpu")
+
+
+@pytest.fixture
+def own_scans(tmp_path, toy_cohort):
+    """Copies of two healthy toy volumes that a test may put at risk (the session's cohort stays safe)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for source in sorted(toy_cohort.iterdir())[:2]:
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+def test_train_never_writes_its_model_over_an_input_volume_even_with_overwrite(capsys, own_scans):
+    volume = sorted(own_scans.iterdir())[0]
+    before = volume.read_bytes()
+    code, _, err = run_cli(capsys, "train", "--data", str(own_scans), "--out", str(volume), "--overwrite",
+                           "--model", "ae", "--channels", "8", "16", "--epochs", "1", "--size", "32", "32", "32",
+                           "--device", "cpu", "--progress", "none")
+    assert code == 1 and "overwrite an input" in err and str(volume) in err and "Traceback" not in err
+    assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
+
+
+def test_calibrate_never_writes_its_model_over_a_healthy_volume_even_with_overwrite(capsys, own_scans,
+                                                                                   ae_model_path):
+    volume = sorted(own_scans.iterdir())[1]
+    before = volume.read_bytes()
+    code, _, err = run_cli(capsys, "calibrate", "--model", str(ae_model_path), "--healthy", str(own_scans),
+                           "--out", str(volume), "--overwrite", "--device", "cpu", "--progress", "none")
+    assert code == 1 and "overwrite an input" in err and str(volume) in err and "Traceback" not in err
+    assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
