@@ -11,7 +11,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Sequence, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -130,7 +130,9 @@ def _check_nifti_complete(path: Path, image: sitk.Image, present: int) -> None:
 def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
     """Expand files, folders and glob patterns into a sorted list of volumes.
 
-    A folder contributes its volume files, or itself when it is a DICOM series folder.
+    A folder contributes its volume files, or itself when it is a DICOM series folder. A volume named more than
+    once (``good good/v0.nii.gz``, a link, ``..``) is listed once, under its first spelling: counted twice it
+    would weigh double in training and could land in the training and the validation share at once.
     """
     found: List[Path] = []
     for source in sources:
@@ -140,7 +142,10 @@ def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
             raise InputImageError(f"{text}: pattern matches no files")
         for match in matches:
             found.extend(_volumes_in(match))
-    unique = list(dict.fromkeys(found))
+    first_spelling: Dict[Path, Path] = {}
+    for path in found:
+        first_spelling.setdefault(path.resolve(), path)
+    unique = list(first_spelling.values())
     if not unique:
         raise InputImageError(f"no volumes found in {', '.join(os.fspath(s) for s in sources)}")
     return unique
