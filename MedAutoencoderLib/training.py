@@ -39,7 +39,7 @@ from MedAutoencoderLib.networks import build_network, generator_and_critic
 from MedAutoencoderLib.noise import corrupt
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
-from MedAutoencoderLib.samples import make_loader, start_epoch
+from MedAutoencoderLib.samples import make_loader, start_epoch, volumes_without_samples
 
 StopRequest = Callable[[], bool]
 
@@ -182,6 +182,24 @@ class Trainer:
             tracker.emit("log", 0, f"preparing {path.name} ({i + 1}/{len(paths)})")
             volumes.append(prepare_volume(read_image(path), self.config.preprocess, name=str(path)))
         return volumes
+
+    def _grid_advice(self) -> str:
+        preprocess = self.config.preprocess
+        share = f"{preprocess.mask_min_fraction:.0%}"
+        field_of_view = " x ".join(f"{n * s:g}" for n, s in zip(preprocess.size, preprocess.spacing))
+        return (f"the foreground covers less than {share} of every axial slice of the model grid ({field_of_view} "
+                "mm); lower --size or --spacing so that the object fills more of the grid")
+
+    def _require_training_samples(self, volumes: Sequence[PreparedVolume], tracker: ProgressTracker) -> None:
+        """Refuse before training when no volume gives a sample; a volume without one is left out, with a
+        warning."""
+        empty = volumes_without_samples(volumes, self.config.model, self.config.preprocess)
+        if len(empty) == len(volumes):
+            raise ConfigurationError(f"no training samples in {', '.join(v.name for v in volumes)}: "
+                                     f"{self._grid_advice()}")
+        for volume in empty:
+            tracker.emit("log", 0, f"warning: {volume.name} gives no training sample and is left out: "
+                                   f"{self._grid_advice()}")
 
     def _out_of_time(self) -> bool:
         budget = self.config.max_minutes
@@ -364,6 +382,7 @@ class Trainer:
             tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
                                    "settings are used, options given for them here are ignored")
         train_volumes = self._prepare_all(train_paths, tracker)
+        self._require_training_samples(train_volumes, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
             self._prepare_all(val_paths, tracker)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,
@@ -371,8 +390,6 @@ class Trainer:
                       num_workers=self.config.num_workers, context=self.context)
         train_loader = make_loader(train_volumes, augment=self.config.augment, **common)
         val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
-        if len(train_loader) == 0:
-            raise ConfigurationError("no training samples: the volumes' foreground is empty on the model grid")
         self._cancel_if_stopped_before_training(tracker)
         if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored

@@ -115,3 +115,14 @@ def test_calibrate_never_writes_its_model_over_a_healthy_volume_even_with_overwr
                            "--out", str(volume), "--overwrite", "--device", "cpu", "--progress", "none")
     assert code == 1 and "overwrite an input" in err and str(volume) in err and "Traceback" not in err
     assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
+
+
+def test_a_small_object_on_a_large_grid_names_the_files_and_the_options_before_training(capsys, tmp_path,
+                                                                                       toy_cohort):
+    out = tmp_path / "m.pt"
+    code, _, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), "--model", "ae",
+                           "--channels", "8", "16", "--epochs", "1", "--size", "32", "32", "32",
+                           "--spacing", "20", "20", "20", "--device", "cpu", "--progress", "none")
+    assert code == 1 and "Traceback" not in err and "num_samples" not in err
+    assert "no training samples in" in err and "healthy_000.nii.gz" in err and "--size or --spacing" in err
+    assert not out.exists()
