@@ -30,6 +30,7 @@ from MedAutoencoderLib.detection import (
     finish_detection,
     reconstruct_and_score,
     reconstruction_on_input_grid,
+    require_scoring_region,
     score_volume,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
@@ -215,6 +216,7 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     scored = []
     for i, path in enumerate(paths):
         prepared = prepare_volume(read_image(path), record.preprocess, name=str(path))
+        require_scoring_region(prepared, record.detection)
         scored.append(reconstruct_and_score(model.network, prepared, record.model, record.detection,
                                             model.device)[1])
         tracker.emit("progress", i + 1, f"{path.name} ({i + 1}/{len(paths)})")

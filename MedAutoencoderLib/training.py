@@ -29,7 +29,7 @@ from torch import nn
 
 from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload, save_model
 from MedAutoencoderLib.config import TrainConfig
-from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score
+from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
 from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
@@ -385,6 +385,8 @@ class Trainer:
         self._require_training_samples(train_volumes, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
             self._prepare_all(val_paths, tracker)
+        for volume in val_volumes:  # they calibrate the threshold after training: refuse a useless one now
+            require_scoring_region(volume, self.config.detection)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,
                       batch_size=self.config.batch_size, seed=self.config.seed,
                       num_workers=self.config.num_workers, context=self.context)

@@ -8,14 +8,20 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
-from conftest import tiny_train_config
-from MedAutoencoderLib import cli
+from conftest import TOY_SPACING, tiny_train_config
+from MedAutoencoderLib import cli, synthetic
 from MedAutoencoderLib.api import load_model
 from MedAutoencoderLib.config import ModelConfig
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+
+
+TINY_TRAIN = ["--model", "ae", "--channels", "8", "16", "--epochs", "1", "--device", "cpu"]
+TINY_GRID = ["--size", "32", "32", "32"]
 
 
 def run_cli(capsys, *args: str):
@@ -101,8 +107,7 @@ def test_train_never_writes_its_model_over_an_input_volume_even_with_overwrite(c
     volume = sorted(own_scans.iterdir())[0]
     before = volume.read_bytes()
     code, _, err = run_cli(capsys, "train", "--data", str(own_scans), "--out", str(volume), "--overwrite",
-                           "--model", "ae", "--channels", "8", "16", "--epochs", "1", "--size", "32", "32", "32",
-                           "--device", "cpu", "--progress", "none")
+                           *TINY_TRAIN, *TINY_GRID, "--progress", "none")
     assert code == 1 and "overwrite an input" in err and str(volume) in err and "Traceback" not in err
     assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
 
@@ -120,9 +125,44 @@ def test_calibrate_never_writes_its_model_over_a_healthy_volume_even_with_overwr
 def test_a_small_object_on_a_large_grid_names_the_files_and_the_options_before_training(capsys, tmp_path,
                                                                                        toy_cohort):
     out = tmp_path / "m.pt"
-    code, _, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), "--model", "ae",
-                           "--channels", "8", "16", "--epochs", "1", "--size", "32", "32", "32",
-                           "--spacing", "20", "20", "20", "--device", "cpu", "--progress", "none")
+    code, _, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), *TINY_TRAIN, *TINY_GRID,
+                           "--spacing", "20", "20", "20", "--progress", "none")
     assert code == 1 and "Traceback" not in err and "num_samples" not in err
     assert "no training samples in" in err and "healthy_000.nii.gz" in err and "--size or --spacing" in err
     assert not out.exists()
+
+
+def thin_scans(folder, slices: int):
+    """Two healthy toy volumes of only ``slices`` axial slices (a slab, not a volume the models can use)."""
+    folder.mkdir()
+    for seed in range(2):
+        image = synthetic.toy_volume(np.random.default_rng(seed), shape=(40, 40, slices), spacing=TOY_SPACING)
+        sitk.WriteImage(image, str(folder / f"thin_{seed}.nii.gz"))
+    return folder
+
+
+def test_three_slices_are_too_few_for_the_smoothing_named_with_the_file(capsys, tmp_path, ae_model_path):
+    scans = thin_scans(tmp_path / "thin3", 3)
+    out = tmp_path / "m.pt"
+    code, _, err = run_cli(capsys, "train", "--data", str(scans), "--out", str(out), *TINY_TRAIN, *TINY_GRID,
+                           "--progress", "none")
+    assert code == 1 and "Traceback" not in err and "ITK ERROR" not in err
+    assert "thin_" in err and "only 3 voxels along z" in err and not out.exists()
+    table = tmp_path / "features.csv"
+    code, _, err = run_cli(capsys, "features", str(scans), "--model", str(ae_model_path), "--out", str(table),
+                           "--device", "cpu")
+    assert code == 1 and "thin_0.nii.gz: has only 3 voxels along z" in err and not table.exists()
+
+
+def test_a_slab_thinner_than_the_scoring_border_is_refused_before_training_and_calibration(capsys, tmp_path,
+                                                                                          ae_model_path):
+    scans = thin_scans(tmp_path / "thin4", 4)
+    out = tmp_path / "m.pt"
+    code, out_text, err = run_cli(capsys, "train", "--data", str(scans), "--out", str(out), *TINY_TRAIN,
+                                  *TINY_GRID, "--progress", "json")
+    assert code == 1 and "Traceback" not in err and "nothing is left to score" in err and "thin_" in err
+    assert not out.exists() and '"event": "progress"' not in out_text  # refused before the first training step
+    calibrated = tmp_path / "calibrated.pt"
+    code, _, err = run_cli(capsys, "calibrate", "--model", str(ae_model_path), "--healthy", str(scans), "--out",
+                           str(calibrated), "--device", "cpu", "--progress", "none")
+    assert code == 1 and "thin_0.nii.gz: nothing is left to score" in err and not calibrated.exists()
