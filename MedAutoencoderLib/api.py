@@ -41,6 +41,7 @@ from MedAutoencoderLib.io import (
     output_path,
     read_image,
     refuse_overwrite,
+    require_writable_file,
     volume_stem,
     write_image,
     write_text,
@@ -200,6 +201,7 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     registration)."""
     source, target = Path(model_path), Path(out)
     paths = find_volumes(healthy)
+    require_writable_file(target, "calibrated.pt")
     refuse_overwrite([target], protected=paths, overwrite=overwrite)
     model = load_model(source, device=device)
     record = model.record

@@ -9,6 +9,7 @@ import contextlib
 import glob
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Union
@@ -17,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from isal import igzip, isal_zlib
 
-from MedAutoencoderLib.errors import InputImageError, OutputExistsError
+from MedAutoencoderLib.errors import InputImageError, OutputExistsError, OutputLocationError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -184,6 +185,24 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
             raise OutputExistsError(f"{path}: output would overwrite an input; choose another output name or folder")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def require_writable_file(path: PathLike, example_name: str) -> None:
+    """Check before any work that a file can be written at ``path`` (its missing folders are created when it
+    is written): a long run whose result cannot be saved at its end is lost. ``example_name`` is suggested as
+    a file name when ``path`` is an existing folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputLocationError(f"{target}: is an existing folder; give the name of the file to write "
+                                  f"(e.g. {target / example_name})")
+    folder = next(p for p in target.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise OutputLocationError(f"{target}: cannot be written: {folder} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.probe"):
+            pass
+    except OSError as exc:
+        raise OutputLocationError(f"{target}: cannot write into {folder} ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_sco
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
 from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
-from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite
+from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite, require_writable_file
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
 from MedAutoencoderLib.noise import corrupt
@@ -97,8 +97,10 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------------------
     def _check_output(self, inputs: Sequence[Path]) -> None:
-        """Refuse an --out that is one of the training volumes (with --overwrite too: that would replace the
-        user's data), or an existing file without --overwrite (unless it is the model being resumed)."""
+        """Refuse, before any work, an --out that cannot be written (a folder, a read-only place), that is one of
+        the training volumes (with --overwrite too: that would replace the user's data), or an existing file
+        without --overwrite (unless it is the model being resumed)."""
+        require_writable_file(self.out, "model.pt")
         refuse_overwrite([self.out], protected=inputs, overwrite=True)
         resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +18,9 @@ import torch
 from conftest import TOY_SPACING, tiny_train_config
 from MedAutoencoderLib import cli, synthetic
 from MedAutoencoderLib.api import load_model
+from MedAutoencoderLib.checkpoint import save_model
 from MedAutoencoderLib.config import ModelConfig
-from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
 
 
 TINY_TRAIN = ["--model", "ae", "--channels", "8", "16", "--epochs", "1", "--device", "cpu"]
@@ -166,3 +169,44 @@ def test_a_slab_thinner_than_the_scoring_border_is_refused_before_training_and_c
     code, _, err = run_cli(capsys, "calibrate", "--model", str(ae_model_path), "--healthy", str(scans), "--out",
                            str(calibrated), "--device", "cpu", "--progress", "none")
     assert code == 1 and "thin_0.nii.gz: nothing is left to score" in err and not calibrated.exists()
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder no file can be created in: read-only for an ordinary user; for root, who writes anywhere
+    permissions allow, sysfs."""
+    if os.geteuid() == 0:
+        if not os.path.isdir("/sys/kernel"):
+            pytest.skip("running as root without sysfs: no folder is read-only")
+        yield Path("/sys")
+        return
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("existing folder", "is an existing folder; give the name of the file to write"),
+    ("unwritable folder", "cannot write into"),
+    ("under a file", "is a file, not a folder"),
+])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(capsys, tmp_path, toy_cohort, unwritable_folder,
+                                                                  where, message):
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "a_file").write_text("mine")
+    out = {"existing folder": tmp_path / "existing", "unwritable folder": unwritable_folder / "m.pt",
+           "under a file": tmp_path / "a_file" / "m.pt"}[where]
+    code, out_text, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), "--overwrite",
+                                  *TINY_TRAIN, *TINY_GRID, "--progress", "json")
+    assert code == 1 and err.startswith(f"error: {out}: ") and message in err and "Traceback" not in err
+    assert [json.loads(line)["event"] for line in out_text.strip().splitlines()] == ["error"]
+    assert (tmp_path / "a_file").read_text() == "mine" and not any((tmp_path / "existing").iterdir())
+
+
+def test_a_model_file_that_cannot_be_saved_is_a_clear_error_naming_it(unwritable_folder, ae_model_path):
+    model = load_model(ae_model_path, device="cpu")
+    target = unwritable_folder / "m.pt"
+    with pytest.raises(OutputLocationError, match=f"{target}: the model file cannot be written"):
+        save_model(target, model.network, model.record)
