@@ -32,7 +32,7 @@ from MedAutoencoderLib.config import TrainConfig
 from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
 from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
-from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, InputImageError, OutputExistsError
 from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite, require_writable_file
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
@@ -186,6 +186,7 @@ class Trainer:
         return volumes
 
     def _grid_advice(self) -> str:
+        """Why a volume gives no 2D sample on the model grid, and which options change it."""
         preprocess = self.config.preprocess
         share = f"{preprocess.mask_min_fraction:.0%}"
         field_of_view = " x ".join(f"{n * s:g}" for n, s in zip(preprocess.size, preprocess.spacing))
@@ -202,6 +203,14 @@ class Trainer:
         for volume in empty:
             tracker.emit("log", 0, f"warning: {volume.name} gives no training sample and is left out: "
                                    f"{self._grid_advice()}")
+
+    def _require_validation_samples(self, volumes: Sequence[PreparedVolume]) -> None:
+        """Refuse a validation volume without samples: left in, an empty validation set scores 0 every epoch,
+        early stopping ends the run and the first epoch's weights are kept, all without a word."""
+        empty = volumes_without_samples(volumes, self.config.model, self.config.preprocess)
+        if empty:
+            raise InputImageError(f"{', '.join(v.name for v in empty)}: held out for validation, but gives no "
+                                  f"validation sample: {self._grid_advice()}, or leave the volume out of --data")
 
     def _out_of_time(self) -> bool:
         budget = self.config.max_minutes
@@ -387,6 +396,7 @@ class Trainer:
         self._require_training_samples(train_volumes, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
             self._prepare_all(val_paths, tracker)
+        self._require_validation_samples(val_volumes)
         for volume in val_volumes:  # they calibrate the threshold after training: refuse a useless one now
             require_scoring_region(volume, self.config.detection)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,

@@ -10,14 +10,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import tiny_train_config
+from conftest import tiny_train_config, toy
 from MedAutoencoderLib.api import detect_files, load_model, run_detection
 from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
 from MedAutoencoderLib.config import DetectionConfig, DetectOptions, ModelConfig
-from MedAutoencoderLib.errors import Cancelled, ConfigurationError, ModelFileError, OutputExistsError
+from MedAutoencoderLib.errors import (Cancelled, ConfigurationError, InputImageError, ModelFileError,
+                                     OutputExistsError)
 from MedAutoencoderLib.evaluation import voxel_metrics
 from MedAutoencoderLib.io import read_image
-from MedAutoencoderLib.training import Trainer
+from MedAutoencoderLib.training import Trainer, split_volumes
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -122,6 +123,21 @@ def test_stop_file_present_from_the_start_cancels_before_training_and_keeps_the_
     assert not any(e["event"] == "progress" for e in events)
     assert out.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["STOP", "existing.pt"]
+
+
+def test_a_validation_volume_without_samples_is_refused_before_training(toy_cohort, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for source in sorted(toy_cohort.iterdir())[:2]:
+        shutil.copy(source, scans / source.name)
+    held_out = split_volumes(sorted(scans.iterdir()), 0.2, seed=0)[1][0]
+    sitk.WriteImage(toy(7, spacing=(0.35, 0.35, 0.35)), str(held_out))  # a 1 cm object: < 5 % of the 48 mm grid
+    out = tmp_path / "m.pt"
+    events = []
+    with pytest.raises(InputImageError, match=f"{held_out}: held out for validation, but gives no validation "
+                                              "sample.*lower --size or --spacing"):
+        Trainer(tiny_train_config([scans], out, "ae", epochs=1), progress=events.append).run()
+    assert not out.exists() and not any(e["event"] == "progress" for e in events)
 
 
 def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):
