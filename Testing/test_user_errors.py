@@ -19,7 +19,7 @@ from conftest import TOY_SPACING, tiny_train_config
 from MedAutoencoderLib import cli, synthetic
 from MedAutoencoderLib.api import load_model
 from MedAutoencoderLib.checkpoint import save_model
-from MedAutoencoderLib.config import ModelConfig
+from MedAutoencoderLib.config import ModelConfig, PreprocessConfig
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
 
 
@@ -71,6 +71,12 @@ def test_non_finite_threshold_is_rejected_by_the_parser(capsys, lesion_case, dae
     ({"model": ModelConfig(name="vae", channels=(8, 16), kl_weight=-1.0)}, "kl_weight must not be negative"),
     ({"model": ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(64, 64, 64))},
      "exceeds the model grid"),
+    ({"model": ModelConfig(name="ae", spatial_dims=3, patch_size=(16, 16, 16))},
+     r"patch size \(16, 16, 16\) leaves a bottleneck of 1 voxel.*raise --patch-size to 32"),
+    ({"model": ModelConfig(name="ae", channels=(8, 8, 8, 8, 8))},
+     r"grid size \(32, 32\) leaves a bottleneck of 1 voxel across after 5 halvings.*raise --size to 64"),
+    ({"preprocess": PreprocessConfig(size=(40, 40, 40))},
+     r"multiple of 16 for the DAE's U-Net, which always has 4 levels"),
 ])
 def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_cohort, overrides, message):
     config = dataclasses.replace(tiny_train_config([toy_cohort], tmp_path / "m.pt"), **overrides)
