@@ -207,6 +207,10 @@ class TrainConfig:
         self.preprocess.validate()
         self.detection.validate()
         self._check_grid_fits_network()
+        if self.model.reconstruction_loss == "bce" and self.preprocess.normalization == "zscore":
+            raise ConfigurationError("loss bce compares a sigmoid output (0 to 1) with the image, but zscore "
+                                     "normalisation puts half the foreground below 0: use --normalization "
+                                     "percentile with --loss bce, or another --loss")
         if self.model.spatial_dims == 3 and any(p > s for p, s in zip(self.model.patch_size, self.preprocess.size)):
             raise ConfigurationError(f"patch size {tuple(self.model.patch_size)} exceeds the model grid "
                                      f"{tuple(self.preprocess.size)}; lower --patch-size or raise --size")

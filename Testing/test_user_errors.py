@@ -77,6 +77,9 @@ def test_non_finite_threshold_is_rejected_by_the_parser(capsys, lesion_case, dae
      r"grid size \(32, 32\) leaves a bottleneck of 1 voxel across after 5 halvings.*raise --size to 64"),
     ({"preprocess": PreprocessConfig(size=(40, 40, 40))},
      r"multiple of 16 for the DAE's U-Net, which always has 4 levels"),
+    ({"model": ModelConfig(name="ae", channels=(8, 16), reconstruction_loss="bce"),
+      "preprocess": PreprocessConfig(size=(32, 32, 32), normalization="zscore")},
+     "loss bce .* zscore .* use --normalization percentile"),
 ])
 def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_cohort, overrides, message):
     config = dataclasses.replace(tiny_train_config([toy_cohort], tmp_path / "m.pt"), **overrides)
