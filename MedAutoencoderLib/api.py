@@ -30,6 +30,7 @@ from MedAutoencoderLib.detection import (
     finish_detection,
     reconstruct_and_score,
     reconstruction_on_input_grid,
+    require_scoring_region,
     score_volume,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
@@ -41,6 +42,7 @@ from MedAutoencoderLib.io import (
     read_image,
     refuse_file_as_folder,
     refuse_overwrite,
+    require_writable_file,
     volume_stem,
     write_image,
     write_text,
@@ -207,8 +209,9 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     rate, the smallest component kept, or the foreground method (``"template"`` adds brain extraction by
     registration)."""
     source, target = Path(model_path), Path(out)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    paths = find_volumes(healthy)
+    require_writable_file(target, "calibrated.pt")
+    refuse_overwrite([target], protected=paths, overwrite=overwrite)
     model = load_model(source, device=device)
     record = model.record
     if target_fpr is not None:
@@ -219,12 +222,12 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
         record.preprocess.foreground = foreground
     record.preprocess.validate()
     record.detection.validate()
-    paths = find_volumes(healthy)
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"calibrating on {len(paths)} healthy volume(s)")
     scored = []
     for i, path in enumerate(paths):
         prepared = prepare_volume(read_image(path), record.preprocess, name=str(path))
+        require_scoring_region(prepared, record.detection)
         scored.append(reconstruct_and_score(model.network, prepared, record.model, record.detection,
                                             model.device)[1])
         tracker.emit("progress", i + 1, f"{path.name} ({i + 1}/{len(paths)})")

@@ -17,7 +17,7 @@ from torch import nn
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, from_plain, to_plain
-from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
 from MedAutoencoderLib.io import replacing, volume_suffix
 from MedAutoencoderLib.networks import build_network
 
@@ -59,7 +59,11 @@ def save_model(path: Path, network: nn.Module, record: ModelRecord,
         payload["training_state"] = training_state
     path = Path(path)
     with replacing(path) as temporary:
-        torch.save(payload, temporary)
+        try:
+            torch.save(payload, temporary)
+        except (RuntimeError, OSError) as exc:  # torch reports a failed write as RuntimeError (enforce fail...)
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise OutputLocationError(f"{path}: the model file cannot be written ({reason[:200]})") from None
     return path
 
 

@@ -1,8 +1,8 @@
 """Command line: ``python -m MedAutoencoderLib {train,detect,evaluate,info}`` (alias ``medautoencoder``).
 
 Errors meant for the user print as ``error: ...`` (exit 1) instead of a traceback; a cancelled training run
-exits 130 after saving its best model. ``--progress json`` prints one JSON event per line on stdout for
-programs such as the Slicer module.
+exits 130 after saving its best model (cancelled before training began, it writes nothing). ``--progress json``
+prints one JSON event per line on stdout for programs such as the Slicer module.
 """
 from __future__ import annotations
 
@@ -280,9 +280,10 @@ class StopOnSignal:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    stop = StopOnSignal()  # before the slow imports: a Ctrl-C during them is a stop request too
     from MedAutoencoderLib.api import train_model
 
-    train_model(train_config_from_args(args), progress=make_reporter(args.progress), should_stop=StopOnSignal())
+    train_model(train_config_from_args(args), progress=make_reporter(args.progress), should_stop=stop)
     return 0
 
 

@@ -105,10 +105,21 @@ class ModelConfig:
             raise ConfigurationError(f"{', '.join(negative)} must not be negative")
 
     @property
+    def levels(self) -> int:
+        """Encoder levels, each halving the resolution: one per entry of ``channels``, but always four in the
+        DAE's U-Net (``channels`` only scales its widths)."""
+        return 4 if self.name == "dae" else len(self.channels)
+
+    @property
     def downsampling_factor(self) -> int:
-        """Grid sizes must be multiples of this (each encoder level halves the resolution; the DAE's U-Net
-        always has four levels)."""
-        return 16 if self.name == "dae" else 2 ** len(self.channels)
+        """Grid sizes must be multiples of this."""
+        return 2 ** self.levels
+
+    def describe_levels(self) -> str:
+        """The levels as a user can change them, for messages."""
+        if self.name == "dae":
+            return "the DAE's U-Net, which always has 4 levels"
+        return f"a network with {self.levels} levels (one per --channels value)"
 
 
 @dataclass
@@ -199,16 +210,31 @@ class TrainConfig:
         self.model.validate()
         self.preprocess.validate()
         self.detection.validate()
-        factor = self.model.downsampling_factor
-        grid = self.model.patch_size if self.model.spatial_dims == 3 else self.preprocess.size[:2]
-        if any(s % factor for s in grid):
-            raise ConfigurationError(
-                f"{'patch' if self.model.spatial_dims == 3 else 'grid'} size {tuple(grid)} must be a multiple "
-                f"of {factor} for a network with {len(self.model.channels)} levels"
-            )
+        self._check_grid_fits_network()
+        if self.model.reconstruction_loss == "bce" and self.preprocess.normalization == "zscore":
+            raise ConfigurationError("loss bce compares a sigmoid output (0 to 1) with the image, but zscore "
+                                     "normalisation puts half the foreground below 0: use --normalization "
+                                     "percentile with --loss bce, or another --loss")
         if self.model.spatial_dims == 3 and any(p > s for p, s in zip(self.model.patch_size, self.preprocess.size)):
             raise ConfigurationError(f"patch size {tuple(self.model.patch_size)} exceeds the model grid "
                                      f"{tuple(self.preprocess.size)}; lower --patch-size or raise --size")
+
+
+    def _check_grid_fits_network(self) -> None:
+        """Each level halves the 2D grid or the 3D patch: it must divide evenly, and the bottleneck models
+        (all but the DAE, whose group norm copes) must keep at least 2 voxels across, since instance
+        normalisation of a single voxel fails inside torch."""
+        factor = self.model.downsampling_factor
+        three_d = self.model.spatial_dims == 3
+        grid = tuple(self.model.patch_size if three_d else self.preprocess.size[:2])
+        what, option = ("patch", "--patch-size") if three_d else ("grid", "--size")
+        if any(s % factor for s in grid):
+            raise ConfigurationError(f"{what} size {grid} must be a multiple of {factor} for "
+                                     f"{self.model.describe_levels()}")
+        if self.model.name != "dae" and min(grid) < 2 * factor:
+            raise ConfigurationError(
+                f"{what} size {grid} leaves a bottleneck of 1 voxel across after {self.model.levels} halvings; at "
+                f"least 2 are needed: raise {option} to {2 * factor} or more, or give fewer --channels values")
 
 
 def _require_at_least(minimum: int, **values: int) -> None:

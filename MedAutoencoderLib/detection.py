@@ -17,6 +17,7 @@ from scipy import ndimage
 from torch import nn
 
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig
+from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.median import in_plane_median
 from MedAutoencoderLib.preprocessing import PreparedVolume, erode_mask
@@ -60,6 +61,21 @@ def structural_dissimilarity(image: np.ndarray, reconstruction: np.ndarray, sigm
     return (1.0 - ssim).astype(np.float32)
 
 
+def scoring_region(prepared: PreparedVolume, config: DetectionConfig) -> np.ndarray:
+    """The foreground eroded by ``config.mask_erosion_mm``: where scores count (edges reconstruct badly)."""
+    return erode_mask(prepared.foreground, config.mask_erosion_mm, prepared.grid.GetSpacing())
+
+
+def require_scoring_region(prepared: PreparedVolume, config: DetectionConfig) -> None:
+    """Refuse a healthy volume that leaves nothing to score before it is used for calibration: the threshold is
+    a quantile of its scored voxels, and an empty set would only fail when calibration comes, after training."""
+    if not scoring_region(prepared, config).any():
+        raise InputImageError(
+            f"{prepared.name}: nothing is left to score: the scoring region (its foreground on the model grid less "
+            f"a {config.mask_erosion_mm:g} mm border) is empty; a slab this thin, or a model grid this small for the "
+            "object, cannot calibrate a threshold")
+
+
 def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: DetectionConfig) -> ScoredVolume:
     """Residual (signed as configured) or structural dissimilarity, median filtered per slice, inside the
     eroded foreground."""
@@ -72,7 +88,7 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
         residual = np.maximum(residual, 0.0)
     else:
         residual = np.maximum(-residual, 0.0)
-    region = erode_mask(prepared.foreground, config.mask_erosion_mm, prepared.grid.GetSpacing())
+    region = scoring_region(prepared, config)
     score_map = np.zeros_like(residual)
     box = ndimage.find_objects(region.astype(np.uint8))
     if box:  # filter only the region's bounding box: a third of the grid for a brain

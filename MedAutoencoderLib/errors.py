@@ -31,6 +31,10 @@ class OutputExistsError(MedAutoencoderError):
     """Writing would overwrite a file the user already has."""
 
 
+class OutputLocationError(MedAutoencoderError):
+    """An output cannot be written where the user asked (an existing folder, a read-only folder...)."""
+
+
 class DeviceError(MedAutoencoderError):
     """The requested compute device is unavailable or ran out of memory."""
 

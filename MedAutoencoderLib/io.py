@@ -9,16 +9,17 @@ import contextlib
 import glob
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 from isal import igzip, isal_zlib
 
-from MedAutoencoderLib.errors import InputImageError, OutputExistsError
+from MedAutoencoderLib.errors import InputImageError, OutputExistsError, OutputLocationError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -195,7 +196,9 @@ def _check_nifti_complete(path: Path, image: sitk.Image, present: int) -> None:
 def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
     """Expand files, folders and glob patterns into a sorted list of volumes.
 
-    A folder contributes its volume files, or itself when it is a DICOM series folder.
+    A folder contributes its volume files, or itself when it is a DICOM series folder. A volume named more than
+    once (``good good/v0.nii.gz``, a link, ``..``) is listed once, under its first spelling: counted twice it
+    would weigh double in training and could land in the training and the validation share at once.
     """
     found: List[Path] = []
     for source in sources:
@@ -205,7 +208,10 @@ def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
             raise InputImageError(f"{text}: pattern matches no files")
         for match in matches:
             found.extend(_volumes_in(match))
-    unique = list(dict.fromkeys(found))
+    first_spelling: Dict[Path, Path] = {}
+    for path in found:
+        first_spelling.setdefault(path.resolve(), path)
+    unique = list(first_spelling.values())
     if not unique:
         raise InputImageError(f"no volumes found in {', '.join(os.fspath(s) for s in sources)}")
     return unique
@@ -241,7 +247,7 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
     protected_set = {Path(p).resolve() for p in protected}
     for path in paths:
         if path.resolve() in protected_set:
-            raise OutputExistsError(f"{path}: output would overwrite an input; choose another output folder")
+            raise OutputExistsError(f"{path}: output would overwrite an input; choose another output name or folder")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
@@ -250,7 +256,25 @@ def refuse_file_as_folder(folder: PathLike) -> None:
     """Raise before any work when the output folder given is an existing file (writing would fail only at the
     end, after the work)."""
     if Path(folder).exists() and not Path(folder).is_dir():
-        raise OutputExistsError(f"{folder}: is a file, not a folder; choose another output folder")
+        raise OutputLocationError(f"{folder}: is a file, not a folder; choose another output folder")
+
+
+def require_writable_file(path: PathLike, example_name: str) -> None:
+    """Check before any work that a file can be written at ``path`` (its missing folders are created when it
+    is written): a long run whose result cannot be saved at its end is lost. ``example_name`` is suggested as
+    a file name when ``path`` is an existing folder."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputLocationError(f"{target}: is an existing folder; give the name of the file to write "
+                                  f"(e.g. {target / example_name})")
+    folder = next(p for p in target.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise OutputLocationError(f"{target}: cannot be written: {folder} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.probe"):
+            pass
+    except OSError as exc:
+        raise OutputLocationError(f"{target}: cannot write into {folder} ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager

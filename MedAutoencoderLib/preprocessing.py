@@ -60,6 +60,7 @@ def otsu_foreground(image: sitk.Image) -> sitk.Image:
     background, also where a ventricle is open in 3D. (Every 3D hole lies within holes of the slices it crosses,
     so a 3D fill before it would add nothing.)
     """
+    _require_smoothable(image)
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), min(image.GetSpacing()))
     bright = sitk.OtsuThreshold(smoothed, 0, 1)
     components = sitk.RelabelComponent(sitk.ConnectedComponent(bright), sortByObjectSize=True)
@@ -69,6 +70,18 @@ def otsu_foreground(image: sitk.Image) -> sitk.Image:
     filled = sitk.GetImageFromArray(fill_holes_per_slice(morphology.close(largest, (2, 2, 2))).astype(np.uint8))
     filled.CopyInformation(image)
     return filled
+
+
+_SMOOTHING_MIN_VOXELS = 4  # ITK's recursive Gaussian needs this many voxels along every axis
+
+
+def _require_smoothable(image: sitk.Image) -> None:
+    """A slab of a few slices fails inside ITK's smoothing with a message about filter internals: say what it
+    is instead."""
+    for axis, voxels in zip("xyz", image.GetSize()):
+        if voxels < _SMOOTHING_MIN_VOXELS:
+            raise InputImageError(f"has only {voxels} voxels along {axis} (size {image.GetSize()}); the foreground "
+                                  f"detection smooths the volume and needs at least {_SMOOTHING_MIN_VOXELS}")
 
 
 _IN_PLANE = np.array([np.zeros((3, 3)), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3))], dtype=bool)

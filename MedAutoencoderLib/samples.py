@@ -46,6 +46,17 @@ def training_slices(foreground: np.ndarray, config: PreprocessConfig) -> np.ndar
     return np.flatnonzero(coverage >= config.mask_min_fraction)
 
 
+def volumes_without_samples(volumes: Sequence[PreparedVolume], model: ModelConfig,
+                            preprocess: PreprocessConfig) -> List[PreparedVolume]:
+    """The volumes that would contribute no sample, found before any loader is built (torch's sampler fails
+    on an empty set with a message about ``num_samples``). 3D patches are drawn around foreground voxels, which
+    every prepared volume has; 2D slices need ``mask_min_fraction`` of foreground, which a small object on a
+    large grid never reaches."""
+    if model.spatial_dims == 3:
+        return []
+    return [v for v in volumes if training_slices(v.foreground, preprocess).size == 0]
+
+
 def slice_samples(volumes: Sequence[PreparedVolume], config: PreprocessConfig) -> List[dict]:
     """Axial slices whose foreground covers at least ``config.mask_min_fraction`` of the slice."""
     samples = []

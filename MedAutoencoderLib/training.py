@@ -4,7 +4,7 @@ The loop is Adam with a cosine schedule; it stops at the epoch limit, the time b
 validation loss, or a cooperative cancel (callback, SIGINT/SIGTERM through the command line, or a stop file).
 The best model so far is always on disk; at the end (also after a cancel) the best weights are reloaded and the
 anomaly threshold is calibrated on the held-out healthy volumes, so that a finished or cancelled run leaves a
-usable model.
+usable model. A cancel before the first training step (during data preparation) writes nothing.
 
 Launched by ``torchrun`` the same loop trains data-parallel (see :mod:`distributed`): each process trains a
 DDP copy on its share of the samples, losses are averaged over all processes, stop decisions come from rank 0,
@@ -29,17 +29,17 @@ from torch import nn
 
 from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload, save_model
 from MedAutoencoderLib.config import TrainConfig
-from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score
+from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
 from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
-from MedAutoencoderLib.errors import Cancelled, ConfigurationError, OutputExistsError
-from MedAutoencoderLib.io import find_volumes, read_image
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, InputImageError, OutputExistsError
+from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite, require_writable_file
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
 from MedAutoencoderLib.noise import corrupt
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
-from MedAutoencoderLib.samples import make_loader, start_epoch
+from MedAutoencoderLib.samples import make_loader, start_epoch, volumes_without_samples
 
 StopRequest = Callable[[], bool]
 
@@ -80,14 +80,6 @@ def split_volumes(paths: Sequence[Path], fraction: float, seed: int) -> Tuple[Li
     return [p for p in paths if p not in val], val
 
 
-def prepare_all(paths: Sequence[Path], config: TrainConfig, tracker: ProgressTracker) -> List[PreparedVolume]:
-    volumes = []
-    for i, path in enumerate(paths):
-        tracker.emit("log", 0, f"preparing {path.name} ({i + 1}/{len(paths)})")
-        volumes.append(prepare_volume(read_image(path), config.preprocess, name=str(path)))
-    return volumes
-
-
 class Trainer:
     """One training run; ``run()`` returns the path of the written model file."""
 
@@ -104,7 +96,12 @@ class Trainer:
         self.started = time.monotonic()
 
     # -- set-up -------------------------------------------------------------------------------------------
-    def _check_output(self) -> None:
+    def _check_output(self, inputs: Sequence[Path]) -> None:
+        """Refuse, before any work, an --out that cannot be written (a folder, a read-only place), that is one of
+        the training volumes (with --overwrite too: that would replace the user's data), or an existing file
+        without --overwrite (unless it is the model being resumed)."""
+        require_writable_file(self.out, "model.pt")
+        refuse_overwrite([self.out], protected=inputs, overwrite=True)
         resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):
             raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
@@ -167,6 +164,53 @@ class Trainer:
     def _stop_requested(self) -> bool:
         stop_file = self.config.stop_file
         return self.should_stop() or bool(stop_file and Path(stop_file).exists())
+
+    def _cancel_if_stopped_before_training(self, tracker: ProgressTracker) -> None:
+        """A stop asked for before the first training step ends the run at once, writing nothing: there is no
+        model worth keeping yet, and an existing --out file (given with --overwrite) must not be replaced by an
+        untrained one."""
+        if not self.context.decided_by_rank_zero(self._stop_requested()):
+            return
+        message = "training cancelled before it began; nothing was written"
+        tracker.emit("cancelled", 0, message)
+        raise Cancelled(message)
+
+    def _prepare_all(self, paths: Sequence[Path], tracker: ProgressTracker) -> List[PreparedVolume]:
+        """The volumes on the model grid; a stop request is honoured between volumes (preparing many can take
+        minutes)."""
+        volumes = []
+        for i, path in enumerate(paths):
+            self._cancel_if_stopped_before_training(tracker)
+            tracker.emit("log", 0, f"preparing {path.name} ({i + 1}/{len(paths)})")
+            volumes.append(prepare_volume(read_image(path), self.config.preprocess, name=str(path)))
+        return volumes
+
+    def _grid_advice(self) -> str:
+        """Why a volume gives no 2D sample on the model grid, and which options change it."""
+        preprocess = self.config.preprocess
+        share = f"{preprocess.mask_min_fraction:.0%}"
+        field_of_view = " x ".join(f"{n * s:g}" for n, s in zip(preprocess.size, preprocess.spacing))
+        return (f"the foreground covers less than {share} of every axial slice of the model grid ({field_of_view} "
+                "mm); lower --size or --spacing so that the object fills more of the grid")
+
+    def _require_training_samples(self, volumes: Sequence[PreparedVolume], tracker: ProgressTracker) -> None:
+        """Refuse before training when no volume gives a sample; a volume without one is left out, with a
+        warning."""
+        empty = volumes_without_samples(volumes, self.config.model, self.config.preprocess)
+        if len(empty) == len(volumes):
+            raise ConfigurationError(f"no training samples in {', '.join(v.name for v in volumes)}: "
+                                     f"{self._grid_advice()}")
+        for volume in empty:
+            tracker.emit("log", 0, f"warning: {volume.name} gives no training sample and is left out: "
+                                   f"{self._grid_advice()}")
+
+    def _require_validation_samples(self, volumes: Sequence[PreparedVolume]) -> None:
+        """Refuse a validation volume without samples: left in, an empty validation set scores 0 every epoch,
+        early stopping ends the run and the first epoch's weights are kept, all without a word."""
+        empty = volumes_without_samples(volumes, self.config.model, self.config.preprocess)
+        if empty:
+            raise InputImageError(f"{', '.join(v.name for v in empty)}: held out for validation, but gives no "
+                                  f"validation sample: {self._grid_advice()}, or leave the volume out of --data")
 
     def _out_of_time(self) -> bool:
         budget = self.config.max_minutes
@@ -332,11 +376,11 @@ class Trainer:
             return self._run()
 
     def _run(self) -> Path:
+        paths = find_volumes(self.config.data)
         if self.context.is_main:  # the only writer
-            self._check_output()
+            self._check_output(paths)
         tracker = ProgressTracker(self.progress if self.context.is_main else None, total=self.config.epochs)
         tracker.emit("start", 0, f"training {self.config.model.name} on {self.device}")
-        paths = find_volumes(self.config.data)
         train_paths, val_paths = split_volumes(paths, self.config.validation_fraction, self.config.seed)
         self.data_summary = {"n_volumes": len(paths), "train_files": [p.name for p in train_paths],
                              "validation_files": [p.name for p in val_paths],
@@ -348,20 +392,23 @@ class Trainer:
         if self.config.resume:
             tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
                                    "settings are used, options given for them here are ignored")
-        if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
-            # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
-            # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
-            save_model(self.out, self.network, self._record(), self._training_state())
-        train_volumes = prepare_all(train_paths, self.config, tracker)
+        train_volumes = self._prepare_all(train_paths, tracker)
+        self._require_training_samples(train_volumes, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
-            prepare_all(val_paths, self.config, tracker)
+            self._prepare_all(val_paths, tracker)
+        self._require_validation_samples(val_volumes)
+        for volume in val_volumes:  # they calibrate the threshold after training: refuse a useless one now
+            require_scoring_region(volume, self.config.detection)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,
                       batch_size=self.config.batch_size, seed=self.config.seed,
                       num_workers=self.config.num_workers, context=self.context)
         train_loader = make_loader(train_volumes, augment=self.config.augment, **common)
         val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
-        if len(train_loader) == 0:
-            raise ConfigurationError("no training samples: the volumes' foreground is empty on the model grid")
+        self._cancel_if_stopped_before_training(tracker)
+        if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
+            # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
+            # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
+            save_model(self.out, self.network, self._record(), self._training_state())
         self._loop(train_loader, val_loader, tracker)
         if not self.context.is_main:  # no barrier: calibration may outlast the process group's timeout
             return self.out

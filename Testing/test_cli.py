@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,34 @@ def test_sigterm_during_training_saves_a_model_and_exits_130(toy_cohort, tmp_pat
     assert payload["training"]["stop_reason"] == "cancelled" and payload["training"]["epochs"] < 10000
     assert np.isfinite(payload["calibration"]["threshold"])
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+
+
+def test_sigint_during_data_preparation_stops_at_once_and_keeps_the_existing_model(toy_cohort, ae_model_path,
+                                                                                  tmp_path):
+    out = tmp_path / "existing.pt"
+    shutil.copy(ae_model_path, out)
+    original = out.read_bytes()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "MedAutoencoderLib", "train", "--data", str(toy_cohort), "--out", str(out),
+         "--overwrite", "--model", "ae", "--channels", "8", "16", "--epochs", "10000", "--progress", "json", *TINY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        events = []
+        for line in process.stdout:
+            events.append(json.loads(line))
+            if events[-1]["message"].startswith("preparing"):
+                break
+        process.send_signal(signal.SIGINT)
+        rest, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    events += [json.loads(line) for line in rest.strip().splitlines()]
+    assert process.returncode == 130, stderr
+    assert "cancelled before it began" in stderr and "Traceback" not in stderr
+    assert events[-1]["event"] == "cancelled" and not any(e["event"] == "progress" for e in events)
+    assert out.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.pt"]
 
 
 def test_evaluate_prints_model_and_baseline_columns(dae_model_path, lesion_case, tmp_path):

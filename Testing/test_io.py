@@ -160,6 +160,18 @@ def test_find_volumes_expands_folders_and_globs(tmp_path):
         find_volumes([tmp_path / "missing.nii"])
 
 
+def test_a_file_spelled_two_ways_is_listed_once_under_its_first_spelling(tmp_path, monkeypatch):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("v0.nii.gz", "v1.nii.gz"):
+        _write(toy(6), scans / name)
+    (tmp_path / "link.nii.gz").symlink_to(scans / "v1.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    found = find_volumes(["scans", "scans/v0.nii.gz", str(scans / "v0.nii.gz"), "scans/../scans/v1.nii.gz",
+                          "link.nii.gz"])
+    assert found == [Path("scans/v0.nii.gz"), Path("scans/v1.nii.gz")]
+
+
 def test_output_path_naming(tmp_path):
     assert volume_stem("/data/case.01.nii.gz") == "case.01"
     assert output_path("/data/case.nii.gz", tmp_path, "anomaly_map") == tmp_path / "case_anomaly_map.nii.gz"

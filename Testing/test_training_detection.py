@@ -10,14 +10,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import tiny_train_config
+from conftest import tiny_train_config, toy
 from MedAutoencoderLib.api import detect_files, load_model, run_detection
 from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
 from MedAutoencoderLib.config import DetectionConfig, DetectOptions, ModelConfig
-from MedAutoencoderLib.errors import Cancelled, ConfigurationError, ModelFileError, OutputExistsError
+from MedAutoencoderLib.errors import (Cancelled, ConfigurationError, InputImageError, ModelFileError,
+                                     OutputExistsError)
 from MedAutoencoderLib.evaluation import voxel_metrics
 from MedAutoencoderLib.io import read_image
-from MedAutoencoderLib.training import Trainer
+from MedAutoencoderLib.training import Trainer, split_volumes
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -106,21 +107,37 @@ def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_m
         assert json.loads(Path(written[str(path)]["summary"]).read_text()) == json.loads(json.dumps(expected.summary))
 
 
-def test_stop_file_present_from_the_start_stops_after_one_epoch(toy_cohort, tmp_path, lesion_case):
+def test_stop_file_present_from_the_start_cancels_before_training_and_keeps_the_existing_model(
+        toy_cohort, tmp_path, ae_model_path):
     stop = tmp_path / "STOP"
     stop.write_text("")
-    out = tmp_path / "stopped.pt"
+    out = tmp_path / "existing.pt"
+    shutil.copy(ae_model_path, out)
+    original = out.read_bytes()
     events = []
-    trainer = Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, stop_file=str(stop)),
+    trainer = Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, stop_file=str(stop), overwrite=True),
                       progress=events.append)
-    with pytest.raises(Cancelled, match="1 epoch"):
+    with pytest.raises(Cancelled, match="before it began; nothing was written"):
         trainer.run()
-    assert events[-1]["event"] == "cancelled" and events[-1]["outputs"]["model"] == str(out)
-    model = load_model(out, device="cpu")
-    assert model.record.training["epochs"] == 1 and model.record.training["stop_reason"] == "cancelled"
-    assert np.isfinite(model.record.threshold)
-    result = run_detection(lesion_case["image"], model).result  # usable with its own threshold
-    assert result.summary["threshold"] == model.record.threshold
+    assert events[-1]["event"] == "cancelled" and "outputs" not in events[-1]
+    assert not any(e["event"] == "progress" for e in events)
+    assert out.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["STOP", "existing.pt"]
+
+
+def test_a_validation_volume_without_samples_is_refused_before_training(toy_cohort, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for source in sorted(toy_cohort.iterdir())[:2]:
+        shutil.copy(source, scans / source.name)
+    held_out = split_volumes(sorted(scans.iterdir()), 0.2, seed=0)[1][0]
+    sitk.WriteImage(toy(7, spacing=(0.35, 0.35, 0.35)), str(held_out))  # a 1 cm object: < 5 % of the 48 mm grid
+    out = tmp_path / "m.pt"
+    events = []
+    with pytest.raises(InputImageError, match=f"{held_out}: held out for validation, but gives no validation "
+                                              "sample.*lower --size or --spacing"):
+        Trainer(tiny_train_config([scans], out, "ae", epochs=1), progress=events.append).run()
+    assert not out.exists() and not any(e["event"] == "progress" for e in events)
 
 
 def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):

@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
-from conftest import tiny_train_config
-from MedAutoencoderLib import cli
+from conftest import TOY_SPACING, tiny_train_config
+from MedAutoencoderLib import cli, synthetic
 from MedAutoencoderLib.api import detect_image, load_model
-from MedAutoencoderLib.config import DetectOptions, ModelConfig
-from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+from MedAutoencoderLib.checkpoint import save_model
+from MedAutoencoderLib.config import DetectOptions, ModelConfig, PreprocessConfig
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
+
+
+TINY_TRAIN = ["--model", "ae", "--channels", "8", "16", "--epochs", "1", "--device", "cpu"]
+TINY_GRID = ["--size", "32", "32", "32"]
 
 
 def run_cli(capsys, *args: str):
@@ -75,6 +84,15 @@ def test_a_negative_threshold_is_refused_on_the_command_line_and_in_the_api(caps
     ({"model": ModelConfig(name="vae", channels=(8, 16), kl_weight=-1.0)}, "kl_weight must not be negative"),
     ({"model": ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(64, 64, 64))},
      "exceeds the model grid"),
+    ({"model": ModelConfig(name="ae", spatial_dims=3, patch_size=(16, 16, 16))},
+     r"patch size \(16, 16, 16\) leaves a bottleneck of 1 voxel.*raise --patch-size to 32"),
+    ({"model": ModelConfig(name="ae", channels=(8, 8, 8, 8, 8))},
+     r"grid size \(32, 32\) leaves a bottleneck of 1 voxel across after 5 halvings.*raise --size to 64"),
+    ({"preprocess": PreprocessConfig(size=(40, 40, 40))},
+     r"multiple of 16 for the DAE's U-Net, which always has 4 levels"),
+    ({"model": ModelConfig(name="ae", channels=(8, 16), reconstruction_loss="bce"),
+      "preprocess": PreprocessConfig(size=(32, 32, 32), normalization="zscore")},
+     "loss bce .* zscore .* use --normalization percentile"),
 ])
 def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_cohort, overrides, message):
     config = dataclasses.replace(tiny_train_config([toy_cohort], tmp_path / "m.pt"), **overrides)
@@ -152,3 +170,119 @@ def test_info_prints_a_threshold_without_its_calibration_details(capsys, tmp_pat
     code, out, err = run_cli(capsys, "info", str(partial))
     assert code == 0, err
     assert "threshold: 0.25 (calibration details not recorded)" in out and "training: not recorded" in out
+
+
+@pytest.fixture
+def own_scans(tmp_path, toy_cohort):
+    """Copies of two healthy toy volumes that a test may put at risk (the session's cohort stays safe)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for source in sorted(toy_cohort.iterdir())[:2]:
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+def test_train_never_writes_its_model_over_an_input_volume_even_with_overwrite(capsys, own_scans):
+    volume = sorted(own_scans.iterdir())[0]
+    before = volume.read_bytes()
+    code, _, err = run_cli(capsys, "train", "--data", str(own_scans), "--out", str(volume), "--overwrite",
+                           *TINY_TRAIN, *TINY_GRID, "--progress", "none")
+    assert code == 1 and "overwrite an input" in err and str(volume) in err and "Traceback" not in err
+    assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
+
+
+def test_calibrate_never_writes_its_model_over_a_healthy_volume_even_with_overwrite(capsys, own_scans,
+                                                                                   ae_model_path):
+    volume = sorted(own_scans.iterdir())[1]
+    before = volume.read_bytes()
+    code, _, err = run_cli(capsys, "calibrate", "--model", str(ae_model_path), "--healthy", str(own_scans),
+                           "--out", str(volume), "--overwrite", "--device", "cpu", "--progress", "none")
+    assert code == 1 and "overwrite an input" in err and str(volume) in err and "Traceback" not in err
+    assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
+
+
+def test_a_small_object_on_a_large_grid_names_the_files_and_the_options_before_training(capsys, tmp_path,
+                                                                                       toy_cohort):
+    out = tmp_path / "m.pt"
+    code, _, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), *TINY_TRAIN, *TINY_GRID,
+                           "--spacing", "20", "20", "20", "--progress", "none")
+    assert code == 1 and "Traceback" not in err and "num_samples" not in err
+    assert "no training samples in" in err and "healthy_000.nii.gz" in err and "--size or --spacing" in err
+    assert not out.exists()
+
+
+def thin_scans(folder, slices: int):
+    """Two healthy toy volumes of only ``slices`` axial slices (a slab, not a volume the models can use)."""
+    folder.mkdir()
+    for seed in range(2):
+        image = synthetic.toy_volume(np.random.default_rng(seed), shape=(40, 40, slices), spacing=TOY_SPACING)
+        sitk.WriteImage(image, str(folder / f"thin_{seed}.nii.gz"))
+    return folder
+
+
+def test_three_slices_are_too_few_for_the_smoothing_named_with_the_file(capsys, tmp_path, ae_model_path):
+    scans = thin_scans(tmp_path / "thin3", 3)
+    out = tmp_path / "m.pt"
+    code, _, err = run_cli(capsys, "train", "--data", str(scans), "--out", str(out), *TINY_TRAIN, *TINY_GRID,
+                           "--progress", "none")
+    assert code == 1 and "Traceback" not in err and "ITK ERROR" not in err
+    assert "thin_" in err and "only 3 voxels along z" in err and not out.exists()
+    table = tmp_path / "features.csv"
+    code, _, err = run_cli(capsys, "features", str(scans), "--model", str(ae_model_path), "--out", str(table),
+                           "--device", "cpu")
+    assert code == 1 and "thin_0.nii.gz: has only 3 voxels along z" in err and not table.exists()
+
+
+def test_a_slab_thinner_than_the_scoring_border_is_refused_before_training_and_calibration(capsys, tmp_path,
+                                                                                          ae_model_path):
+    scans = thin_scans(tmp_path / "thin4", 4)
+    out = tmp_path / "m.pt"
+    code, out_text, err = run_cli(capsys, "train", "--data", str(scans), "--out", str(out), *TINY_TRAIN,
+                                  *TINY_GRID, "--progress", "json")
+    assert code == 1 and "Traceback" not in err and "nothing is left to score" in err and "thin_" in err
+    assert not out.exists() and '"event": "progress"' not in out_text  # refused before the first training step
+    calibrated = tmp_path / "calibrated.pt"
+    code, _, err = run_cli(capsys, "calibrate", "--model", str(ae_model_path), "--healthy", str(scans), "--out",
+                           str(calibrated), "--device", "cpu", "--progress", "none")
+    assert code == 1 and "thin_0.nii.gz: nothing is left to score" in err and not calibrated.exists()
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder no file can be created in: read-only for an ordinary user; for root, who writes anywhere
+    permissions allow, sysfs."""
+    if os.geteuid() == 0:
+        if not os.path.isdir("/sys/kernel"):
+            pytest.skip("running as root without sysfs: no folder is read-only")
+        yield Path("/sys")
+        return
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("existing folder", "is an existing folder; give the name of the file to write"),
+    ("unwritable folder", "cannot write into"),
+    ("under a file", "is a file, not a folder"),
+])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(capsys, tmp_path, toy_cohort, unwritable_folder,
+                                                                  where, message):
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "a_file").write_text("mine")
+    out = {"existing folder": tmp_path / "existing", "unwritable folder": unwritable_folder / "m.pt",
+           "under a file": tmp_path / "a_file" / "m.pt"}[where]
+    code, out_text, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), "--overwrite",
+                                  *TINY_TRAIN, *TINY_GRID, "--progress", "json")
+    assert code == 1 and err.startswith(f"error: {out}: ") and message in err and "Traceback" not in err
+    assert [json.loads(line)["event"] for line in out_text.strip().splitlines()] == ["error"]
+    assert (tmp_path / "a_file").read_text() == "mine" and not any((tmp_path / "existing").iterdir())
+
+
+def test_a_model_file_that_cannot_be_saved_is_a_clear_error_naming_it(unwritable_folder, ae_model_path):
+    model = load_model(ae_model_path, device="cpu")
+    target = unwritable_folder / "m.pt"
+    with pytest.raises(OutputLocationError, match=f"{target}: the model file cannot be written"):
+        save_model(target, model.network, model.record)
