@@ -423,9 +423,10 @@ class MedAutoencoderJob:
     """
 
     def __init__(self, worker, finish: Callable[[Optional[dict]], object], temporaryDirectory: str,
-                 inputVolume=None) -> None:
+                 inputVolume=None, nodeNamesByFile: Optional[Dict[str, str]] = None) -> None:
         self.worker = worker
         self.inputVolume = inputVolume
+        self._nodeNamesByFile = nodeNamesByFile or {}
         self.result = None
         self.error: Optional[str] = None
         self.done = False
@@ -467,8 +468,8 @@ class MedAutoencoderJob:
             elif self.cancelled:
                 self.result = self._finish(None)  # training keeps its last good checkpoint; detection nothing
             else:
-                self.error = self.worker.error_message or _("The worker process ended with exit code {code}.").format(
-                    code=self.worker.returncode)
+                self.error = self._withNodeNames(self.worker.error_message) or _(
+                    "The worker process ended with exit code {code}.").format(code=self.worker.returncode)
         except Exception as error:  # reading the outputs failed: report it like a worker error
             logging.exception("MedAutoencoder: could not use the worker's outputs")
             self.error = str(error)
@@ -476,6 +477,12 @@ class MedAutoencoderJob:
             shutil.rmtree(self._temporaryDirectory, ignore_errors=True)
         if self.onFinished:
             self.onFinished(self)
+
+    def _withNodeNames(self, message: Optional[str]) -> Optional[str]:
+        """The worker names the temporary files it was given; the user knows the volumes by their node names."""
+        for path, name in self._nodeNamesByFile.items():
+            message = message.replace(path, f"'{name}'") if message else message
+        return message
 
     def cancel(self) -> None:
         """Ask the worker to stop; training gets time to save its checkpoint before the process tree is killed."""
@@ -614,7 +621,8 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
             return slicer_bridge.apply_detection_result(volumeNode, result).as_dict()
 
         worker = self._startWorker(command, device, useStartupEnvironment)
-        return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode)
+        return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode,
+                                 nodeNamesByFile={inputPath: volumeNode.GetName()})
 
     def showResults(self, inputVolume, nodes: Dict[str, object]) -> None:
         """Input in the background, anomaly map over it in colour, anomaly segmentation as outline."""
@@ -661,13 +669,14 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
 
         outputPath = outputPath or self.newModelPath()
         temporaryDirectory = self._newTemporaryDirectory()
-        paths = []
+        paths, nodeNamesByFile = [], {}
         for index, item in enumerate(data):
             if isinstance(item, str):
                 paths.append(item)
             else:
                 paths.append(slicer_bridge.write_volume_for_worker(
                     item, os.path.join(temporaryDirectory, f"training_{index:03d}.nrrd")))
+                nodeNamesByFile[paths[-1]] = item.GetName()
         stopFile = os.path.join(temporaryDirectory, "stop")
         python, useStartupEnvironment = jobs.python_launcher()
         command = jobs.train_command(python, paths, modelType, outputPath, epochs=epochs, max_minutes=maxMinutes,
@@ -684,7 +693,7 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
             return None
 
         worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
-        return MedAutoencoderJob(worker, finish, temporaryDirectory)
+        return MedAutoencoderJob(worker, finish, temporaryDirectory, nodeNamesByFile=nodeNamesByFile)
 
     # ---- shared
 

@@ -22,8 +22,12 @@ from .errors import InputImageError, MedAutoencoderError
 
 #: Node attribute naming what a node produced by this module is (one of the ``ROLE_*`` values).
 ROLE_ATTRIBUTE = "MedAutoencoder.Role"
-#: Node attribute holding the ID of the input volume an output node was computed from.
-INPUT_ATTRIBUTE = "MedAutoencoder.InputNodeID"
+#: Node reference role from an output node to the input volume it was computed from (MRML renumbers references
+#: when a scene is imported, so an imported scene's outputs never point at another patient's volume).
+INPUT_REFERENCE = "MedAutoencoderInput"
+#: Node attribute holding an output node's own ID when it was made: a copy of the node (which copies attributes
+#: and references) gets another ID, so it is recognised as the user's and never overwritten.
+OWN_ID_ATTRIBUTE = "MedAutoencoder.OutputNodeID"
 
 ROLE_RECONSTRUCTION = "reconstruction"
 ROLE_ANOMALY_MAP = "anomaly_map"
@@ -66,13 +70,30 @@ class DetectionNodes:
 # Geometry and voxels: volume node <-> SimpleITK.Image
 
 
-def _direction_matrix_ras(volume_node) -> np.ndarray:
-    """3x3 matrix whose columns are the node's I, J, K axis directions in RAS."""
+def _matrix_to_array(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(row, col) for col in range(4)] for row in range(4)])
+
+
+def _ijk_to_world(volume_node) -> np.ndarray:
+    """The node's 4x4 IJK-to-RAS matrix in world coordinates: its own, under its parent transform if it has one.
+
+    Why: the model works on what the user sees. A volume registered by a (not hardened) parent transform must
+    give the same result as the same volume hardened; outputs then take the node's own IJK-to-RAS and the same
+    parent transform, so they land where the input is shown either way.
+    """
     import vtk
 
     matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASDirectionMatrix(matrix)
-    return np.array([[matrix.GetElement(row, col) for col in range(3)] for row in range(3)])
+    volume_node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = _matrix_to_array(matrix)
+    parent = volume_node.GetParentTransformNode()
+    if parent is None:
+        return ijk_to_ras
+    if not parent.IsTransformToWorldLinear():
+        raise InputImageError(f"'{volume_node.GetName()}' is under a non-linear transform "
+                              f"('{parent.GetName()}'); harden it (Transforms module) or remove it first.")
+    parent.GetMatrixTransformToWorld(matrix)
+    return _matrix_to_array(matrix) @ ijk_to_ras
 
 
 def _require_scalar_volume(volume_node) -> None:
@@ -81,6 +102,8 @@ def _require_scalar_volume(volume_node) -> None:
         raise InputImageError("No input volume selected.")
     if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
         raise InputImageError(f"'{volume_node.GetName()}' is not a scalar volume ({volume_node.GetClassName()}).")
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputImageError(f"'{volume_node.GetName()}' is a labelmap (segment labels), not an image.")
     image_data = volume_node.GetImageData()
     if image_data is None or image_data.GetNumberOfPoints() == 0:
         raise InputImageError(f"Volume '{volume_node.GetName()}' has no voxels.")
@@ -90,23 +113,26 @@ def _require_scalar_volume(volume_node) -> None:
 
 
 def _geometry_lps(volume_node):
-    """Spacing, origin and row-major direction of a node in ITK's LPS convention.
+    """Spacing, origin and row-major direction of a node in world coordinates (:func:`_ijk_to_world`), in
+    ITK's LPS convention.
 
-    MRML keeps geometry in RAS, ITK in LPS: origin and directions flip sign on their first two axes.
+    MRML keeps geometry in RAS, ITK in LPS: origin and directions flip sign on their first two axes. Spacing
+    and directions are the matrix's column lengths and unit columns, as MRML splits an IJK-to-RAS matrix.
     """
-    spacing = tuple(float(s) for s in volume_node.GetSpacing())
-    origin = tuple(float(x) for x in _RAS_FROM_LPS @ np.array(volume_node.GetOrigin()))
-    direction = tuple(float(x) for x in (_RAS_FROM_LPS @ _direction_matrix_ras(volume_node)).ravel())
-    return spacing, origin, direction
+    ijk_to_world = _ijk_to_world(volume_node)
+    spacing = np.linalg.norm(ijk_to_world[:3, :3], axis=0)
+    origin = tuple(float(x) for x in _RAS_FROM_LPS @ ijk_to_world[:3, 3])
+    direction = tuple(float(x) for x in (_RAS_FROM_LPS @ (ijk_to_world[:3, :3] / spacing)).ravel())
+    return tuple(float(s) for s in spacing), origin, direction
 
 
 def volume_node_to_sitk(volume_node) -> sitk.Image:
-    """Copy a scalar volume node into a SimpleITK image with the same voxels and physical geometry.
-
-    The node's parent transform is not applied (outputs get the same parent transform instead), so the image
-    is in the node's own coordinate system.
-    """
+    """Copy a scalar volume node into a SimpleITK image with the same voxels, where the node is shown (its
+    parent transform applied, see :func:`_ijk_to_world`), checked like a file (NaN, constant, too thin) with
+    errors naming the node."""
     import slicer.util
+
+    from .io import check_volume
 
     _require_scalar_volume(volume_node)
     voxels = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)  # (K, J, I) like SimpleITK
@@ -115,7 +141,7 @@ def volume_node_to_sitk(volume_node) -> sitk.Image:
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
-    return image
+    return check_volume(image, f"'{volume_node.GetName()}'")
 
 
 def ijk_to_ras_from_sitk(image: sitk.Image):
@@ -175,16 +201,21 @@ def output_node_name(input_node, role: str) -> str:
 
 
 def find_output_node(input_node, role: str, class_name: str):
-    """The node an earlier run made for this input and role, or None."""
-    scene = input_node.GetScene()
-    for node in scene.GetNodesByClass(class_name):
-        if node.GetAttribute(ROLE_ATTRIBUTE) == role and node.GetAttribute(INPUT_ATTRIBUTE) == input_node.GetID():
+    """The node an earlier run made for this input and role, as it made it, or None.
+
+    A node the user renamed, or a copy of one (it has another ID than it was made with), is the user's now: a
+    new run adds a new output instead of overwriting it.
+    """
+    name = output_node_name(input_node, role)
+    for node in input_node.GetScene().GetNodesByClass(class_name):
+        if (node.GetAttribute(ROLE_ATTRIBUTE) == role and node.GetNodeReferenceID(INPUT_REFERENCE) == input_node.GetID()
+                and node.GetAttribute(OWN_ID_ATTRIBUTE) == node.GetID() and node.GetName() == name):
             return node
     return None
 
 
 def get_or_create_output_node(input_node, role: str, class_name: str):
-    """Reuse the output node of an earlier run or add a new one; renamed after the input either way.
+    """Reuse the output node of an earlier run (see :func:`find_output_node`) or add a new one.
 
     The output also gets the input's parent transform, so it moves with the input like the input does.
     """
@@ -192,8 +223,8 @@ def get_or_create_output_node(input_node, role: str, class_name: str):
     if node is None:
         node = input_node.GetScene().AddNewNodeByClass(class_name, output_node_name(input_node, role))
         node.SetAttribute(ROLE_ATTRIBUTE, role)
-        node.SetAttribute(INPUT_ATTRIBUTE, input_node.GetID())
-    node.SetName(output_node_name(input_node, role))
+        node.SetAttribute(OWN_ID_ATTRIBUTE, node.GetID())
+        node.SetNodeReferenceID(INPUT_REFERENCE, input_node.GetID())
     node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
     return node
 
@@ -292,25 +323,20 @@ def detect_volume_node(input_node, model, options=None) -> DetectionNodes:
     """
     from . import api
 
-    result = api.detect_image(volume_node_to_sitk(input_node), model, options)
+    result = api.detect_image(volume_node_to_sitk(input_node), model, options, name=f"'{input_node.GetName()}'")
     return apply_detection_result(input_node, result)
 
 
 def write_volume_for_worker(volume_node, path: str) -> str:
-    """Save a volume node as uncompressed NRRD for the worker process, without touching the node.
-
-    A standalone storage node is used (not added to the scene, not set on the volume), so the node's own
-    storage node, file name and modified state stay as the user left them.
-    """
-    import slicer
-
-    _require_scalar_volume(volume_node)
+    """Save a volume node as uncompressed NRRD for the worker process, where it is shown (parent transform
+    applied, as in :func:`volume_node_to_sitk`), without touching the node; its voxels are checked first, so
+    that a bad volume is named before any worker starts."""
+    image = volume_node_to_sitk(volume_node)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(path)
-    storage.SetUseCompression(0)
-    if not storage.WriteData(volume_node):
-        raise MedAutoencoderError(f"Could not write volume '{volume_node.GetName()}' to {path}.")
+    try:
+        sitk.WriteImage(image, path, useCompression=False)
+    except RuntimeError:
+        raise MedAutoencoderError(f"Could not write volume '{volume_node.GetName()}' to {path}.") from None
     return path
 
 
@@ -321,12 +347,18 @@ def read_worker_outputs(outputs: Dict[str, str]):
     """
     import json
 
-    with open(outputs["summary"], encoding="utf-8") as summary_file:
-        summary = json.load(summary_file)
+    from .io import read_mask
+
+    try:
+        with open(outputs["summary"], encoding="utf-8") as summary_file:
+            summary = json.load(summary_file)
+        images = {kind: read_mask(outputs[kind]) for kind in ("reconstruction", "anomaly_map", "anomaly_mask")}
+    except (KeyError, OSError, ValueError, InputImageError) as exc:  # a worker killed mid-write, a full disk
+        raise MedAutoencoderError(f"The detection's results could not be read back ({exc}).") from None
     return WorkerResult(
-        reconstruction=sitk.ReadImage(outputs["reconstruction"]),
-        anomaly_map=sitk.ReadImage(outputs["anomaly_map"], sitk.sitkFloat32),
-        anomaly_mask=sitk.ReadImage(outputs["anomaly_mask"], sitk.sitkUInt8),
+        reconstruction=images["reconstruction"],
+        anomaly_map=sitk.Cast(images["anomaly_map"], sitk.sitkFloat32),
+        anomaly_mask=sitk.Cast(images["anomaly_mask"], sitk.sitkUInt8),
         summary=summary,
     )
 

@@ -305,3 +305,114 @@ def test_detect_through_worker_process_like_the_module(tmp_path, scene, organ_no
         np.testing.assert_array_equal(node_ijk_to_ras(node), node_ijk_to_ras(organ_node))
     in_process = slicer_bridge.apply_detection_result(organ_node, result)
     assert in_process.as_dict() == nodes.as_dict() and scene.GetNumberOfNodes() == count
+
+
+def rotation_about_r(scene, name: str = "registration"):
+    """A linear transform turning axial into coronal (90 degrees about R) and shifting 50 mm."""
+    matrix = vtk.vtkMatrix4x4()
+    for row, col, value in ((1, 1, 0.0), (1, 2, -1.0), (2, 1, 1.0), (2, 2, 0.0), (0, 3, 50.0)):
+        matrix.SetElement(row, col, value)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    transform.SetMatrixTransformToParent(matrix)
+    return transform
+
+
+def test_a_volume_under_a_transform_is_analysed_where_it_is_shown(scene, tiny_model_path):
+    """The same voxels under a (not hardened) transform and hardened give the same result: the model sees the
+    volume where the user sees it. Outputs keep the node's own geometry under the same transform."""
+    from MedAutoencoderLib import api
+    from MedAutoencoderLib.config import DetectOptions
+    from MedAutoencoderLib.synthetic import toy_volume
+
+    voxels = sitk.GetArrayFromImage(toy_volume(np.random.default_rng(1), shape=(28, 24, 20)))
+    geometry = np.diag([1.0, 1.2, 1.5, 1.0])
+    under = slicer_util.addVolumeFromArray(voxels, geometry, "under a transform")
+    hardened = slicer_util.addVolumeFromArray(voxels, geometry, "hardened")
+    for node in (under, hardened):
+        node.SetAndObserveTransformNodeID(rotation_about_r(scene).GetID())
+    hardened.HardenTransform()
+
+    as_shown, as_hardened = slicer_bridge.volume_node_to_sitk(under), slicer_bridge.volume_node_to_sitk(hardened)
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(as_shown, getter)(), getattr(as_hardened, getter)(), atol=1e-9)
+
+    model = api.load_model(str(tiny_model_path), device="cpu")
+    first = slicer_bridge.detect_volume_node(under, model, DetectOptions(device="cpu"))
+    second = slicer_bridge.detect_volume_node(hardened, model, DetectOptions(device="cpu"))
+    np.testing.assert_array_equal(slicer_util.arrayFromVolume(first.anomaly_map),
+                                  slicer_util.arrayFromVolume(second.anomaly_map))
+    for node in (first.reconstruction, first.anomaly_map, first.anomaly_mask):
+        np.testing.assert_array_equal(node_ijk_to_ras(node), node_ijk_to_ras(under))
+        assert node.GetTransformNodeID() == under.GetTransformNodeID()
+
+
+def test_a_volume_under_a_non_linear_transform_is_refused_with_its_name(scene, input_node):
+    warp = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point in ((0, 0, 0), (10, 0, 0), (0, 10, 0), (0, 0, 10)):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint([c + (2.0 if i == 0 else 0.0) for i, c in enumerate(point)])
+    warp.SetSourceLandmarks(source)
+    warp.SetTargetLandmarks(target)
+    transform = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    transform.SetAndObserveTransformToParent(warp)
+    input_node.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(slicer_bridge.InputImageError, match="'patient T1' is under a non-linear transform"):
+        slicer_bridge.volume_node_to_sitk(input_node)
+
+
+def test_bad_voxels_and_labelmaps_are_refused_naming_the_node(scene, input_node, tmp_path):
+    voxels = slicer_util.arrayFromVolume(input_node)
+    voxels[1, 2, 3] = np.nan
+    slicer_util.arrayFromVolumeModified(input_node)
+    for convert in (slicer_bridge.volume_node_to_sitk,
+                    lambda node: slicer_bridge.write_volume_for_worker(node, str(tmp_path / "input.nrrd"))):
+        with pytest.raises(slicer_bridge.InputImageError, match="'patient T1': contains NaN"):
+            convert(input_node)
+    assert not (tmp_path / "input.nrrd").exists()
+    labels = slicer_util.addVolumeFromArray(np.ones(SHAPE_KJI, np.uint8), np.eye(4), "tumour labels",
+                                            "vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(slicer_bridge.InputImageError, match="'tumour labels' is a labelmap"):
+        slicer_bridge.volume_node_to_sitk(labels)
+
+
+def test_outputs_the_user_renamed_or_copied_are_never_overwritten(scene, input_node):
+    first = slicer_bridge.apply_detection_result(input_node, result_on_grid(slicer_bridge.volume_node_to_sitk(input_node)))
+    first.anomaly_mask.SetName("mask I keep")
+    kept_mask = np.array(slicer_util.arrayFromVolume(first.anomaly_mask), copy=True)
+    copy = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    copy.Copy(first.anomaly_map)  # a copy carries the attributes and references of the original
+    copy.SetAndObserveImageData(vtk.vtkImageData())
+    copy.GetImageData().DeepCopy(first.anomaly_map.GetImageData())
+    kept_map = np.array(slicer_util.arrayFromVolume(copy), copy=True)
+    scene.RemoveNode(first.anomaly_map)
+
+    second = slicer_bridge.apply_detection_result(input_node, result_on_grid(slicer_bridge.volume_node_to_sitk(input_node), 2.0))
+    assert second.anomaly_mask is not first.anomaly_mask and first.anomaly_mask.GetName() == "mask I keep"
+    assert second.anomaly_map is not copy
+    np.testing.assert_array_equal(slicer_util.arrayFromVolume(first.anomaly_mask), kept_mask)
+    np.testing.assert_array_equal(slicer_util.arrayFromVolume(copy), kept_map)
+    assert second.reconstruction is first.reconstruction  # left as it was made: updated in place
+
+
+def test_an_imported_scenes_outputs_stay_with_their_own_input(scene, input_node, tmp_path):
+    """Imported nodes are renumbered; an output must follow its input's new ID, not take another volume's."""
+    first = slicer_bridge.apply_detection_result(input_node, result_on_grid(slicer_bridge.volume_node_to_sitk(input_node)))
+    scene.SetURL(str(tmp_path / "a.mrml"))
+    assert scene.Commit()
+    scene.Clear(0)
+    other = slicer_util.addVolumeFromArray(np.random.default_rng(3).normal(50, 5, SHAPE_KJI).astype(np.float32),
+                                           ijk_to_ras_array(), "patient B")
+    scene.SetURL(str(tmp_path / "a.mrml"))
+    scene.Import()
+    imported_map = next(n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+                        if n.GetName() == first.anomaly_map.GetName())
+    imported_input = next(n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode") if n.GetName() == "patient T1")
+    assert imported_map.GetNodeReferenceID(slicer_bridge.INPUT_REFERENCE) == imported_input.GetID()
+    result = slicer_bridge.apply_detection_result(other, result_on_grid(slicer_bridge.volume_node_to_sitk(other)))
+    assert result.anomaly_map is not imported_map and result.anomaly_map.GetName() == "patient B_anomaly_map"
+
+
+def test_unreadable_worker_outputs_are_a_clear_error(tmp_path):
+    with pytest.raises(slicer_bridge.MedAutoencoderError, match="could not be read back"):
+        slicer_bridge.read_worker_outputs({"summary": str(tmp_path / "missing.json")})
