@@ -481,7 +481,8 @@ class MedAutoencoderJob:
     def _withNodeNames(self, message: Optional[str]) -> Optional[str]:
         """The worker names the temporary files it was given; the user knows the volumes by their node names."""
         for path, name in self._nodeNamesByFile.items():
-            message = message.replace(path, f"'{name}'") if message else message
+            for spelling in {path, os.path.normpath(path)}:  # the worker prints paths with the system's separators
+                message = message.replace(spelling, f"'{name}'") if message else message
         return message
 
     def cancel(self) -> None:

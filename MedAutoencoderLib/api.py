@@ -40,9 +40,9 @@ from MedAutoencoderLib.io import (
     find_volumes,
     output_path,
     read_image,
-    refuse_file_as_folder,
     refuse_overwrite,
     require_writable_file,
+    require_writable_folder,
     volume_stem,
     write_image,
     write_text,
@@ -137,7 +137,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     All target paths are checked before anything is written; the model is loaded once for all inputs.
     """
     paths = [Path(p) for p in inputs]
-    refuse_file_as_folder(output_dir)
+    require_writable_folder(output_dir)
     targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
     _refuse_shared_targets(targets)
     refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)

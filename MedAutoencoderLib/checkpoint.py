@@ -92,8 +92,11 @@ def _unreadable_because(path: Path, error: Exception) -> str:
     ``weights_only=False``, which would run whatever code a foreign file carries."""
     if volume_suffix(path):
         return "it is an image volume; the model file is a .pt written by train or calibrate"
-    with open(path, "rb") as stream:
-        start = stream.read(4)
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(4)
+    except OSError as exc:  # no permission to read it, say
+        return exc.strerror or str(exc)
     if not (start == b"PK\x03\x04" or start[:1] == b"\x80"):  # a PyTorch zip archive or a (legacy) pickle
         return "its bytes are not a PyTorch file"
     if isinstance(error, pickle.UnpicklingError):

@@ -302,10 +302,11 @@ def run_detect(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import load_model
     from MedAutoencoderLib.evaluation import evaluate_model, format_report, pair_images_with_masks
-    from MedAutoencoderLib.io import refuse_overwrite
+    from MedAutoencoderLib.io import refuse_overwrite, require_writable_file
 
-    if args.json_out and not args.overwrite:
-        refuse_overwrite([Path(args.json_out)])  # now, not after the whole evaluation
+    if args.json_out:  # now, not after the whole evaluation
+        refuse_overwrite([Path(args.json_out)], overwrite=args.overwrite)
+        require_writable_file(args.json_out, "report.json")
     model = load_model(args.model, device=args.device)
     pairs = pair_images_with_masks(args.images, args.masks)
     options = DetectOptions(device=args.device, precision=args.precision)

@@ -222,8 +222,8 @@ class TrainConfig:
 
     def _check_grid_fits_network(self) -> None:
         """Each level halves the 2D grid or the 3D patch: it must divide evenly, and the bottleneck models
-        (all but the DAE, whose group norm copes) must keep at least 2 voxels across, since instance
-        normalisation of a single voxel fails inside torch."""
+        (all but the DAE, whose group norm copes) must keep more than one voxel at the bottleneck, since
+        instance normalisation of a single voxel fails inside torch (a 4x4x1 bottleneck is fine)."""
         factor = self.model.downsampling_factor
         three_d = self.model.spatial_dims == 3
         grid = tuple(self.model.patch_size if three_d else self.preprocess.size[:2])
@@ -231,10 +231,10 @@ class TrainConfig:
         if any(s % factor for s in grid):
             raise ConfigurationError(f"{what} size {grid} must be a multiple of {factor} for "
                                      f"{self.model.describe_levels()}")
-        if self.model.name != "dae" and min(grid) < 2 * factor:
+        if self.model.name != "dae" and all(s == factor for s in grid):
             raise ConfigurationError(
-                f"{what} size {grid} leaves a bottleneck of 1 voxel across after {self.model.levels} halvings; at "
-                f"least 2 are needed: raise {option} to {2 * factor} or more, or give fewer --channels values")
+                f"{what} size {grid} leaves a bottleneck of a single voxel after {self.model.levels} halvings: raise "
+                f"{option} to {2 * factor} or more along an axis, or give fewer --channels values")
 
 
 def _require_at_least(minimum: int, **values: int) -> None:

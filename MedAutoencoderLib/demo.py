@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from MedAutoencoderLib.evaluation import dice
 from MedAutoencoderLib.errors import ConfigurationError
-from MedAutoencoderLib.io import refuse_overwrite, write_image, write_text
+from MedAutoencoderLib.io import refuse_overwrite, require_writable_folder, write_image, write_text
 from MedAutoencoderLib.progress import ProgressCallback
 from MedAutoencoderLib.synthetic import insert_lesion, load_template, make_healthy_subject_with_mask, template_brain_mask
 
@@ -78,8 +78,8 @@ def run_demo(output_dir: Path, model_path: Optional[str] = None, kind: str = "ma
         raise ConfigurationError(f"seed must be 0 or more, not {seed}")
     output_dir = Path(output_dir)
     targets = demo_outputs(output_dir)
-    if not overwrite:
-        refuse_overwrite(targets.values())
+    refuse_overwrite(targets.values(), overwrite=overwrite)
+    require_writable_folder(output_dir)
     model = load_model(model_path, device=device)
     rng = np.random.default_rng(seed)
     template = load_template()

@@ -203,7 +203,8 @@ def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
     found: List[Path] = []
     for source in sources:
         text = os.fspath(source)
-        matches = [Path(m) for m in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
+        literal = not glob.has_magic(text) or os.path.exists(text)  # a file may be named "sub[01].nii.gz"
+        matches = [Path(text)] if literal else [Path(m) for m in sorted(glob.glob(text))]
         if not matches:
             raise InputImageError(f"{text}: pattern matches no files")
         for match in matches:
@@ -222,7 +223,8 @@ def _volumes_in(path: Path) -> Iterable[Path]:
         raise InputImageError(f"{path}: no such file or folder")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p))
+    # hidden files are not scans: macOS's "._scan.nii.gz" resource forks, our own ".x.partial" writes
+    files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p) and not p.name.startswith("."))
     if files:
         return files
     subfolders = sorted(p for p in path.iterdir() if p.is_dir())
@@ -252,29 +254,32 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 
-def refuse_file_as_folder(folder: PathLike) -> None:
-    """Raise before any work when the output folder given is an existing file (writing would fail only at the
-    end, after the work)."""
-    if Path(folder).exists() and not Path(folder).is_dir():
-        raise OutputLocationError(f"{folder}: is a file, not a folder; choose another output folder")
+def require_writable_folder(folder: PathLike) -> None:
+    """Check before any work that files can be written into ``folder`` (made when missing): a run whose
+    results cannot be saved at its end is lost."""
+    _require_writable_below(Path(folder), Path(folder).absolute())
 
 
 def require_writable_file(path: PathLike, example_name: str) -> None:
-    """Check before any work that a file can be written at ``path`` (its missing folders are created when it
-    is written): a long run whose result cannot be saved at its end is lost. ``example_name`` is suggested as
-    a file name when ``path`` is an existing folder."""
+    """:func:`require_writable_folder` for a single file at ``path``; ``example_name`` is suggested as a file
+    name when ``path`` is an existing folder."""
     target = Path(path)
     if target.is_dir():
         raise OutputLocationError(f"{target}: is an existing folder; give the name of the file to write "
                                   f"(e.g. {target / example_name})")
-    folder = next(p for p in target.absolute().parents if p.exists())
-    if not folder.is_dir():
-        raise OutputLocationError(f"{target}: cannot be written: {folder} is a file, not a folder")
+    _require_writable_below(target, target.absolute().parent)
+
+
+def _require_writable_below(target: Path, folder: Path) -> None:
+    """``target`` will be written in ``folder``: its nearest existing ancestor must be a folder we can write."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputLocationError(f"{target}: cannot be written: {existing} is a file, not a folder")
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.probe"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{target.name}.probe"):
             pass
     except OSError as exc:
-        raise OutputLocationError(f"{target}: cannot write into {folder} ({exc.strerror or exc})") from None
+        raise OutputLocationError(f"{target}: cannot write into {existing} ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager

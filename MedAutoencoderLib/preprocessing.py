@@ -99,7 +99,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return ~reaches_edge[labels]
 
 
-def _coarse_copy(image: sitk.Image) -> sitk.Image:
+def _every_nth_voxel(image: sitk.Image) -> sitk.Image:
     """Every n-th voxel of ``image``, about 64 per axis: enough to find where the object is."""
     factors = [max(1, int(s // _CENTRING_GRID_VOXELS)) for s in image.GetSize()]
     return sitk.Shrink(image, factors) if max(factors) > 1 else image
@@ -107,7 +107,7 @@ def _coarse_copy(image: sitk.Image) -> sitk.Image:
 
 def foreground_centroid(image: sitk.Image) -> np.ndarray:
     """Physical centroid (LPS, mm) of the foreground, found on a coarse copy for speed."""
-    coarse = _coarse_copy(image)
+    coarse = _every_nth_voxel(image)
     foreground = otsu_foreground(coarse)
     _require_contrast(coarse, foreground)
     stats = sitk.LabelShapeStatisticsImageFilter()
@@ -137,10 +137,11 @@ _MAX_SHARE_BELOW_BACKGROUND = 0.01  # real scans: at most 0.08 % (interpolation 
 
 
 def _require_darkest_background(values: np.ndarray) -> None:
-    """Refuse a volume whose constant background (the value at all eight corners) is brighter than a good part
-    of the image, as in a brain z-scored inside its mask with the background left at 0: the foreground, the
+    """Refuse a brain scan whose constant background (the value at all eight corners) is brighter than a good
+    part of it, as in a brain z-scored inside its mask with the background left at 0: the foreground, the
     normalisation and the model all take the background to be the darkest tissue, and would silently give
-    nonsense."""
+    nonsense. (Brain models only: a CT padded with 0 around air at -1000 looks the same and may suit a user's
+    own CT model, trained on such scans.)"""
     corners = {float(values[z, y, x]) for z in (0, -1) for y in (0, -1) for x in (0, -1)}
     if len(corners) != 1:
         return
@@ -195,7 +196,7 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.n
         return foreground_centroid(image), None
     from MedAutoencoderLib.brain_mask import template_brain_centroid, template_to_image_transform
 
-    coarse = _coarse_copy(image)  # the registration would place the template brain on anything, noise included
+    coarse = _every_nth_voxel(image)  # the registration would place the template brain on anything, noise included
     _require_contrast(coarse, sitk.OtsuThreshold(coarse, 0, 1))
     transform = template_to_image_transform(image)
     return np.array(transform.TransformPoint(template_brain_centroid())), transform
@@ -205,7 +206,8 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
     """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground="template"``)
     and normalise it."""
     try:
-        _require_darkest_background(sitk.GetArrayViewFromImage(image))
+        if config.foreground == "template":
+            _require_darkest_background(sitk.GetArrayViewFromImage(image))
         centre, template_to_image = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))

@@ -160,7 +160,8 @@ def ijk_to_ras_from_sitk(image: sitk.Image):
 
 
 def update_volume_node_from_sitk(volume_node, image: sitk.Image) -> None:
-    """Replace a node's voxels and geometry with those of ``image`` (the inverse of ``volume_node_to_sitk``)."""
+    """Replace a node's voxels and geometry with those of ``image`` (the inverse of ``volume_node_to_sitk`` for a
+    node without a parent transform)."""
     import slicer.util
 
     voxels = _array_for_vtk(sitk.GetArrayFromImage(image))

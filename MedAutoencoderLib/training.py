@@ -386,8 +386,9 @@ class Trainer:
                              "validation_files": [p.name for p in val_paths],
                              "validation_is_held_out": set(train_paths).isdisjoint(val_paths)}
         if not self.data_summary["validation_is_held_out"]:
-            tracker.emit("log", 0, "warning: a single healthy volume, so the threshold is calibrated on the training "
-                                   "volume itself and will be too low; give more healthy volumes")
+            why = "a single healthy volume" if len(paths) == 1 else "no volume held out (--validation-fraction 0)"
+            tracker.emit("log", 0, f"warning: {why}, so the threshold is calibrated on the training volumes "
+                                   "themselves and will be too low; give more healthy volumes to hold some out")
         self._build()
         if self.config.resume:
             tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
@@ -396,7 +397,8 @@ class Trainer:
         self._require_training_samples(train_volumes, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
             self._prepare_all(val_paths, tracker)
-        self._require_validation_samples(val_volumes)
+        if self.data_summary["validation_is_held_out"]:  # else they are the training volumes, checked above
+            self._require_validation_samples(val_volumes)
         for volume in val_volumes:  # they calibrate the threshold after training: refuse a useless one now
             require_scoring_region(volume, self.config.detection)
         common = dict(model=self.config.model, preprocess=self.config.preprocess,

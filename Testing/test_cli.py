@@ -135,8 +135,13 @@ def test_sigint_during_data_preparation_stops_at_once_and_keeps_the_existing_mod
     out = tmp_path / "existing.pt"
     shutil.copy(ae_model_path, out)
     original = out.read_bytes()
+    cohort = tmp_path / "cohort"  # 40 volumes: preparing them takes seconds, so the signal lands in preparation
+    cohort.mkdir()
+    for copy in range(8):
+        for source in toy_cohort.iterdir():
+            shutil.copy(source, cohort / f"{copy}_{source.name}")
     process = subprocess.Popen(
-        [sys.executable, "-m", "MedAutoencoderLib", "train", "--data", str(toy_cohort), "--out", str(out),
+        [sys.executable, "-m", "MedAutoencoderLib", "train", "--data", str(cohort), "--out", str(out),
          "--overwrite", "--model", "ae", "--channels", "8", "16", "--epochs", "10000", "--progress", "json", *TINY],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -155,7 +160,7 @@ def test_sigint_during_data_preparation_stops_at_once_and_keeps_the_existing_mod
     assert "cancelled before it began" in stderr and "Traceback" not in stderr
     assert events[-1]["event"] == "cancelled" and not any(e["event"] == "progress" for e in events)
     assert out.read_bytes() == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort", "existing.pt"]
 
 
 def test_evaluate_prints_model_and_baseline_columns(dae_model_path, lesion_case, tmp_path):

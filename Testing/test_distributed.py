@@ -55,6 +55,28 @@ def train_in_two_processes(data: Path, out: Path, *extra: str) -> subprocess.Com
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment, cwd=out.parent)
 
 
+def cancel_two_processes_during_training(data: Path, out: Path, stop: Path) -> subprocess.CompletedProcess:
+    """Two processes training without end, stopped through ``--stop-file`` once the first step is reported."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+               "-m", "MedAutoencoderLib", *train_arguments(2, data, out, "--epochs", "100000", "--patience",
+                                                           "100000", "--stop-file", str(stop))]
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+                               cwd=out.parent)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("{") and "step" in json.loads(line):
+                stop.touch()
+                break
+        rest, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines) + rest, stderr)
+
+
 def training_slice_count(data: Path, seed: int) -> int:
     """How many 2D samples the training split holds on the tiny grid of TINY_TRAIN_ARGUMENTS."""
     preprocess = PreprocessConfig(spacing=(2.0, 2.0, 2.0), size=(32, 32, 24))
@@ -79,9 +101,11 @@ def runs(toy_cohort, tmp_path_factory) -> Dict[str, object]:
                                        "--stop-file", str(stop))
     stop.unlink()
     resumed = train_in_two_processes(toy_cohort, folder / "resumed.pt", "--resume", str(folder / "first.pt"))
+    stopped = cancel_two_processes_during_training(toy_cohort, folder / "stopped.pt", folder / "stop")
     single = tmp_path_factory.mktemp("single") / "one.pt"
     train_model(train_config_from_args(build_parser().parse_args(train_arguments(1, toy_cohort, single))))
-    return {"single": single, "first": first, "cancelled": cancelled, "resumed": resumed, "folder": folder}
+    return {"single": single, "first": first, "cancelled": cancelled, "resumed": resumed, "stopped": stopped,
+            "folder": folder}
 
 
 def test_only_rank_zero_writes_reports_and_cancels(runs):
@@ -90,7 +114,7 @@ def test_only_rank_zero_writes_reports_and_cancels(runs):
     assert cancelled.returncode != 0 and "cancelled:" in cancelled.stderr, cancelled.stderr[-2000:]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     written = sorted(p.name for p in runs["folder"].iterdir())
-    assert written == ["first.pt", "resumed.pt"], written  # a run cancelled before training writes nothing
+    assert written == ["first.pt", "resumed.pt", "stop", "stopped.pt"], written  # cancelled before training: nothing
     for done, last in ((first, "done"), (cancelled, "cancelled"), (resumed, "done")):
         names = [e["event"] for e in events(done)]
         # the messages say what happened if this ever fails again (it failed once in a full local run, unseen)
@@ -98,6 +122,12 @@ def test_only_rank_zero_writes_reports_and_cancels(runs):
             (names, done.stderr[-2000:])
     training = read_model_file(runs["folder"] / "first.pt")["training"]
     assert training["epochs"] == 1 and training["processes"] == 2
+    stopped = runs["stopped"]  # cancelled during training: rank 0 saves the best model so far, calibrated
+    assert stopped.returncode != 0 and "cancelled:" in stopped.stderr, stopped.stderr[-2000:]
+    assert [e["event"] for e in events(stopped)][-1] == "cancelled"
+    saved = read_model_file(runs["folder"] / "stopped.pt")
+    assert saved["training"]["stop_reason"] == "cancelled" and saved["training"]["processes"] == 2
+    assert saved["calibration"]["threshold"] > 0
 
 
 def test_resumed_two_process_run_matches_one_process(runs, toy_cohort):

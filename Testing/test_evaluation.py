@@ -94,13 +94,11 @@ def test_evaluate_model_report(dae_model, lesion_case):
     assert "model" in table and "|z| baseline" in table and "voxel AUROC" in table
 
 
-
 def test_a_mask_stored_flipped_is_compared_in_physical_space(lesion_case, tmp_path):
     flipped = sitk.Flip(lesion_case["truth"], [True, False, False])  # same size and spacing, other origin/direction
     path = tmp_path / "case_000_mask.nii.gz"
     sitk.WriteImage(flipped, str(path))
     assert np.array_equal(mask_on_grid(path, lesion_case["image"]), sitk.GetArrayFromImage(lesion_case["truth"]) > 0)
-
 
 
 def test_masks_are_checked_like_images_before_any_detection_but_may_hold_one_value(dae_model, lesion_case,

@@ -172,6 +172,14 @@ def test_a_file_spelled_two_ways_is_listed_once_under_its_first_spelling(tmp_pat
     assert found == [Path("scans/v0.nii.gz"), Path("scans/v1.nii.gz")]
 
 
+def test_find_volumes_takes_bracketed_names_literally_and_skips_hidden_files(tmp_path):
+    write_image(toy(0), tmp_path / "sub[01].nii.gz")
+    (tmp_path / "._sub[01].nii.gz").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (tmp_path / ".half.partial.nii.gz").write_bytes(b"an interrupted write")
+    assert find_volumes([tmp_path / "sub[01].nii.gz"]) == [tmp_path / "sub[01].nii.gz"]
+    assert find_volumes([tmp_path]) == [tmp_path / "sub[01].nii.gz"]
+
+
 def test_output_path_naming(tmp_path):
     assert volume_stem("/data/case.01.nii.gz") == "case.01"
     assert output_path("/data/case.nii.gz", tmp_path, "anomaly_map") == tmp_path / "case_anomaly_map.nii.gz"

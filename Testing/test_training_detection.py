@@ -140,6 +140,21 @@ def test_a_validation_volume_without_samples_is_refused_before_training(toy_coho
     assert not out.exists() and not any(e["event"] == "progress" for e in events)
 
 
+def test_without_held_out_validation_a_training_volume_without_samples_is_only_left_out(toy_cohort, tmp_path):
+    """--validation-fraction 0 validates on the training volumes: one without samples is left out of both
+    with a warning, not refused as if it had been held out."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for source in sorted(toy_cohort.iterdir())[:2]:
+        shutil.copy(source, scans / source.name)
+    sitk.WriteImage(toy(7, spacing=(0.35, 0.35, 0.35)), str(scans / "tiny_object.nii.gz"))
+    out = tmp_path / "m.pt"
+    events = []
+    Trainer(tiny_train_config([scans], out, "ae", epochs=1, validation_fraction=0.0), progress=events.append).run()
+    assert out.is_file()
+    assert any("tiny_object" in e.get("message", "") for e in events if e["event"] == "log")
+
+
 def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):
     out = tmp_path / "budget.pt"
     Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, max_minutes=1e-4)).run()

@@ -85,9 +85,9 @@ def test_a_negative_threshold_is_refused_on_the_command_line_and_in_the_api(caps
     ({"model": ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(64, 64, 64))},
      "exceeds the model grid"),
     ({"model": ModelConfig(name="ae", spatial_dims=3, patch_size=(16, 16, 16))},
-     r"patch size \(16, 16, 16\) leaves a bottleneck of 1 voxel.*raise --patch-size to 32"),
+     r"patch size \(16, 16, 16\) leaves a bottleneck of a single voxel.*raise --patch-size to 32"),
     ({"model": ModelConfig(name="ae", channels=(8, 8, 8, 8, 8))},
-     r"grid size \(32, 32\) leaves a bottleneck of 1 voxel across after 5 halvings.*raise --size to 64"),
+     r"grid size \(32, 32\) leaves a bottleneck of a single voxel after 5 halvings.*raise --size to 64"),
     ({"preprocess": PreprocessConfig(size=(40, 40, 40))},
      r"multiple of 16 for the DAE's U-Net, which always has 4 levels"),
     ({"model": ModelConfig(name="ae", channels=(8, 16), reconstruction_loss="bce"),
@@ -98,6 +98,16 @@ def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_coh
     config = dataclasses.replace(tiny_train_config([toy_cohort], tmp_path / "m.pt"), **overrides)
     with pytest.raises(ConfigurationError, match=message):
         config.validate()
+
+
+def test_a_bottleneck_thin_along_one_axis_only_is_accepted_and_trains(tmp_path, toy_cohort):
+    """Instance norm fails on a single voxel, not on a 2x2x1 bottleneck."""
+    model = ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(8, 8, 4))
+    config = tiny_train_config([toy_cohort], tmp_path / "m.pt", epochs=1, model=model)
+    config.validate()
+    from MedAutoencoderLib.api import train_model
+
+    assert train_model(config).is_file()
 
 
 def test_a_model_file_without_a_section_names_the_file(tmp_path, dae_model_path):
