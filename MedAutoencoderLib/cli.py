@@ -197,6 +197,7 @@ def _add_classify(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", help="write a PNG of the latent space (PCA of the features) coloured by label")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
 
 
 def _add_sample(sub) -> None:
@@ -375,16 +376,17 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from MedAutoencoderLib.api import DEFAULT_MODEL, load_model
+    from MedAutoencoderLib.features import extract_features, feature_format, write_features
+    from MedAutoencoderLib.io import find_volumes, refuse_overwrite, require_writable_file
 
-    from MedAutoencoderLib.api import load_model
-    from MedAutoencoderLib.features import extract_features, write_features
-    from MedAutoencoderLib.io import find_volumes, refuse_overwrite
-
-    if not args.overwrite:
-        refuse_overwrite([Path(args.out)])
+    inputs = find_volumes(args.inputs)
+    feature_format(args.out, args.format)  # all checked before the volumes are encoded
+    refuse_overwrite([Path(args.out)], protected=[*inputs, Path(args.model or DEFAULT_MODEL)],
+                     overwrite=args.overwrite)
+    require_writable_file(args.out, "features.csv")
     model = load_model(args.model, device=args.device)
-    table = extract_features(model, find_volumes(args.inputs), per_slice=args.per_slice)
+    table = extract_features(model, inputs, per_slice=args.per_slice)
     path = write_features(table, args.out, args.format)
     print(f"wrote {len(table.files)} row(s) of {table.values.shape[1]} features to {path}")
     return 0
@@ -393,7 +395,12 @@ def run_features(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
     from MedAutoencoderLib.features import read_features
+    from MedAutoencoderLib.io import refuse_overwrite, require_writable_file
 
+    if args.plot:  # checked before the cross-validation; the tables given are never replaced
+        refuse_overwrite([Path(args.plot)], protected=[Path(args.features), Path(args.labels)],
+                         overwrite=args.overwrite)
+        require_writable_file(args.plot, "latent_space.png")
     features, labels, _ = labelled_features(read_features(args.features), read_labels(args.labels))
     config = ClassifyConfig(classifier=args.classifier, folds=args.folds, bootstrap_resamples=args.bootstrap,
                             seed=args.seed)
@@ -424,7 +431,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     first, second = (read_image(path) for path in args.inputs)
     images = interpolate(model, first, second, args.steps, names=tuple(args.inputs))
-    written = write_generated(images, model, args.output_dir, "interpolation", args.steps, args.overwrite)
+    written = write_generated(images, model, args.output_dir, "interpolation", args.steps, args.overwrite,
+                              protected=[Path(p) for p in args.inputs])
     print(f"wrote {args.steps} interpolation step(s): {written['volume']}, {written['picture']}")
     return 0
 

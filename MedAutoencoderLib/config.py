@@ -143,8 +143,9 @@ class DetectionConfig:
             raise ConfigurationError(f"residual must be 'abs', 'positive' or 'negative', not {self.residual!r}")
         if not 0 < self.target_fpr < 1:
             raise ConfigurationError(f"target_fpr must be between 0 and 1, got {self.target_fpr}")
-        if self.min_component_ml < 0 or self.mask_erosion_mm < 0:
-            raise ConfigurationError("min_component_ml and mask_erosion_mm must not be negative")
+        for name in ("min_component_ml", "mask_erosion_mm"):  # nan would switch the filter off unnoticed
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigurationError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
         _require_at_least(1, batch_size=self.batch_size, median_size=self.median_size)
         if self.median_size % 2 == 0:
             raise ConfigurationError(f"median_size must be odd (a window centred on the voxel), got {self.median_size}")

@@ -24,7 +24,7 @@ from MedAutoencoderLib.checkpoint import ModelRecord, record_from_payload
 from MedAutoencoderLib.config import to_plain
 from MedAutoencoderLib.device import resolve_device
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
-from MedAutoencoderLib.io import refuse_overwrite, replacing, write_text
+from MedAutoencoderLib.io import refuse_overwrite, replacing, require_writable_file, write_text
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 SIDECAR_FORMAT = "MedAutoencoder-export"
@@ -109,8 +109,8 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
         raise ConfigurationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     out = Path(out)
     meta = sidecar_path(out)
-    if not overwrite:
-        refuse_overwrite([out, meta], protected=[model.path] if model.path else [])
+    refuse_overwrite([out, meta], protected=[model.path] if model.path else [], overwrite=overwrite)
+    require_writable_file(out, f"model.{'ts' if fmt == 'torchscript' else 'onnx'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ReconstructionOnly(model.network).eval()
     example = torch.rand(input_shape(model.record), device=model.device)

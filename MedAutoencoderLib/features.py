@@ -89,10 +89,16 @@ def extract_features(model: LoadedModel, inputs: Sequence[Union[str, Path]], per
                         np.concatenate([t.values for t in tables]))
 
 
-def _format_of(path: Path, fmt: Union[str, None]) -> str:
-    fmt = fmt or path.suffix.lstrip(".").lower()
+def feature_format(path: Union[str, Path], fmt: Union[str, None] = None) -> str:
+    """The table format for ``path``: ``fmt``, or its suffix; a suffix naming the other format is refused (a
+    CSV written under ``.npy`` could not be read back)."""
+    path = Path(path)
+    suffix = path.suffix.lstrip(".").lower()
+    fmt = fmt or suffix
     if fmt not in FEATURE_FORMATS:
         raise ConfigurationError(f"{path}: feature format must be one of {', '.join(FEATURE_FORMATS)}")
+    if suffix in FEATURE_FORMATS and suffix != fmt:
+        raise ConfigurationError(f"{path}: the name says {suffix} but the format asked for is {fmt}; make them agree")
     return fmt
 
 
@@ -100,7 +106,7 @@ def write_features(table: FeatureTable, path: Union[str, Path], fmt: Union[str, 
     """Write ``table`` as CSV or ``.npy`` (``fmt``; default: from the file's suffix), through a temporary name
     so that an interrupted write never leaves a truncated table under the final name."""
     path = Path(path)
-    fmt = _format_of(path, fmt)
+    fmt = feature_format(path, fmt)
     with replacing(path) as temporary:
         if fmt == "npy":
             width = max([len(f) for f in table.files] + [1])
@@ -122,7 +128,7 @@ def read_features(path: Union[str, Path], fmt: Union[str, None] = None) -> Featu
     path = Path(path)
     if not path.is_file():
         raise TableFileError(f"{path}: feature file not found")
-    if _format_of(path, fmt) == "npy":
+    if feature_format(path, fmt) == "npy":
         rows = np.load(path, allow_pickle=False)
         return FeatureTable([str(f) for f in rows["file"]], rows["slice"].astype(int),
                             rows["features"].astype(np.float32))

@@ -8,7 +8,7 @@ model grid's spacing and as a PNG picture. Slice-wise (2D) models only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -74,12 +74,12 @@ def picture(images: np.ndarray, columns: int) -> sitk.Image:
 
 
 def write_generated(images: np.ndarray, model: LoadedModel, output_dir: Union[str, Path], stem: str,
-                    columns: int, overwrite: bool = False) -> Dict[str, str]:
-    """Write ``<stem>.nii.gz`` (slice stack) and ``<stem>.png`` (tiled picture) into ``output_dir``."""
+                    columns: int, overwrite: bool = False, protected: Sequence[Path] = ()) -> Dict[str, str]:
+    """Write ``<stem>.nii.gz`` (slice stack) and ``<stem>.png`` (tiled picture) into ``output_dir``; the
+    ``protected`` files (the inputs) are never replaced."""
     output_dir = Path(output_dir)
     png = output_dir / f"{stem}.png"
-    if not overwrite:
-        refuse_overwrite([output_dir / f"{stem}.nii.gz", png])
+    refuse_overwrite([output_dir / f"{stem}.nii.gz", png], protected=protected, overwrite=overwrite)
     volume = write_image(slice_stack(images, model), output_dir / f"{stem}.nii.gz")
     sitk.WriteImage(picture(images, columns), str(png))
     return {"volume": str(volume), "picture": str(png)}

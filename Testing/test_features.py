@@ -86,3 +86,35 @@ def test_classify_names_unlabelled_volumes(feature_csv, tmp_path, capsys):
     labels.write_text("file,label\nsubject_00.nii.gz,small\n")
     assert main(["classify", "--features", str(feature_csv), "--labels", str(labels)]) == 1
     assert "no label for 7 volume(s)" in capsys.readouterr().err
+
+
+def test_classify_plot_never_replaces_the_tables_and_refuses_an_existing_file(feature_csv, labelled_cohort,
+                                                                              tmp_path, capsys):
+    table_bytes = feature_csv.read_bytes()
+    for target in (feature_csv, labelled_cohort["labels"]):
+        assert main(["classify", "--features", str(feature_csv), "--labels", str(labelled_cohort["labels"]),
+                     "--plot", str(target), "--overwrite"]) == 1
+        assert "overwrite an input" in capsys.readouterr().err
+    assert feature_csv.read_bytes() == table_bytes
+    existing = tmp_path / "old.png"
+    existing.write_bytes(b"my own picture")
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(labelled_cohort["labels"]),
+                 "--plot", str(existing)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and existing.read_bytes() == b"my own picture"
+
+
+def test_features_checks_its_output_before_encoding_and_never_replaces_an_input(vae_model_path, labelled_cohort,
+                                                                                  tmp_path, capsys):
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes((labelled_cohort["folder"] / "subject_00.nii.gz").read_bytes())
+    model = tmp_path / "vae.pt"
+    model.write_bytes(vae_model_path.read_bytes())
+    for out, fmt in ((scan, "csv"), (model, "npy")):
+        assert main(["features", str(scan), "--model", str(model), "--out", str(out), "--format", fmt,
+                     "--overwrite", "--device", "cpu"]) == 1
+        assert "overwrite an input" in capsys.readouterr().err
+    assert scan.read_bytes() == (labelled_cohort["folder"] / "subject_00.nii.gz").read_bytes()
+    assert model.read_bytes() == vae_model_path.read_bytes()
+    assert main(["features", str(scan), "--model", str(model), "--out", str(tmp_path / "f.csv"), "--format",
+                 "npy", "--device", "cpu"]) == 1
+    assert "the name says csv but the format asked for is npy" in capsys.readouterr().err

@@ -296,3 +296,26 @@ def test_a_model_file_that_cannot_be_saved_is_a_clear_error_naming_it(unwritable
     target = unwritable_folder / "m.pt"
     with pytest.raises(OutputLocationError, match=f"{target}: the model file cannot be written"):
         save_model(target, model.network, model.record)
+
+
+def test_export_and_interpolate_never_replace_the_model_or_an_input_even_with_overwrite(capsys, tmp_path,
+                                                                                       vae_model_path, lesion_case):
+    model = tmp_path / "vae.pt"
+    model.write_bytes(vae_model_path.read_bytes())
+    code, _, err = run_cli(capsys, "export", "--model", str(model), "--out", str(model), "--overwrite")
+    assert code == 1 and "overwrite an input" in err and model.read_bytes() == vae_model_path.read_bytes()
+    first = tmp_path / "interpolation.nii.gz"  # an input named like the output, in the output folder
+    first.write_bytes(open(lesion_case["image_path"], "rb").read())
+    code, _, err = run_cli(capsys, "interpolate", str(first), str(lesion_case["healthy_path"]), "--model",
+                           str(model), "--output-dir", str(tmp_path), "--overwrite", "--device", "cpu")
+    assert code == 1 and "overwrite an input" in err
+    assert first.read_bytes() == open(lesion_case["image_path"], "rb").read()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_component_size_that_is_not_a_finite_non_negative_number_is_refused(capsys, tmp_path, dae_model_path,
+                                                                              lesion_case, value):
+    code, _, err = run_cli(capsys, "calibrate", "--model", str(dae_model_path), "--healthy",
+                           str(lesion_case["healthy_path"]), "--out", str(tmp_path / "c.pt"),
+                           f"--min-component-ml={value}", "--device", "cpu")
+    assert code == 1 and "min_component_ml must be a finite number >= 0" in err and not (tmp_path / "c.pt").exists()
