@@ -431,7 +431,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     first, second = (read_image(path) for path in args.inputs)
     images = interpolate(model, first, second, args.steps, names=tuple(args.inputs))
-    written = write_generated(images, model, args.output_dir, "interpolation", args.steps, args.overwrite,
+    written = write_generated(images, model, args.output_dir, "interpolation", min(args.steps, 8), args.overwrite,
                               protected=[Path(p) for p in args.inputs])
     print(f"wrote {args.steps} interpolation step(s): {written['volume']}, {written['picture']}")
     return 0

@@ -24,6 +24,7 @@ from MedAutoencoderLib.checkpoint import ModelRecord, record_from_payload
 from MedAutoencoderLib.config import to_plain
 from MedAutoencoderLib.device import resolve_device
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
+from MedAutoencoderLib.inference import WINDOW_BLEND, WINDOW_OVERLAP
 from MedAutoencoderLib.io import refuse_overwrite, replacing, require_writable_file, write_text
 
 EXPORT_FORMATS = ("torchscript", "onnx")
@@ -75,6 +76,7 @@ def sidecar(record: ModelRecord, source: Path, fmt: str) -> Dict[str, Any]:
             "output": {"name": "reconstruction", "shape": "as the input",
                        "activation": "sigmoid" if record.model.reconstruction_loss == "bce" else "none"},
             "threshold": record.threshold,
+            "applied_as": _how_applied(record),
         },
         "model": to_plain(record.model),
         "preprocess": to_plain(record.preprocess),
@@ -82,6 +84,14 @@ def sidecar(record: ModelRecord, source: Path, fmt: str) -> Dict[str, Any]:
         "calibration": dict(record.calibration),
         "training": {k: v for k, v in record.training.items() if k != "history"},
     }
+
+
+def _how_applied(record: ModelRecord) -> Dict[str, Any]:
+    """How the library runs the network over a model-grid volume, for a deployment to reproduce its result."""
+    if record.model.spatial_dims == 2:
+        return {"over": "each axial slice of the model grid that holds foreground"}
+    return {"over": "overlapping 3D windows (MONAI sliding_window_inference)",
+            "window_zyx": list(reversed(record.model.patch_size)), "overlap": WINDOW_OVERLAP, "blend": WINDOW_BLEND}
 
 
 def sidecar_path(path: Union[str, Path]) -> Path:

@@ -12,6 +12,9 @@ from MedAutoencoderLib.losses import reconstruction_from_output
 from MedAutoencoderLib.preprocessing import PreparedVolume
 
 _CPU_SLICES_PER_BATCH = 8
+#: How 3D models tile a volume (MONAI ``sliding_window_inference``); an export's sidecar states them too.
+WINDOW_OVERLAP = 0.25
+WINDOW_BLEND = "gaussian"
 
 
 def foreground_slices(foreground: np.ndarray) -> np.ndarray:
@@ -40,7 +43,8 @@ def _reconstruct_patches(network: nn.Module, volume: np.ndarray, config: ModelCo
         return reconstruction_from_output(network(patch)["reconstruction"].float(), config)
 
     with inference_autocast(device, precision):
-        output = sliding_window_inference(inputs, roi_zyx, batch_size, predictor, overlap=0.25, mode="gaussian")
+        output = sliding_window_inference(inputs, roi_zyx, batch_size, predictor, overlap=WINDOW_OVERLAP,
+                                          mode=WINDOW_BLEND)
     return output[0, 0].float().cpu().numpy()
 
 

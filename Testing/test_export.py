@@ -3,6 +3,7 @@ as the Python model, and the ONNX graph the same reconstruction (onnxruntime).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -54,3 +55,16 @@ def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_pat
     with torch.no_grad():
         expected = vae_model.network(torch.from_numpy(batch))["reconstruction"].numpy()
     np.testing.assert_allclose(reconstruction, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_sidecar_says_how_a_3d_model_tiles_a_volume(vae_model):
+    """A deployment must tile a 3D model's input as the library does to reproduce its anomaly maps."""
+    from MedAutoencoderLib.checkpoint import ModelRecord
+    from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig
+    from MedAutoencoderLib.export import sidecar
+
+    record = ModelRecord(model=ModelConfig(name="dae", spatial_dims=3, channels=(8, 16), patch_size=(16, 16, 24)),
+                         preprocess=PreprocessConfig(), detection=DetectionConfig())
+    applied = sidecar(record, Path("m.pt"), "torchscript")["export"]["applied_as"]
+    assert applied["window_zyx"] == [24, 16, 16] and applied["overlap"] == 0.25 and applied["blend"] == "gaussian"
+    assert "axial slice" in sidecar(vae_model.record, Path("m.pt"), "onnx")["export"]["applied_as"]["over"]
