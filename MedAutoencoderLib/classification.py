@@ -9,6 +9,7 @@ finite test set, not the variance of retraining, which is the usual and cheaper 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
@@ -17,7 +18,7 @@ import numpy as np
 
 from MedAutoencoderLib.errors import ConfigurationError, TableFileError
 from MedAutoencoderLib.features import FeatureTable
-from MedAutoencoderLib.io import volume_stem
+from MedAutoencoderLib.io import volume_stem, volume_suffix
 
 CLASSIFIERS = ("logreg", "forest")
 
@@ -62,21 +63,54 @@ class ClassificationReport:
         ])
 
 
+def _labels_text(path: Path) -> str:
+    """The labels file as text. Excel writes "CSV UTF-8" with a byte-order mark and plain "CSV" in
+    Windows-1252, so UTF-8 (with or without the mark) is tried first and Windows-1252 second; an image or other
+    binary file is refused by name instead of failing somewhere inside the CSV reader."""
+    if volume_suffix(path):
+        raise TableFileError(f"{path}: is an image volume; --labels needs a file,label CSV table")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TableFileError(f"{path}: labels file cannot be read ({exc.strerror or exc})") from None
+    if b"\x00" in data:
+        raise TableFileError(f"{path}: not a text CSV file; --labels needs a file,label CSV table")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise TableFileError(f"{path}: not a text CSV file (neither UTF-8 nor Windows-1252); "
+                             "--labels needs a file,label CSV table") from None
+
+
+def _cell(row: Dict[str, str], column: str, path: Path, line: int) -> str:
+    """One stripped cell of a labels row; a short row (``None``) or an empty cell is an error naming the line."""
+    value = (row.get(column) or "").strip()
+    if not value:
+        raise TableFileError(f"{path}, line {line}: no {column} (every row needs a file and its label)")
+    return value
+
+
 def read_labels(path: Union[str, Path]) -> Dict[str, str]:
     """``file,label`` CSV as {volume stem: label}; files are matched by name without folder and extension."""
     path = Path(path)
     if not path.is_file():
         raise TableFileError(f"{path}: labels file not found")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"file", "label"} <= set(rows[0]):
+    reader = csv.DictReader(io.StringIO(_labels_text(path), newline=""))
+    if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
         raise TableFileError(f"{path}: needs a header with the columns file,label")
     labels: Dict[str, str] = {}
-    for row in rows:
-        key = volume_stem(row["file"].strip())
-        if key in labels and labels[key] != row["label"].strip():
-            raise TableFileError(f"{path}: {key} has two labels ({labels[key]}, {row['label'].strip()})")
-        labels[key] = row["label"].strip()
+    for row in reader:
+        file, label = (_cell(row, column, path, reader.line_num) for column in ("file", "label"))
+        key = volume_stem(file)
+        if key in labels and labels[key] != label:
+            raise TableFileError(f"{path}: {key} has two labels ({labels[key]}, {label})")
+        labels[key] = label
+    if not labels:
+        raise TableFileError(f"{path}: no labelled rows under the file,label header")
     return labels
 
 

@@ -86,3 +86,30 @@ def test_classify_names_unlabelled_volumes(feature_csv, tmp_path, capsys):
     labels.write_text("file,label\nsubject_00.nii.gz,small\n")
     assert main(["classify", "--features", str(feature_csv), "--labels", str(labels)]) == 1
     assert "no label for 7 volume(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])
+def test_labels_saved_by_excel_are_read(tmp_path, encoding):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; its plain "CSV" on Windows is Windows-1252."""
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("file,label\r\ns0.nii.gz,ok\r\ns1.nii.gz,lésion\r\n".encode(encoding))
+    assert read_labels(labels) == {"s0": "ok", "s1": "lésion"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"file,label\ns0.nii.gz,ok\ns1.nii.gz\n", "rows.csv, line 3: no label"),
+    (b"file,label\ns0.nii.gz,\n", "rows.csv, line 2: no label"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "rows.csv: not a text CSV file"),
+])
+def test_unusable_labels_rows_name_the_file_and_line(feature_csv, tmp_path, capsys, content, message):
+    labels = tmp_path / "rows.csv"
+    labels.write_bytes(content)
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(labels)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_image_given_as_labels_is_named(feature_csv, labelled_cohort, capsys):
+    image = labelled_cohort["folder"] / "subject_00.nii.gz"
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(image)]) == 1
+    assert "subject_00.nii.gz: is an image volume; --labels needs a file,label CSV table" in capsys.readouterr().err
