@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import toy
 from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
 from MedAutoencoderLib.cli import main
-from MedAutoencoderLib.features import VOLUME_ROW, read_features, write_features
+from MedAutoencoderLib.features import VOLUME_ROW, FeatureTable, read_features, write_features
 
 PER_GROUP = 4
 
@@ -93,7 +93,7 @@ def test_labels_saved_by_excel_are_read(tmp_path, encoding):
     """Excel's "CSV UTF-8" starts with a byte-order mark; its plain "CSV" on Windows is Windows-1252."""
     labels = tmp_path / "labels.csv"
     labels.write_bytes("file,label\r\ns0.nii.gz,ok\r\ns1.nii.gz,lésion\r\n".encode(encoding))
-    assert read_labels(labels) == {"s0": "ok", "s1": "lésion"}
+    assert read_labels(labels).by_file == {"s0.nii.gz": "ok", "s1.nii.gz": "lésion"}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -113,3 +113,31 @@ def test_an_image_given_as_labels_is_named(feature_csv, labelled_cohort, capsys)
     image = labelled_cohort["folder"] / "subject_00.nii.gz"
     assert main(["classify", "--features", str(feature_csv), "--labels", str(image)]) == 1
     assert "subject_00.nii.gz: is an image volume; --labels needs a file,label CSV table" in capsys.readouterr().err
+
+
+def write_volume_table(path, files):
+    """A feature table of volume rows (as ``features`` writes it) with two features that separate two groups."""
+    values = np.array([[i % 2, 0.1 * i] for i in range(len(files))], dtype=np.float32)
+    return write_features(FeatureTable(list(files), np.full(len(files), VOLUME_ROW), values), path)
+
+
+def test_labels_match_paths_of_a_cohort_with_one_folder_per_subject(tmp_path, capsys):
+    files = [f"bids/sub-{i}/anat/T1w.nii.gz" for i in range(4)]
+    features = write_volume_table(tmp_path / "features.csv", files)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"./{f},{'les' if i % 2 else 'ok'}\n" for i, f in enumerate(files)))
+    assert main(["classify", "--features", str(features), "--labels", str(labels), "--folds", "2",
+                 "--bootstrap", "20"]) == 0
+    assert "(les: 2, ok: 2)" in capsys.readouterr().out
+
+    labels.write_text("file,label\n" + "".join(f"sub-{i}/T1w.nii.gz,{'les' if i % 2 else 'ok'}\n" for i in range(4)))
+    assert main(["classify", "--features", str(features), "--labels", str(labels)]) == 1
+    assert "rows of volumes named T1w have different labels (les, ok)" in capsys.readouterr().err
+
+
+def test_labels_of_unique_names_match_files_in_folders(tmp_path, capsys):
+    features = write_volume_table(tmp_path / "features.csv", [f"cohort/s{i}.nii.gz" for i in range(4)])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"s{i}.nii.gz,ok\n" for i in range(4)))
+    assert main(["classify", "--features", str(features), "--labels", str(labels)]) == 1
+    assert "error: classification needs at least two labels; all volumes are labelled ok\n" in capsys.readouterr().err
