@@ -38,6 +38,9 @@ class ClassifyConfig:
             raise ConfigurationError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {self.classifier!r}")
         if self.folds < 2:
             raise ConfigurationError(f"folds must be at least 2, got {self.folds}")
+        if self.bootstrap_resamples < 1:
+            raise ConfigurationError(f"bootstrap resamples must be at least 1 (the intervals are percentiles of "
+                                     f"them), got {self.bootstrap_resamples}")
 
 
 @dataclass

@@ -121,6 +121,12 @@ def write_volume_table(path, files):
     return write_features(FeatureTable(list(files), np.full(len(files), VOLUME_ROW), values), path)
 
 
+def write_two_group_labels(path, files):
+    """``file,label`` rows alternating ok, les: the groups :func:`write_volume_table` separates."""
+    path.write_text("file,label\n" + "".join(f"{f},{'les' if i % 2 else 'ok'}\n" for i, f in enumerate(files)))
+    return path
+
+
 def test_labels_match_paths_of_a_cohort_with_one_folder_per_subject(tmp_path, capsys):
     files = [f"bids/sub-{i}/anat/T1w.nii.gz" for i in range(4)]
     features = write_volume_table(tmp_path / "features.csv", files)
@@ -141,3 +147,14 @@ def test_labels_of_unique_names_match_files_in_folders(tmp_path, capsys):
     labels.write_text("file,label\n" + "".join(f"s{i}.nii.gz,ok\n" for i in range(4)))
     assert main(["classify", "--features", str(features), "--labels", str(labels)]) == 1
     assert "error: classification needs at least two labels; all volumes are labelled ok\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resamples", ["0", "-5"])
+def test_classify_refuses_fewer_than_one_bootstrap_resample(tmp_path, capsys, resamples):
+    files = [f"s{i}.nii.gz" for i in range(4)]
+    features = write_volume_table(tmp_path / "features.csv", files)
+    labels = write_two_group_labels(tmp_path / "labels.csv", files)
+    assert main(["classify", "--features", str(features), "--labels", str(labels), "--folds", "2",
+                 "--bootstrap", resamples]) == 1
+    assert f"error: bootstrap resamples must be at least 1 (the intervals are percentiles of them), got {resamples}" \
+        in capsys.readouterr().err
