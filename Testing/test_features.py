@@ -158,3 +158,34 @@ def test_classify_refuses_fewer_than_one_bootstrap_resample(tmp_path, capsys, re
                  "--bootstrap", resamples]) == 1
     assert f"error: bootstrap resamples must be at least 1 (the intervals are percentiles of them), got {resamples}" \
         in capsys.readouterr().err
+
+
+def test_a_npy_table_is_read_whatever_its_name(tmp_path):
+    """``features --out x.csv --format npy`` writes NumPy bytes under a .csv name; classify reads them."""
+    path = write_volume_table(tmp_path / "features.csv", ["a.nii.gz", "b.nii.gz"])
+    table = read_features(write_features(read_features(path), tmp_path / "npy_bytes.csv", "npy"))
+    assert table.files == ["a.nii.gz", "b.nii.gz"] and table.values.shape == (2, 2)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((3, 4)), "plain.npy: not a feature table (a plain float64 array of shape (3, 4)); expected what the "
+                       "features command writes"),
+    (np.array([{"file": "a"}], dtype=object), "plain.npy: not a feature table (a .npy of Python objects)"),
+])
+def test_classify_names_a_npy_that_is_not_a_feature_table(tmp_path, capsys, array, message):
+    np.save(tmp_path / "plain.npy", array, allow_pickle=True)
+    labels = write_two_group_labels(tmp_path / "labels.csv", ["a.nii.gz"])
+    assert main(["classify", "--features", str(tmp_path / "plain.npy"), "--labels", str(labels)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_classify_names_the_line_of_a_missing_feature_value(tmp_path, capsys):
+    files = [f"s{i}.nii.gz" for i in range(4)]
+    features = write_volume_table(tmp_path / "features.csv", files)
+    lines = features.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:-1] + ["nan"])
+    features.write_text("\n".join(lines) + "\n")
+    labels = write_two_group_labels(tmp_path / "labels.csv", files)
+    assert main(["classify", "--features", str(features), "--labels", str(labels), "--folds", "2"]) == 1
+    assert "features.csv, line 4 (s2.nii.gz): feature values must be finite numbers, not nan" in capsys.readouterr().err
