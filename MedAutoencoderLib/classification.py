@@ -71,14 +71,13 @@ def _labels_text(path: Path) -> str:
     """The labels file as text. Excel writes "CSV UTF-8" with a byte-order mark and plain "CSV" in
     Windows-1252, so UTF-8 (with or without the mark) is tried first and Windows-1252 second; an image or other
     binary file is refused by name instead of failing somewhere inside the CSV reader."""
-    if volume_suffix(path):
-        raise TableFileError(f"{path}: is an image volume; --labels needs a file,label CSV table")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise TableFileError(f"{path}: labels file cannot be read ({exc.strerror or exc})") from None
     if b"\x00" in data:
-        raise TableFileError(f"{path}: not a text CSV file; --labels needs a file,label CSV table")
+        what = "an image volume" if volume_suffix(path) else "not a text CSV file"
+        raise TableFileError(f"{path}: {what}; --labels needs a file,label CSV table")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -99,7 +99,7 @@ def test_labels_saved_by_excel_are_read(tmp_path, encoding):
 @pytest.mark.parametrize("content, message", [
     (b"file,label\ns0.nii.gz,ok\ns1.nii.gz\n", "rows.csv, line 3: no label"),
     (b"file,label\ns0.nii.gz,\n", "rows.csv, line 2: no label"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "rows.csv: not a text CSV file"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "rows.csv: not a text CSV file; --labels needs a file,label CSV"),
 ])
 def test_unusable_labels_rows_name_the_file_and_line(feature_csv, tmp_path, capsys, content, message):
     labels = tmp_path / "rows.csv"
@@ -112,7 +112,7 @@ def test_unusable_labels_rows_name_the_file_and_line(feature_csv, tmp_path, caps
 def test_an_image_given_as_labels_is_named(feature_csv, labelled_cohort, capsys):
     image = labelled_cohort["folder"] / "subject_00.nii.gz"
     assert main(["classify", "--features", str(feature_csv), "--labels", str(image)]) == 1
-    assert "subject_00.nii.gz: is an image volume; --labels needs a file,label CSV table" in capsys.readouterr().err
+    assert "subject_00.nii.gz: an image volume; --labels needs a file,label CSV table" in capsys.readouterr().err
 
 
 def write_volume_table(path, files):
