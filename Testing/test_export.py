@@ -54,3 +54,14 @@ def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_pat
     with torch.no_grad():
         expected = vae_model.network(torch.from_numpy(batch))["reconstruction"].numpy()
     np.testing.assert_allclose(reconstruction, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_export_given_as_model_is_named_as_such(vae_model_path, lesion_case, tmp_path, capsys, recwarn):
+    """Users pass the .ts next to the .pt; torch.load only says it needs weights_only=False, with a warning."""
+    export = tmp_path / "vae.ts"
+    assert main(["export", "--model", str(vae_model_path), "--out", str(export)]) == 0
+    assert main(["detect", str(lesion_case["image_path"]), "--model", str(export), "--output-dir",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 1
+    assert ("vae.ts: not a readable MedAutoencoder model file (it is a TorchScript export for deployment, written "
+            "by export; the model file is the .pt written by train or calibrate)") in capsys.readouterr().err
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]
