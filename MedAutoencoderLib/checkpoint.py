@@ -8,6 +8,8 @@ Files are written through a temporary name so that an interrupted save never lea
 from __future__ import annotations
 
 import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -73,7 +75,9 @@ def read_model_file(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a TorchScript export is explained below, without torch's advice
+            warnings.filterwarnings("ignore", message=".*TorchScript archive", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler fails on foreign bytes in many ways (IndexError, KeyError...)
         raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({_unreadable_because(path, exc)})"
                              ) from None
@@ -99,9 +103,22 @@ def _unreadable_because(path: Path, error: Exception) -> str:
         return exc.strerror or str(exc)
     if not (start == b"PK\x03\x04" or start[:1] == b"\x80"):  # a PyTorch zip archive or a (legacy) pickle
         return "its bytes are not a PyTorch file"
+    if start == b"PK\x03\x04" and _is_torchscript(path):
+        return ("it is a TorchScript export for deployment, written by export; the model file is the .pt written by "
+                "train or calibrate")
     if isinstance(error, pickle.UnpicklingError):
         return "it holds Python objects, not a model's plain data and tensors; such files are not opened, for safety"
     return "it is damaged or truncated"
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether a zip archive is a TorchScript module (``torch.jit.save``, as ``export`` writes it): those hold a
+    constants.pkl record, which files written by ``torch.save`` never have."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:

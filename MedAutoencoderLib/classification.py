@@ -9,15 +9,17 @@ finite test set, not the variance of retraining, which is the usual and cheaper 
 from __future__ import annotations
 
 import csv
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from MedAutoencoderLib.errors import ConfigurationError, TableFileError
 from MedAutoencoderLib.features import FeatureTable
-from MedAutoencoderLib.io import volume_stem
+from MedAutoencoderLib.io import volume_stem, volume_suffix
 
 CLASSIFIERS = ("logreg", "forest")
 
@@ -36,6 +38,9 @@ class ClassifyConfig:
             raise ConfigurationError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not {self.classifier!r}")
         if self.folds < 2:
             raise ConfigurationError(f"folds must be at least 2, got {self.folds}")
+        if self.bootstrap_resamples < 1:
+            raise ConfigurationError(f"bootstrap resamples must be at least 1 (the intervals are percentiles of "
+                                     f"them), got {self.bootstrap_resamples}")
 
 
 @dataclass
@@ -62,34 +67,96 @@ class ClassificationReport:
         ])
 
 
-def read_labels(path: Union[str, Path]) -> Dict[str, str]:
-    """``file,label`` CSV as {volume stem: label}; files are matched by name without folder and extension."""
+def _labels_text(path: Path) -> str:
+    """The labels file as text. Excel writes "CSV UTF-8" with a byte-order mark and plain "CSV" in
+    Windows-1252, so UTF-8 (with or without the mark) is tried first and Windows-1252 second; an image or other
+    binary file is refused by name instead of failing somewhere inside the CSV reader."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TableFileError(f"{path}: labels file cannot be read ({exc.strerror or exc})") from None
+    if b"\x00" in data:
+        what = "an image volume" if volume_suffix(path) else "not a text CSV file"
+        raise TableFileError(f"{path}: {what}; --labels needs a file,label CSV table")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise TableFileError(f"{path}: not a text CSV file (neither UTF-8 nor Windows-1252); "
+                             "--labels needs a file,label CSV table") from None
+
+
+def _cell(row: Dict[str, str], column: str, path: Path, line: int) -> str:
+    """One stripped cell of a labels row; a short row (``None``) or an empty cell is an error naming the line."""
+    value = (row.get(column) or "").strip()
+    if not value:
+        raise TableFileError(f"{path}, line {line}: no {column} (every row needs a file and its label)")
+    return value
+
+
+@dataclass
+class LabelTable:
+    """The rows of a ``file,label`` CSV: labels by the file as written there, and those files by volume name."""
+
+    path: Path
+    by_file: Dict[str, str]  # normalised path as written -> label
+    files_by_name: Dict[str, List[str]]  # volume name without folder and extension -> normalised paths
+
+    def label_of(self, file: str) -> Optional[str]:
+        """The label of a feature-table file: the row with its path, else the rows whose volume has its name when
+        they agree; None when no row fits. The path comes first because cohorts with one folder per subject
+        (sub-01/anat/T1w.nii.gz) repeat names, while a labels file of bare names suits flat folders."""
+        exact = self.by_file.get(_normalised(file))
+        if exact is not None:
+            return exact
+        name = volume_stem(file)
+        named = sorted({self.by_file[listed] for listed in self.files_by_name.get(name, [])})
+        if len(named) > 1:
+            raise TableFileError(f"{self.path}: no row for {file}, and the rows of volumes named {name} have "
+                                 f"different labels ({', '.join(named)}): list the files with the paths the feature "
+                                 "table has")
+        return named[0] if named else None
+
+
+def _normalised(file: str) -> str:
+    return os.path.normpath(file.strip())
+
+
+def read_labels(path: Union[str, Path]) -> LabelTable:
+    """Read a ``file,label`` CSV; :meth:`LabelTable.label_of` matches its rows to feature-table files."""
     path = Path(path)
     if not path.is_file():
         raise TableFileError(f"{path}: labels file not found")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"file", "label"} <= set(rows[0]):
+    reader = csv.DictReader(io.StringIO(_labels_text(path), newline=""))
+    if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
         raise TableFileError(f"{path}: needs a header with the columns file,label")
-    labels: Dict[str, str] = {}
-    for row in rows:
-        key = volume_stem(row["file"].strip())
-        if key in labels and labels[key] != row["label"].strip():
-            raise TableFileError(f"{path}: {key} has two labels ({labels[key]}, {row['label'].strip()})")
-        labels[key] = row["label"].strip()
-    return labels
+    table = LabelTable(path, {}, {})
+    for row in reader:
+        file, label = (_cell(row, column, path, reader.line_num) for column in ("file", "label"))
+        file = _normalised(file)
+        if table.by_file.get(file, label) != label:
+            raise TableFileError(f"{path}: {file} has two labels ({table.by_file[file]}, {label})")
+        if file not in table.by_file:
+            table.files_by_name.setdefault(volume_stem(file), []).append(file)
+        table.by_file[file] = label
+    if not table.by_file:
+        raise TableFileError(f"{path}: no labelled rows under the file,label header")
+    return table
 
 
-def labelled_features(table: FeatureTable, labels: Dict[str, str]) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+def labelled_features(table: FeatureTable, labels: LabelTable) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Volume rows with their labels: features (n, c), labels (n,) and file names; unlabelled files are an error."""
     volumes = table.volume_rows()
     if not volumes.files:
         raise TableFileError("the feature table has no volume rows (slice -1)")
-    missing = [f for f in volumes.files if volume_stem(Path(f).name) not in labels]
+    found = [labels.label_of(f) for f in volumes.files]
+    missing = [f for f, label in zip(volumes.files, found) if label is None]
     if missing:
-        raise TableFileError(f"no label for {len(missing)} volume(s): {', '.join(missing[:5])}")
-    y = np.array([labels[volume_stem(Path(f).name)] for f in volumes.files])
-    return volumes.values, y, volumes.files
+        raise TableFileError(f"{labels.path}: no label for {len(missing)} volume(s): {', '.join(missing[:5])}")
+    return volumes.values, np.array(found), volumes.files
 
 
 def _classifier(config: ClassifyConfig):
@@ -125,7 +192,7 @@ def cross_validate(features: np.ndarray, labels: np.ndarray, config: ClassifyCon
     y = encoder.transform(labels)
     counts = np.bincount(y)
     if len(counts) < 2:
-        raise ConfigurationError(f"classification needs at least two labels; all volumes are {labels[0]!r}")
+        raise ConfigurationError(f"classification needs at least two labels; all volumes are labelled {labels[0]}")
     if counts.min() < config.folds:
         raise ConfigurationError(f"{config.folds}-fold cross-validation needs at least {config.folds} volumes per "
                                  f"label; the smallest label has {counts.min()} (lower --folds)")

@@ -190,7 +190,9 @@ def _add_classify(sub) -> None:
                                    "rows of a feature table; accuracy and AUROC with 95% confidence intervals from "
                                    "a stratified bootstrap over the out-of-fold predictions.")
     p.add_argument("--features", required=True, help="table written by 'features' (.csv or .npy)")
-    p.add_argument("--labels", required=True, help="CSV with columns file,label (files matched by name)")
+    p.add_argument("--labels", required=True,
+                   help="CSV with columns file,label (files matched by their path in the features table, or by name "
+                        "where that is unique)")
     p.add_argument("--classifier", choices=("logreg", "forest"), default="logreg",
                    help="logreg: standardised logistic regression; forest: random forest")
     p.add_argument("--folds", type=int, default=5)

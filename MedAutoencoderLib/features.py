@@ -123,24 +123,70 @@ def write_features(table: FeatureTable, path: Union[str, Path], fmt: Union[str, 
     return path
 
 
-def read_features(path: Union[str, Path], fmt: Union[str, None] = None) -> FeatureTable:
-    """Read a table written by :func:`write_features`."""
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _not_a_table(path: Path, why: str) -> TableFileError:
+    return TableFileError(f"{path}: not a feature table ({why}); expected what the features command writes, a CSV "
+                          "with the header file,slice,f0,... or a .npy structured array with the fields file, slice, "
+                          "features")
+
+
+def read_features(path: Union[str, Path]) -> FeatureTable:
+    """Read a table written by :func:`write_features`. The format is taken from the bytes, not the suffix, since
+    ``features --format`` may write either under any name; every value must be finite, because a classifier
+    would otherwise fail deep inside scikit-learn without naming the file or the row."""
     path = Path(path)
     if not path.is_file():
         raise TableFileError(f"{path}: feature file not found")
-    if feature_format(path, fmt) == "npy":
+    try:
+        with open(path, "rb") as handle:
+            is_npy = handle.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError as exc:
+        raise TableFileError(f"{path}: feature file cannot be read ({exc.strerror or exc})") from None
+    table = _read_npy_features(path) if is_npy else _read_csv_features(path)
+    _require_finite(table, path, first_row=0 if is_npy else 2, row_name="row" if is_npy else "line")
+    return table
+
+
+def _read_npy_features(path: Path) -> FeatureTable:
+    try:
         rows = np.load(path, allow_pickle=False)
-        return FeatureTable([str(f) for f in rows["file"]], rows["slice"].astype(int),
-                            rows["features"].astype(np.float32))
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header or header[:2] != ["file", "slice"]:
-            raise TableFileError(f"{path}: not a feature table (the header must start with file,slice)")
-        rows = list(reader)
+    except ValueError as exc:  # pickled objects (refused for safety) or a damaged header
+        raise _not_a_table(path, "a .npy of Python objects" if "allow_pickle" in str(exc)
+                           else "a damaged or truncated .npy") from None
+    if rows.ndim != 1 or not {"file", "slice", "features"} <= set(rows.dtype.names or ()):
+        raise _not_a_table(path, f"a plain {rows.dtype} array of shape {rows.shape}")
+    return FeatureTable([str(f) for f in rows["file"]], rows["slice"].astype(int),
+                        rows["features"].astype(np.float32).reshape(len(rows), -1))
+
+
+def _read_csv_features(path: Path) -> FeatureTable:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header or header[:2] != ["file", "slice"]:
+                raise _not_a_table(path, "its header does not start with file,slice")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error):
+        raise _not_a_table(path, "its bytes are neither text nor a .npy") from None
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise TableFileError(f"{path}, line {line}: {len(row)} columns under a header of {len(header)}")
     try:
         values = np.array([[float(v) for v in row[2:]] for row in rows], dtype=np.float32)
         slices = np.array([int(row[1]) for row in rows])
     except ValueError as exc:
         raise TableFileError(f"{path}: unreadable feature value ({exc})") from None
     return FeatureTable([row[0] for row in rows], slices, values.reshape(len(rows), len(header) - 2))
+
+
+def _require_finite(table: FeatureTable, path: Path, first_row: int, row_name: str) -> None:
+    """Refuse NaN or infinite features, naming the first bad row (its CSV line, or its .npy row index)."""
+    bad = np.flatnonzero(~np.isfinite(table.values).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise TableFileError(f"{path}, {row_name} {row + first_row} ({table.files[row]}): feature values must be "
+                             f"finite numbers, not {table.values[row][~np.isfinite(table.values[row])][0]}"
+                             f"{f' ({bad.size} rows in all)' if bad.size > 1 else ''}")

@@ -68,3 +68,14 @@ def test_the_sidecar_says_how_a_3d_model_tiles_a_volume(vae_model):
     applied = sidecar(record, Path("m.pt"), "torchscript")["export"]["applied_as"]
     assert applied["window_zyx"] == [24, 16, 16] and applied["overlap"] == 0.25 and applied["blend"] == "gaussian"
     assert "axial slice" in sidecar(vae_model.record, Path("m.pt"), "onnx")["export"]["applied_as"]["over"]
+
+
+def test_an_export_given_as_model_is_named_as_such(vae_model_path, lesion_case, tmp_path, capsys, recwarn):
+    """Users pass the .ts next to the .pt; torch.load only says it needs weights_only=False, with a warning."""
+    export = tmp_path / "vae.ts"
+    assert main(["export", "--model", str(vae_model_path), "--out", str(export)]) == 0
+    assert main(["detect", str(lesion_case["image_path"]), "--model", str(export), "--output-dir",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 1
+    assert ("vae.ts: not a readable MedAutoencoder model file (it is a TorchScript export for deployment, written "
+            "by export; the model file is the .pt written by train or calibrate)") in capsys.readouterr().err
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import toy
 from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
 from MedAutoencoderLib.cli import main
-from MedAutoencoderLib.features import VOLUME_ROW, read_features, write_features
+from MedAutoencoderLib.features import VOLUME_ROW, FeatureTable, read_features, write_features
 
 PER_GROUP = 4
 
@@ -118,3 +118,106 @@ def test_features_checks_its_output_before_encoding_and_never_replaces_an_input(
     assert main(["features", str(scan), "--model", str(model), "--out", str(tmp_path / "f.csv"), "--format",
                  "npy", "--device", "cpu"]) == 1
     assert "the name says csv but the format asked for is npy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])
+def test_labels_saved_by_excel_are_read(tmp_path, encoding):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; its plain "CSV" on Windows is Windows-1252."""
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("file,label\r\ns0.nii.gz,ok\r\ns1.nii.gz,lésion\r\n".encode(encoding))
+    assert read_labels(labels).by_file == {"s0.nii.gz": "ok", "s1.nii.gz": "lésion"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"file,label\ns0.nii.gz,ok\ns1.nii.gz\n", "rows.csv, line 3: no label"),
+    (b"file,label\ns0.nii.gz,\n", "rows.csv, line 2: no label"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "rows.csv: not a text CSV file; --labels needs a file,label CSV"),
+])
+def test_unusable_labels_rows_name_the_file_and_line(feature_csv, tmp_path, capsys, content, message):
+    labels = tmp_path / "rows.csv"
+    labels.write_bytes(content)
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(labels)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_image_given_as_labels_is_named(feature_csv, labelled_cohort, capsys):
+    image = labelled_cohort["folder"] / "subject_00.nii.gz"
+    assert main(["classify", "--features", str(feature_csv), "--labels", str(image)]) == 1
+    assert "subject_00.nii.gz: an image volume; --labels needs a file,label CSV table" in capsys.readouterr().err
+
+
+def write_volume_table(path, files):
+    """A feature table of volume rows (as ``features`` writes it) with two features that separate two groups."""
+    values = np.array([[i % 2, 0.1 * i] for i in range(len(files))], dtype=np.float32)
+    return write_features(FeatureTable(list(files), np.full(len(files), VOLUME_ROW), values), path)
+
+
+def write_two_group_labels(path, files):
+    """``file,label`` rows alternating ok, les: the groups :func:`write_volume_table` separates."""
+    path.write_text("file,label\n" + "".join(f"{f},{'les' if i % 2 else 'ok'}\n" for i, f in enumerate(files)))
+    return path
+
+
+def test_labels_match_paths_of_a_cohort_with_one_folder_per_subject(tmp_path, capsys):
+    files = [f"bids/sub-{i}/anat/T1w.nii.gz" for i in range(4)]
+    features = write_volume_table(tmp_path / "features.csv", files)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"./{f},{'les' if i % 2 else 'ok'}\n" for i, f in enumerate(files)))
+    assert main(["classify", "--features", str(features), "--labels", str(labels), "--folds", "2",
+                 "--bootstrap", "20"]) == 0
+    assert "(les: 2, ok: 2)" in capsys.readouterr().out
+
+    labels.write_text("file,label\n" + "".join(f"sub-{i}/T1w.nii.gz,{'les' if i % 2 else 'ok'}\n" for i in range(4)))
+    assert main(["classify", "--features", str(features), "--labels", str(labels)]) == 1
+    assert "rows of volumes named T1w have different labels (les, ok)" in capsys.readouterr().err
+
+
+def test_labels_of_unique_names_match_files_in_folders(tmp_path, capsys):
+    features = write_volume_table(tmp_path / "features.csv", [f"cohort/s{i}.nii.gz" for i in range(4)])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"s{i}.nii.gz,ok\n" for i in range(4)))
+    assert main(["classify", "--features", str(features), "--labels", str(labels)]) == 1
+    assert "error: classification needs at least two labels; all volumes are labelled ok\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resamples", ["0", "-5"])
+def test_classify_refuses_fewer_than_one_bootstrap_resample(tmp_path, capsys, resamples):
+    files = [f"s{i}.nii.gz" for i in range(4)]
+    features = write_volume_table(tmp_path / "features.csv", files)
+    labels = write_two_group_labels(tmp_path / "labels.csv", files)
+    assert main(["classify", "--features", str(features), "--labels", str(labels), "--folds", "2",
+                 "--bootstrap", resamples]) == 1
+    assert f"error: bootstrap resamples must be at least 1 (the intervals are percentiles of them), got {resamples}" \
+        in capsys.readouterr().err
+
+
+def test_a_npy_table_is_read_whatever_its_name(tmp_path):
+    """``features --out x.csv --format npy`` writes NumPy bytes under a .csv name; classify reads them."""
+    path = write_volume_table(tmp_path / "features.csv", ["a.nii.gz", "b.nii.gz"])
+    table = read_features(write_features(read_features(path), tmp_path / "npy_bytes.csv", "npy"))
+    assert table.files == ["a.nii.gz", "b.nii.gz"] and table.values.shape == (2, 2)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((3, 4)), "plain.npy: not a feature table (a plain float64 array of shape (3, 4)); expected what the "
+                       "features command writes"),
+    (np.array([{"file": "a"}], dtype=object), "plain.npy: not a feature table (a .npy of Python objects)"),
+])
+def test_classify_names_a_npy_that_is_not_a_feature_table(tmp_path, capsys, array, message):
+    np.save(tmp_path / "plain.npy", array, allow_pickle=True)
+    labels = write_two_group_labels(tmp_path / "labels.csv", ["a.nii.gz"])
+    assert main(["classify", "--features", str(tmp_path / "plain.npy"), "--labels", str(labels)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_classify_names_the_line_of_a_missing_feature_value(tmp_path, capsys):
+    files = [f"s{i}.nii.gz" for i in range(4)]
+    features = write_volume_table(tmp_path / "features.csv", files)
+    lines = features.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:-1] + ["nan"])
+    features.write_text("\n".join(lines) + "\n")
+    labels = write_two_group_labels(tmp_path / "labels.csv", files)
+    assert main(["classify", "--features", str(features), "--labels", str(labels), "--folds", "2"]) == 1
+    assert "features.csv, line 4 (s2.nii.gz): feature values must be finite numbers, not nan" in capsys.readouterr().err
