@@ -95,6 +95,16 @@ def process_group(context: DistributedContext, device: torch.device) -> Iterator
     try:
         yield
     finally:
+        if dist.is_initialized():  # not left together (an error on some rank): tear down alone
+            dist.destroy_process_group()
+
+
+def leave_together(context: DistributedContext) -> None:
+    """All ranks leave the process group at the same point, where every rank is known to be: a rank that tears
+    its connections down while another still holds them aborted now and then ('terminate called without an
+    active exception' from gloo, about one run in six here)."""
+    if context.launched and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

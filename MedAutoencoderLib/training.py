@@ -31,7 +31,13 @@ from MedAutoencoderLib.checkpoint import ModelRecord, network_from_payload, read
 from MedAutoencoderLib.config import TrainConfig
 from MedAutoencoderLib.detection import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.device import autocast, configure_for_speed, explain_out_of_memory
-from MedAutoencoderLib.distributed import context_from_environment, parallel_network, process_group, training_device
+from MedAutoencoderLib.distributed import (
+    context_from_environment,
+    leave_together,
+    parallel_network,
+    process_group,
+    training_device,
+)
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, InputImageError, OutputExistsError
 from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite, require_writable_file
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
@@ -173,6 +179,7 @@ class Trainer:
             return
         message = "training cancelled before it began; nothing was written"
         tracker.emit("cancelled", 0, message)
+        leave_together(self.context)  # every rank is here: rank 0's decision is everyone's
         raise Cancelled(message)
 
     def _prepare_all(self, paths: Sequence[Path], tracker: ProgressTracker) -> List[PreparedVolume]:
@@ -412,7 +419,8 @@ class Trainer:
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
             save_model(self.out, self.network, self._record(), self._training_state())
         self._loop(train_loader, val_loader, tracker)
-        if not self.context.is_main:  # no barrier: calibration may outlast the process group's timeout
+        leave_together(self.context)  # before rank 0 calibrates alone, which may outlast the group's timeout
+        if not self.context.is_main:
             return self.out
         calibration = self._calibrate(val_volumes, tracker)
         save_model(self.out, self.network, self._record(calibration), self._training_state())

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from conftest import toy
 from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
 from MedAutoencoderLib.cli import main
+from MedAutoencoderLib.errors import ConfigurationError
 from MedAutoencoderLib.features import VOLUME_ROW, FeatureTable, read_features, write_features
 
 PER_GROUP = 4
@@ -193,10 +194,13 @@ def test_classify_refuses_fewer_than_one_bootstrap_resample(tmp_path, capsys, re
 
 
 def test_a_npy_table_is_read_whatever_its_name(tmp_path):
-    """``features --out x.csv --format npy`` writes NumPy bytes under a .csv name; classify reads them."""
+    """A .npy table renamed (or written under another suffix: ``--out x.table --format npy``) is still read."""
     path = write_volume_table(tmp_path / "features.csv", ["a.nii.gz", "b.nii.gz"])
-    table = read_features(write_features(read_features(path), tmp_path / "npy_bytes.csv", "npy"))
+    renamed = write_features(read_features(path), tmp_path / "npy_bytes.npy").rename(tmp_path / "npy_bytes.csv")
+    table = read_features(renamed)
     assert table.files == ["a.nii.gz", "b.nii.gz"] and table.values.shape == (2, 2)
+    with pytest.raises(ConfigurationError, match="the name says csv but the format asked for is npy"):
+        write_features(table, tmp_path / "other.csv", "npy")
 
 
 @pytest.mark.parametrize("array, message", [
