@@ -130,7 +130,8 @@ def read_labels(path: Union[str, Path]) -> LabelTable:
     path = Path(path)
     if not path.is_file():
         raise TableFileError(f"{path}: labels file not found")
-    reader = csv.DictReader(io.StringIO(_labels_text(path), newline=""))
+    text = _labels_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
     if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
         raise TableFileError(f"{path}: needs a header with the columns file,label")
     table = LabelTable(path, {}, {})
@@ -145,6 +146,13 @@ def read_labels(path: Union[str, Path]) -> LabelTable:
     if not table.by_file:
         raise TableFileError(f"{path}: no labelled rows under the file,label header")
     return table
+
+
+def _delimiter(text: str) -> str:
+    """The header's separator: a comma, or the semicolon (or tab) that spreadsheets write in locales where the
+    comma is the decimal mark."""
+    header = text.split("\n", 1)[0]
+    return next((d for d in (";", "\t") if d in header and "," not in header), ",")
 
 
 def labelled_features(table: FeatureTable, labels: LabelTable) -> Tuple[np.ndarray, np.ndarray, List[str]]:

@@ -122,10 +122,13 @@ def test_features_checks_its_output_before_encoding_and_never_replaces_an_input(
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])
-def test_labels_saved_by_excel_are_read(tmp_path, encoding):
-    """Excel's "CSV UTF-8" starts with a byte-order mark; its plain "CSV" on Windows is Windows-1252."""
+@pytest.mark.parametrize("separator", [",", ";", "\t"])
+def test_labels_saved_by_excel_are_read(tmp_path, encoding, separator):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; its plain "CSV" on Windows is Windows-1252; where the
+    comma is the decimal mark it separates with semicolons."""
     labels = tmp_path / "labels.csv"
-    labels.write_bytes("file,label\r\ns0.nii.gz,ok\r\ns1.nii.gz,lésion\r\n".encode(encoding))
+    rows = ["file,label", "s0.nii.gz,ok", "s1.nii.gz,lésion"]
+    labels.write_bytes("\r\n".join(row.replace(",", separator) for row in rows).encode(encoding) + b"\r\n")
     assert read_labels(labels).by_file == {"s0.nii.gz": "ok", "s1.nii.gz": "lésion"}
 
 
