@@ -41,7 +41,7 @@ from MedAutoencoderLib.io import (
     output_path,
     read_image,
     refuse_overwrite,
-    require_writable_file,
+    require_new_file,
     require_writable_folder,
     volume_stem,
     write_image,
@@ -210,8 +210,7 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     registration)."""
     source, target = Path(model_path), Path(out)
     paths = find_volumes(healthy)
-    require_writable_file(target, "calibrated.pt")
-    refuse_overwrite([target], protected=paths, overwrite=overwrite)
+    require_new_file(target, "calibrated.pt", overwrite=overwrite, protected=paths)
     model = load_model(source, device=device)
     record = model.record
     if target_fpr is not None:

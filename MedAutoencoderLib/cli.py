@@ -305,11 +305,10 @@ def run_detect(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import load_model
     from MedAutoencoderLib.evaluation import evaluate_model, format_report, pair_images_with_masks
-    from MedAutoencoderLib.io import refuse_overwrite, require_writable_file
+    from MedAutoencoderLib.io import require_new_file
 
     if args.json_out:  # now, not after the whole evaluation
-        refuse_overwrite([Path(args.json_out)], overwrite=args.overwrite)
-        require_writable_file(args.json_out, "report.json")
+        require_new_file(args.json_out, "report.json", overwrite=args.overwrite)
     model = load_model(args.model, device=args.device)
     pairs = pair_images_with_masks(args.images, args.masks)
     options = DetectOptions(device=args.device, precision=args.precision)
@@ -380,13 +379,12 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_features(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import DEFAULT_MODEL, load_model
     from MedAutoencoderLib.features import extract_features, feature_format, write_features
-    from MedAutoencoderLib.io import find_volumes, refuse_overwrite, require_writable_file
+    from MedAutoencoderLib.io import find_volumes, require_new_file
 
     inputs = find_volumes(args.inputs)
     feature_format(args.out, args.format)  # all checked before the volumes are encoded
-    refuse_overwrite([Path(args.out)], protected=[*inputs, Path(args.model or DEFAULT_MODEL)],
-                     overwrite=args.overwrite)
-    require_writable_file(args.out, "features.csv")
+    require_new_file(args.out, "features.csv", overwrite=args.overwrite,
+                     protected=[*inputs, Path(args.model or DEFAULT_MODEL)])
     model = load_model(args.model, device=args.device)
     table = extract_features(model, inputs, per_slice=args.per_slice)
     path = write_features(table, args.out, args.format)
@@ -397,12 +395,11 @@ def run_features(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
     from MedAutoencoderLib.features import read_features
-    from MedAutoencoderLib.io import refuse_overwrite, require_writable_file
+    from MedAutoencoderLib.io import require_new_file
 
     if args.plot:  # checked before the cross-validation; the tables given are never replaced
-        refuse_overwrite([Path(args.plot)], protected=[Path(args.features), Path(args.labels)],
-                         overwrite=args.overwrite)
-        require_writable_file(args.plot, "latent_space.png")
+        require_new_file(args.plot, "latent_space.png", overwrite=args.overwrite,
+                         protected=[Path(args.features), Path(args.labels)])
     features, labels, _ = labelled_features(read_features(args.features), read_labels(args.labels))
     config = ClassifyConfig(classifier=args.classifier, folds=args.folds, bootstrap_resamples=args.bootstrap,
                             seed=args.seed)

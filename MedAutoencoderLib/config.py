@@ -220,7 +220,6 @@ class TrainConfig:
             raise ConfigurationError(f"patch size {tuple(self.model.patch_size)} exceeds the model grid "
                                      f"{tuple(self.preprocess.size)}; lower --patch-size or raise --size")
 
-
     def _check_grid_fits_network(self) -> None:
         """Each level halves the 2D grid or the 3D patch: it must divide evenly, and the bottleneck models
         (all but the DAE, whose group norm copes) must keep more than one voxel at the bottleneck, since

@@ -25,7 +25,7 @@ from MedAutoencoderLib.config import to_plain
 from MedAutoencoderLib.device import resolve_device
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
 from MedAutoencoderLib.inference import WINDOW_BLEND, WINDOW_OVERLAP
-from MedAutoencoderLib.io import refuse_overwrite, replacing, require_writable_file, write_text
+from MedAutoencoderLib.io import refuse_overwrite, replacing, require_new_file, write_text
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 SIDECAR_FORMAT = "MedAutoencoder-export"
@@ -119,8 +119,9 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
         raise ConfigurationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     out = Path(out)
     meta = sidecar_path(out)
-    refuse_overwrite([out, meta], protected=[model.path] if model.path else [], overwrite=overwrite)
-    require_writable_file(out, f"model.{'ts' if fmt == 'torchscript' else 'onnx'}")
+    protected = [model.path] if model.path else []
+    require_new_file(out, f"model.{'ts' if fmt == 'torchscript' else 'onnx'}", overwrite, protected)
+    refuse_overwrite([meta], protected=protected, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ReconstructionOnly(model.network).eval()
     example = torch.rand(input_shape(model.record), device=model.device)

@@ -270,6 +270,14 @@ def require_writable_file(path: PathLike, example_name: str) -> None:
     _require_writable_below(target, target.absolute().parent)
 
 
+def require_new_file(path: PathLike, example_name: str, overwrite: bool = False,
+                     protected: Iterable[Path] = ()) -> None:
+    """Before any work: a file can be written at ``path`` (:func:`require_writable_file`), it is none of the
+    ``protected`` inputs, and it does not exist yet unless ``overwrite`` (:func:`refuse_overwrite`)."""
+    require_writable_file(path, example_name)
+    refuse_overwrite([Path(path)], protected=protected, overwrite=overwrite)
+
+
 def _require_writable_below(target: Path, folder: Path) -> None:
     """``target`` will be written in ``folder``: its nearest existing ancestor must be a folder we can write."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())

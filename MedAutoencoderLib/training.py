@@ -39,7 +39,7 @@ from MedAutoencoderLib.distributed import (
     training_device,
 )
 from MedAutoencoderLib.errors import Cancelled, ConfigurationError, InputImageError, OutputExistsError
-from MedAutoencoderLib.io import find_volumes, read_image, refuse_overwrite, require_writable_file
+from MedAutoencoderLib.io import find_volumes, read_image, require_new_file
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
 from MedAutoencoderLib.noise import corrupt
@@ -106,8 +106,7 @@ class Trainer:
         """Refuse, before any work, an --out that cannot be written (a folder, a read-only place), that is one of
         the training volumes (with --overwrite too: that would replace the user's data), or an existing file
         without --overwrite (unless it is the model being resumed)."""
-        require_writable_file(self.out, "model.pt")
-        refuse_overwrite([self.out], protected=inputs, overwrite=True)
+        require_new_file(self.out, "model.pt", overwrite=True, protected=inputs)  # an existing one: below
         resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):
             raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
