@@ -210,7 +210,7 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     registration)."""
     source, target = Path(model_path), Path(out)
     paths = find_volumes(healthy)
-    require_new_file(target, "calibrated.pt", overwrite=overwrite, protected=paths)
+    require_new_file(target, "calibrated.pt", overwrite=overwrite, protected=[*paths, source])
     model = load_model(source, device=device)
     record = model.record
     if target_fpr is not None:

@@ -8,6 +8,8 @@ from scipy import ndimage
 
 from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
 from MedAutoencoderLib.config import DetectionConfig, PreprocessConfig
+from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.evaluation import dice
 from MedAutoencoderLib.detection import (
     ScoredVolume,
     calibrate_threshold,
@@ -113,6 +115,49 @@ def test_template_foreground_excludes_a_skull_that_otsu_keeps(subject_with_brain
     assert skull_on_grid[skull].mean() > 0.8
     assert template_on_input[skull & (outside > 3)].mean() < 0.05  # a registration may be off by a voxel
     assert template_on_input[brain_array].mean() > 0.9
+
+
+def _body_part(kind: str) -> sitk.Image:
+    """A crude abdomen (body, liver, kidney, spine) or knee (thigh around a femur) at 2 mm, with noise."""
+    z, y, x = np.mgrid[0:100, 0:128, 0:128].astype(np.float32)
+    values = np.zeros(z.shape, np.float32)
+    if kind == "abdomen":
+        values[((x - 64) / 55) ** 2 + ((y - 64) / 40) ** 2 < 1] = 200
+        values[((x - 45) / 15) ** 2 + ((y - 60) / 12) ** 2 + ((z - 50) / 30) ** 2 < 1] = 500
+        values[((x - 85) / 8) ** 2 + ((y - 70) / 8) ** 2 + ((z - 50) / 20) ** 2 < 1] = 700
+        values[((x - 64) / 5) ** 2 + ((y - 85) / 5) ** 2 < 1] = 900
+    else:
+        values[((x - 64) / 30) ** 2 + ((y - 64) / 30) ** 2 < 1] = 300
+        values[((x - 64) / 12) ** 2 + ((y - 64) / 12) ** 2 < 1] = 800
+    values = np.abs(values + np.random.default_rng(0).normal(0, 20, values.shape)).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    return image
+
+
+@pytest.mark.parametrize("kind", ["abdomen", "knee"])
+def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
+    """The registration places the template brain on whatever it is given; on an abdomen the brain model used
+    to report confident anomalies. Its match with the template (-0.07, knee -0.17) is far from any brain's."""
+    with pytest.raises(InputImageError, match=f"{kind}.nii.gz: it does not look like a brain MRI"):
+        prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
+
+
+def test_a_scan_with_its_background_noise_around_zero_padded_with_zeros_is_not_taken_for_a_normalised_one(
+        subject_with_brain):
+    """A scan whose background noise was brought to zero mean (offset correction, denoising, smoothing, which
+    leaves -1e-6), then padded with exact zeros: its corners are above a good share of the voxels, which the
+    check for brains z-scored inside their mask used to refuse; its dark tissue is not below them."""
+    image, brain = subject_with_brain
+    values = sitk.GetArrayFromImage(image)
+    centred = sitk.GetImageFromArray(values - np.median(values[sitk.GetArrayViewFromImage(brain) == 0]))
+    centred.CopyInformation(image)
+    padded = sitk.ConstantPad(centred, [4, 4, 4], [4, 4, 4], 0.0)
+    assert (sitk.GetArrayViewFromImage(padded) < 0).mean() > 0.2
+    prepared = prepare_volume(padded, PreprocessConfig(foreground="template"))
+    on_input = sitk.GetArrayFromImage(prepared.to_input_grid(prepared.foreground.astype(np.uint8), nearest=True))
+    inner = (slice(4, -4),) * 3
+    assert dice(on_input[inner] > 0, sitk.GetArrayViewFromImage(brain) > 0) > 0.9
 
 
 def test_detection_config_rejects_an_unknown_score():

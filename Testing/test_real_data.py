@@ -102,6 +102,21 @@ def test_brain_mask_follows_a_head_tilted_by_ten_degrees(axis, head, head_brain)
     assert dice(head_brain, on_tilted) > 0.95
 
 
+@pytest.mark.parametrize("axis", [0, 2], ids=["sagittal", "axial"])
+def test_brain_mask_of_a_head_scanned_in_thick_slices(axis, head, head_brain):
+    """The head averaged into 6 mm slices, as a quick clinical scan: on those slices the registration slid into
+    the basin where the template brain grows onto the scalp from every start (brain 2.3 l, a fifth of it
+    flagged); on the 2 mm copy interpolated across the slices it places the brain as on the 1 mm scan."""
+    factors = [1, 1, 1]
+    factors[axis] = int(round(6.0 / head.GetSpacing()[axis]))
+    thick = sitk.BinShrink(sitk.Cast(head, sitk.sitkFloat32), factors)
+    on_thick = template_brain_mask_on(thick, template_to_image_transform(thick))
+    brain = sitk.GetImageFromArray(head_brain.astype(np.uint8))
+    brain.CopyInformation(head)
+    expected = sitk.GetArrayFromImage(sitk.Resample(brain, thick, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+    assert dice(expected, on_thick) > 0.9  # measured 0.99; grown onto the scalp 0.75-0.76
+
+
 def test_a_similarity_stage_grown_onto_the_scalp_is_caught_by_the_second_start(head, head_brain, monkeypatch):
     """Started at the template's own size, the similarity stage lands on the scalp of this head tilted by 20
     degrees (scale 1.05, Dice 0.78 without the second start); the second start from 0.7 must find the true pose
@@ -111,9 +126,10 @@ def test_a_similarity_stage_grown_onto_the_scalp_is_caught_by_the_second_start(h
     register = brain_mask._register
 
     def register_and_record(scan_levels, transform, seed):
-        register(scan_levels, transform, seed)
+        match = register(scan_levels, transform, seed)
         if isinstance(transform, sitk.Similarity3DTransform):
             similarity_scales.append(transform.GetScale())
+        return match
 
     monkeypatch.setattr(brain_mask, "_register", register_and_record)
     tilted = tilted_copy(head, -20.0, (1.0, 0.0, 0.0))

@@ -211,6 +211,18 @@ def test_calibrate_never_writes_its_model_over_a_healthy_volume_even_with_overwr
     assert volume.read_bytes() == before and len(list(own_scans.iterdir())) == 2
 
 
+def test_calibrate_never_writes_over_the_model_it_calibrates_even_with_overwrite(capsys, own_scans, tmp_path,
+                                                                                ae_model_path):
+    """Calibrated on other scans, a model's threshold is another model's: the one the user had stays."""
+    model = tmp_path / "mine.pt"
+    shutil.copyfile(ae_model_path, model)
+    before = model.read_bytes()
+    code, _, err = run_cli(capsys, "calibrate", "--model", str(model), "--healthy", str(own_scans),
+                           "--out", str(model), "--overwrite", "--device", "cpu", "--progress", "none")
+    assert code == 1 and "overwrite an input" in err and str(model) in err and "Traceback" not in err
+    assert model.read_bytes() == before
+
+
 def test_a_small_object_on_a_large_grid_names_the_files_and_the_options_before_training(capsys, tmp_path,
                                                                                        toy_cohort):
     out = tmp_path / "m.pt"
