@@ -171,10 +171,13 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes: stop a running worker so that it does not outlive Slicer."""
         if self._job is not None:
             self._job.kill()
+        self.logic.stopDetectionWorker()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self.logic.dependenciesInstalled():  # the first Detect then finds the worker started
+            self.logic.prepareDetection(device=self._parameterNode.device)
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -522,11 +525,17 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._standbyWorker = None
+        self._standbyWorkerKey = None
 
     def getParameterNode(self):
         return MedAutoencoderParameterNode(super().getParameterNode())
 
     # ---- dependencies
+
+    @staticmethod
+    def dependenciesInstalled() -> bool:
+        return all(importlib.util.find_spec(name) is not None for name in ("torch", "monai"))
 
     def ensureDependencies(self) -> None:
         """Install torch (through the PyTorch extension) and then monai/scipy, after asking; never at import."""
@@ -604,14 +613,14 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
 
     def startDetection(self, volumeNode, modelPath: Optional[str] = None, threshold: Optional[float] = None,
                        device: str = "auto") -> MedAutoencoderJob:
-        """Start detection in a worker process and return at once; the scene is only changed when it succeeds."""
+        """Start detection in the standby worker process (a worker of its own when that one is busy) and return
+        at once; the scene is only changed when it succeeds."""
         from MedAutoencoderLib import jobs, slicer_bridge
 
         temporaryDirectory = self._newTemporaryDirectory()
         inputPath = slicer_bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
-        python, useStartupEnvironment = jobs.python_launcher()
-        command = jobs.detect_command(python, [inputPath], os.path.join(temporaryDirectory, "outputs"),
-                                      model_path=modelPath, threshold=threshold, device=device)
+        arguments = jobs.detect_arguments([inputPath], os.path.join(temporaryDirectory, "outputs"),
+                                          model_path=modelPath, threshold=threshold, device=device)
 
         def finish(outputs):
             if outputs is None:
@@ -621,9 +630,40 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
             result = slicer_bridge.read_worker_outputs(next(iter(outputs.values())))
             return slicer_bridge.apply_detection_result(volumeNode, result).as_dict()
 
-        worker = self._startWorker(command, device, useStartupEnvironment)
+        standby = self._standby(device)
+        if standby.busy:  # a script started a second detection meanwhile
+            python, useStartupEnvironment = jobs.python_launcher()
+            worker = self._startWorker([python, "-m", "MedAutoencoderLib", *arguments], device, useStartupEnvironment)
+        else:
+            logging.info("MedAutoencoder: detection in the standby worker: %s", " ".join(arguments))
+            worker = standby.run(arguments)
         return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode,
                                  nodeNamesByFile={inputPath: volumeNode.GetName()})
+
+    def prepareDetection(self, device: str = "auto") -> None:
+        """Start the standby detection worker now (about 5 s of imports and loading), so that a detection
+        started later does not wait for it; it ends after some idle minutes."""
+        self._standby(device).start()
+
+    def stopDetectionWorker(self) -> None:
+        """End the standby detection worker (and a detection it runs)."""
+        if self._standbyWorker is not None:
+            self._standbyWorker.stop()
+
+    def _standby(self, device: str):
+        """The standby worker for ``device``; one for another device (another environment) is ended."""
+        from MedAutoencoderLib import jobs, standby
+
+        python, useStartupEnvironment = jobs.python_launcher()
+        basePythonPath = "" if useStartupEnvironment else os.environ.get("PYTHONPATH", "")
+        environment = slicer.util.startupEnvironment() if useStartupEnvironment else dict(os.environ)
+        environment.update(jobs.worker_environment(device, basePythonPath))
+        key = (python, sorted(environment.items()))
+        if self._standbyWorker is None or self._standbyWorkerKey != key:
+            self.stopDetectionWorker()
+            self._standbyWorker = standby.StandbyWorker(python, environment)
+            self._standbyWorkerKey = key
+        return self._standbyWorker
 
     def showResults(self, inputVolume, nodes: Dict[str, object]) -> None:
         """Input in the background, anomaly map over it in colour, anomaly segmentation as outline."""

@@ -28,3 +28,14 @@ def keep_freed_memory_for_reuse() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+
+
+def give_freed_memory_back() -> bool:
+    """Return the heap's free memory to the system (glibc ``malloc_trim``), for a process that stays up idle
+    between jobs after :func:`keep_freed_memory_for_reuse`. Returns whether memory was given back."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, TypeError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return bool(malloc_trim(0))

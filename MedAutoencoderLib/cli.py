@@ -237,13 +237,21 @@ def _add_export(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+def _add_serve(sub) -> None:
+    sub.add_parser("serve", help="stay up and run the detections given on standard input (Slicer's worker)",
+                   description='Reads JSON lines {"argv": ["detect", ...]} from standard input and runs each like '
+                               'the command line would, answering with {"event": "served", "exit_code": N} after '
+                               "its output; ends when its input closes. The Slicer module keeps one ready so that "
+                               "a detection does not pay for starting a process.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m MedAutoencoderLib",
                                      description="Autoencoders for unsupervised anomaly detection in medical volumes.")
     parser.add_argument("--version", action="version", version=f"MedAutoencoderLib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_detect, _add_evaluate, _add_info, _add_demo, _add_calibrate, _add_features,
-                _add_classify, _add_sample, _add_interpolate, _add_export):
+                _add_classify, _add_sample, _add_interpolate, _add_export, _add_serve):
         add(sub)
     return parser
 
@@ -445,10 +453,16 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.serve import serve
+
+    return serve(sys.stdin, run=main)
+
+
 COMMANDS = {"train": run_train, "detect": run_detect, "evaluate": run_evaluate, "info": run_info,
             "demo": run_demo, "calibrate": run_calibrate,
             "features": run_features, "classify": run_classify, "sample": run_sample,
-            "interpolate": run_interpolate, "export": run_export}
+            "interpolate": run_interpolate, "export": run_export, "serve": run_serve}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

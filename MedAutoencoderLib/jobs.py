@@ -100,8 +100,15 @@ def worker_environment(device: str, base_pythonpath: str = "") -> Dict[str, str]
 
 def detect_command(python: str, input_paths: Sequence[str], output_dir: str, model_path: Optional[str] = None,
                    threshold: Optional[float] = None, device: str = "auto", file_format: str = "nrrd") -> List[str]:
-    """Arguments of ``python -m MedAutoencoderLib detect`` with JSON progress (None threshold = calibrated)."""
-    command = [python, "-m", "MedAutoencoderLib", "detect"]
+    """``python -m MedAutoencoderLib detect`` with JSON progress (None threshold = calibrated)."""
+    return [python, "-m", "MedAutoencoderLib", *detect_arguments(input_paths, output_dir, model_path, threshold,
+                                                                 device, file_format)]
+
+
+def detect_arguments(input_paths: Sequence[str], output_dir: str, model_path: Optional[str] = None,
+                     threshold: Optional[float] = None, device: str = "auto", file_format: str = "nrrd") -> List[str]:
+    """The command line's arguments for :func:`detect_command`, as a standby worker takes them."""
+    command = ["detect"]
     if model_path:
         command += ["--model", str(model_path)]
     command += [str(p) for p in input_paths]
@@ -197,30 +204,22 @@ def kill_process_tree(process: subprocess.Popen) -> None:
 # A running worker
 
 
-class WorkerJob:
-    """Follows a worker process: reads its output on a thread and hands over parsed events on request.
+class FollowedJob:
+    """The events of a job's output lines and what they tell (outputs, error message, the last lines).
 
-    Nothing here blocks except :meth:`wait`; the GUI calls :meth:`poll_events` from a timer on the main
-    thread, so Qt objects are only touched there.
+    Lines are put from a reader thread; the GUI calls :meth:`poll_events` from a timer on the main thread, so
+    Qt objects are only touched there. Subclasses say when the job has ended and with which code.
     """
 
-    def __init__(self, process: subprocess.Popen, stop_file: Optional[str] = None, kept_lines: int = 200):
-        self.process = process
-        self.stop_file = stop_file
+    stop_file: Optional[str] = None
+
+    def __init__(self, kept_lines: int = 200):
         self.outputs: Optional[dict] = None
         self.error_message: Optional[str] = None
         self.cancel_requested = False
         self.last_event: Optional[dict] = None
         self._recent_lines: deque = deque(maxlen=kept_lines)
         self._lines: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read_output, name="MedAutoencoder worker output", daemon=True)
-        self._reader.start()
-
-    def _read_output(self) -> None:
-        """Thread body: move every output line into the queue until the worker closes its output."""
-        for line in iter(self.process.stdout.readline, ""):
-            self._lines.put(line.rstrip("\r\n"))
-        self.process.stdout.close()
 
     def poll_events(self) -> List[dict]:
         """Events received since the last call; lines that are not progress events come as ``output`` events."""
@@ -248,12 +247,11 @@ class WorkerJob:
 
     @property
     def finished(self) -> bool:
-        """True once the worker has exited and all its output has been handed over."""
-        return self.process.poll() is not None and not self._reader.is_alive() and self._lines.empty()
+        raise NotImplementedError
 
     @property
     def returncode(self) -> Optional[int]:
-        return self.process.poll()
+        raise NotImplementedError
 
     @property
     def succeeded(self) -> bool:
@@ -268,22 +266,14 @@ class WorkerJob:
         return "\n".join(list(self._recent_lines)[-count:])
 
     def request_stop(self) -> None:
-        """Ask the worker to stop at its next checkpoint (training keeps its last good model)."""
+        """Ask the job to stop at its next checkpoint (training keeps its last good model)."""
         self.cancel_requested = True
         if self.stop_file:
             Path(self.stop_file).touch()
 
-    def cancel(self, grace_seconds: float = 0.0) -> None:
-        """Stop the worker: politely through the stop file first if there is one, then kill the whole tree."""
-        self.request_stop()
-        deadline = time.monotonic() + (grace_seconds if self.stop_file else 0.0)
-        while self.process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        kill_process_tree(self.process)
-
     def wait(self, on_event: Optional[Callable[[dict], None]] = None,
              idle: Optional[Callable[[], None]] = None, poll_seconds: float = 0.05) -> int:
-        """Block until the worker ends, passing each event to ``on_event`` and calling ``idle`` in between.
+        """Block until the job ends, passing each event to ``on_event`` and calling ``idle`` in between.
 
         Used for console scripting; ``idle`` lets Slicer process GUI events meanwhile.
         """
@@ -297,6 +287,40 @@ class WorkerJob:
             if idle:
                 idle()
             time.sleep(poll_seconds)
+
+
+class WorkerJob(FollowedJob):
+    """A worker process of its own: its output read on a thread, ended when the process exits."""
+
+    def __init__(self, process: subprocess.Popen, stop_file: Optional[str] = None, kept_lines: int = 200):
+        super().__init__(kept_lines)
+        self.process = process
+        self.stop_file = stop_file
+        self._reader = threading.Thread(target=self._read_output, name="MedAutoencoder worker output", daemon=True)
+        self._reader.start()
+
+    def _read_output(self) -> None:
+        """Thread body: move every output line into the queue until the worker closes its output."""
+        for line in iter(self.process.stdout.readline, ""):
+            self._lines.put(line.rstrip("\r\n"))
+        self.process.stdout.close()
+
+    @property
+    def finished(self) -> bool:
+        """True once the worker has exited and all its output has been handed over."""
+        return self.process.poll() is not None and not self._reader.is_alive() and self._lines.empty()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.process.poll()
+
+    def cancel(self, grace_seconds: float = 0.0) -> None:
+        """Stop the worker: politely through the stop file first if there is one, then kill the whole tree."""
+        self.request_stop()
+        deadline = time.monotonic() + (grace_seconds if self.stop_file else 0.0)
+        while self.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kill_process_tree(self.process)
 
 
 def start_worker(command: Sequence[str], environment_update: Dict[str, str], stop_file: Optional[str] = None,

@@ -8,13 +8,15 @@ several runs, the ratio, training throughput and the process's peak resident mem
 first with glibc's default allocator, as a MONAI user's script would; then the allocator is set as
 ``python -m MedAutoencoderLib`` sets it (:mod:`MedAutoencoderLib.allocator`) for ours, and the plain pipeline
 runs once more with that setting too, for a like-for-like ratio. Last, whole one-volume command-line processes are
-timed, as each Slicer job runs (imports and first-use costs included).
+timed, as each Slicer job ran before the standby worker (imports and first-use costs included), and detections
+sent to a standby worker (``python -m MedAutoencoderLib serve``), as the Slicer module now runs them.
 
     python benchmarks/benchmark_speed.py --repeats 5 [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -137,6 +139,28 @@ def command_line_seconds(volume: Path, out_dir: Path, device: str, repeats: int)
     return times
 
 
+def standby_worker_seconds(volume: Path, out_dir: Path, device: str, repeats: int) -> Dict[str, List[float]]:
+    """Wall time of detections sent to a standby worker (``python -m MedAutoencoderLib serve``, as the Slicer
+    module keeps one): the first one sent as the worker starts, then ``repeats`` more to the started worker."""
+    from MedAutoencoderLib import jobs
+    from MedAutoencoderLib.standby import StandbyWorker
+
+    worker = StandbyWorker(sys.executable, dict(os.environ, **jobs.worker_environment(device)))
+    arguments = ["detect", str(volume), "--output-dir", str(out_dir), "--device", device, "--overwrite",
+                 "--progress", "json"]
+    times: Dict[str, List[float]] = {"first": [], "later": []}
+    try:
+        for kind in ["first"] + ["later"] * repeats:
+            start = time.perf_counter()
+            code = worker.run(arguments).wait(poll_seconds=0.01)
+            times[kind].append(time.perf_counter() - start)
+            if code != 0:
+                raise RuntimeError(f"standby detection failed with code {code}")
+    finally:
+        worker.stop()
+    return times
+
+
 def training_throughput(folder: Path, device: str) -> float:
     """Slices per second of the default DAE's training loop (one epoch on one volume, augmentation on)."""
     from MedAutoencoderLib.training import Trainer
@@ -174,6 +198,7 @@ def main() -> None:
         stages = stage_seconds(volume, folder, model, args.repeats)
         slices_per_second = training_throughput(folder, args.device)
         process_seconds = command_line_seconds(volume, folder / "cli", args.device, max(3, args.repeats // 3))
+        standby_seconds = standby_worker_seconds(volume, folder / "standby", args.device, max(3, args.repeats // 3))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
     print(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
@@ -191,6 +216,9 @@ def main() -> None:
         print(f"  {name:<50}{seconds:>6.2f}")
     print(f"one-volume command-line process (python -m MedAutoencoderLib detect, imports included): "
           f"median {statistics.median(process_seconds):.2f} s of {len(process_seconds)}")
+    print(f"the same in a standby worker (python -m MedAutoencoderLib serve, as the Slicer module keeps one): "
+          f"{standby_seconds['first'][0]:.2f} s sent as it starts, then median "
+          f"{statistics.median(standby_seconds['later']):.2f} s of {len(standby_seconds['later'])}")
     print(f"training throughput (default DAE, batch 16, augmentation): {slices_per_second:.1f} slices/s")
     print(f"peak resident memory of this process: {peak_mb:.0f} MB")
 

@@ -1,0 +1,101 @@
+"""A detection worker that stays up between detections: ``python -m MedAutoencoderLib serve``.
+
+Why: a worker process of its own for each detection spends most of its time starting, not detecting. On two
+cores a Detect click took about 7 s in a fresh process, of which importing torch and MONAI took 2-4 s and
+reading the brain template and smoothing it for the registration 0.5 s; the detection itself about 2 s. The
+Slicer module keeps one such worker (:mod:`MedAutoencoderLib.standby`) and sends it each detection.
+
+Requests are JSON lines on standard input, ``{"argv": ["detect", ...]}``. Each is run by the command line's own
+``main`` (the same options, checks, progress events and errors as a process of its own) and answered, after
+its events, by the line ``{"event": "served", "exit_code": N}``. The worker exits when its input closes: its
+client closes it when idle, and Slicer's end closes it too.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import queue
+import sys
+import threading
+import traceback
+from typing import Callable, List, Optional, Sequence, TextIO
+
+from MedAutoencoderLib.allocator import give_freed_memory_back
+
+SERVED_EVENT = "served"
+#: Commands a standby worker runs. Training runs in a process of its own: it is stopped through its stop file
+#: and must give its GPU memory back when it ends.
+SERVED_COMMANDS = ("detect",)
+EXIT_BAD_REQUEST = 2  # as argparse exits on a bad command line
+# Idle this long, the worker gives the heap it keeps for reuse back to the system (0.15-0.2 GB after a detection
+# on two cores; it then holds about 0.6 GB). Not after every request: the next one would page it all in again.
+_TRIM_AFTER_IDLE_SECONDS = 2.0
+
+
+def _warm_up() -> None:
+    """What every detection with the default model needs, loaded before the first request arrives."""
+    importlib.import_module("MedAutoencoderLib.api")  # torch, MONAI, SimpleITK
+    from MedAutoencoderLib.brain_mask import load_template
+
+    load_template()
+
+
+def request_arguments(line: str) -> List[str]:
+    """The command line of one request line; ValueError saying what is wrong with it."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        raise ValueError(f"a request must be a JSON object, got {line.strip()[:80]!r}") from None
+    argv = request.get("argv") if isinstance(request, dict) else None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError('a request must be {"argv": ["detect", ...]}')
+    if argv[0] not in SERVED_COMMANDS:
+        raise ValueError(f"a standby worker runs {', '.join(SERVED_COMMANDS)}, not {argv[0]!r}")
+    return argv
+
+
+def _serve_one(line: str, run: Callable[[Sequence[str]], int]) -> int:
+    try:
+        argv = request_arguments(line)
+    except ValueError as exc:
+        print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        return EXIT_BAD_REQUEST
+    try:
+        return run(argv)
+    except SystemExit as exc:  # argparse on bad options (its message is on stderr)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_REQUEST
+    except Exception:  # a defect: report it like a process of its own would, and stay up for the next request
+        traceback.print_exc()
+        return 1
+
+
+def _lines_of(requests: TextIO) -> "queue.Queue[Optional[str]]":
+    """The request lines, read on a thread (so that the worker can notice it is idle); None when input ends."""
+    lines: "queue.Queue[Optional[str]]" = queue.Queue()
+
+    def read() -> None:
+        for line in iter(requests.readline, ""):
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, name="MedAutoencoder requests", daemon=True).start()
+    return lines
+
+
+def serve(requests: TextIO, run: Callable[[Sequence[str]], int]) -> int:
+    """Answer each request line of ``requests`` with ``run(argv)`` until the input closes."""
+    _warm_up()
+    lines = _lines_of(requests)
+    while True:
+        try:
+            line = lines.get(timeout=_TRIM_AFTER_IDLE_SECONDS)
+        except queue.Empty:
+            give_freed_memory_back()
+            line = lines.get()
+        if line is None:
+            return 0
+        if not line.strip():
+            continue
+        code = _serve_one(line, run)
+        sys.stderr.flush()
+        print(json.dumps({"event": SERVED_EVENT, "exit_code": code}), flush=True)
