@@ -160,6 +160,25 @@ def _require_darkest_background(values: np.ndarray) -> None:
                               "at 0; give the scan with its original intensities")
 
 
+_CT_AIR_HU = (-1100.0, -900.0)  # air in Hounsfield units: a CT's surroundings, sinuses, airways
+_CT_SOFT_TISSUE_HU = (-100.0, 100.0)  # fat, water, brain (20-45), muscle, blood
+_MIN_CT_SHARE = 0.05  # of the voxels in each range: a CT of a head has 30-60 % air and 10-30 % soft tissue
+
+
+def _require_not_ct(values: np.ndarray) -> None:
+    """Refuse a CT for a brain MRI model: its Hounsfield units (air at -1000, tissue near 0) are no MRI contrast,
+    and the template's registration can place the brain on a CT of a head well enough to pass the brain check,
+    after which the model would report confident nonsense. (Brain models only: a user's own model may be a CT
+    one.) An MRI has neither a good share of voxels near -1000 nor next to it a good share near 0."""
+    sample = values[::2, ::2, ::2]  # every 8th voxel estimates the shares well
+    air = float(np.mean((sample >= _CT_AIR_HU[0]) & (sample <= _CT_AIR_HU[1])))
+    soft_tissue = float(np.mean((sample >= _CT_SOFT_TISSUE_HU[0]) & (sample <= _CT_SOFT_TISSUE_HU[1])))
+    if air > _MIN_CT_SHARE and soft_tissue > _MIN_CT_SHARE:
+        raise InputImageError(f"it looks like a CT ({air:.0%} of the voxels at air's -1000 HU, {soft_tissue:.0%} "
+                              "near 0 HU), not an MRI; the bundled model is for brain T1 MRI: for CTs, train a "
+                              "model on them and pass it (--model)")
+
+
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:
     """Empty axis-aligned (LPS identity direction) grid of the model's size and spacing, centred on ``centre``."""
     size = [int(s) for s in config.size]
@@ -214,6 +233,7 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
     and normalise it."""
     try:
         if config.foreground == "template":
+            _require_not_ct(sitk.GetArrayViewFromImage(image))
             _require_darkest_background(sitk.GetArrayViewFromImage(image))
         centre, template_to_image = _centre_and_brain(image, config)
         grid = model_grid(centre, config)

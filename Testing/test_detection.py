@@ -143,6 +143,25 @@ def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
         prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
 
 
+def test_a_ct_of_a_head_is_refused_by_the_brain_model_and_accepted_by_an_own_model(subject_with_brain):
+    """A CT of a head (air -1000 HU, brain 20-45 HU, skull 1000 HU) is no T1 MRI; a user's own model may be a
+    CT model, trained on such scans."""
+    image, brain = subject_with_brain
+    brain_array = sitk.GetArrayFromImage(brain) > 0
+    spacing_zyx = np.array(image.GetSpacing()[::-1])
+    outside = ndimage.distance_transform_edt(~brain_array, sampling=spacing_zyx)
+    values = sitk.GetArrayFromImage(image)
+    hounsfield = np.full(values.shape, -1000.0, np.float32)
+    hounsfield[brain_array] = 20.0 + 25.0 * values[brain_array] / np.percentile(values[brain_array], 99)
+    hounsfield[(outside > 0) & (outside <= 6)] = 1000.0  # skull
+    hounsfield[(outside > 6) & (outside <= 10)] = 40.0  # scalp
+    ct = sitk.GetImageFromArray(hounsfield)
+    ct.CopyInformation(image)
+    with pytest.raises(InputImageError, match="head_ct.nii.gz: it looks like a CT"):
+        prepare_volume(ct, PreprocessConfig(foreground="template"), name="head_ct.nii.gz")
+    prepare_volume(ct, PreprocessConfig())  # Otsu foreground, as a user's own model
+
+
 def test_a_scan_with_its_background_noise_around_zero_padded_with_zeros_is_not_taken_for_a_normalised_one(
         subject_with_brain):
     """A scan whose background noise was brought to zero mean (offset correction, denoising, smoothing, which
