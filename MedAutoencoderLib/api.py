@@ -34,9 +34,10 @@ from MedAutoencoderLib.detection import (
     score_volume,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
-from MedAutoencoderLib.errors import ModelFileError, OutputExistsError
+from MedAutoencoderLib.errors import InputImageError, ModelFileError, OutputExistsError
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import (
+    check_volume_header,
     find_volumes,
     output_path,
     read_image,
@@ -137,6 +138,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     All target paths are checked before anything is written; the model is loaded once for all inputs.
     """
     paths = [Path(p) for p in inputs]
+    for path in paths:
+        check_volume_header(path)
     require_writable_folder(output_dir)
     targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
     _refuse_shared_targets(targets)
@@ -155,7 +158,10 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path]) -> None:
                 current.append(writer.submit(write_image, image, target[kind]))
 
-            result = run_detection(read_image(path), model, options, name=str(path), on_output=write_soon).result
+            try:
+                result = run_detection(read_image(path), model, options, name=str(path), on_output=write_soon).result
+            except InputImageError as exc:
+                raise InputImageError(f"{exc}{_batch_context(i, len(paths))}") from None
             current.append(writer.submit(write_text, targets[path]["summary"], json.dumps(result.summary, indent=2),
                                          True))
             _wait_for(previous)  # outputs of two volumes in flight at most: memory stays bounded
@@ -166,6 +172,14 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         _wait_for(previous)
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def _batch_context(index: int, count: int) -> str:
+    """Where a failed volume stands in a batch: which volumes got outputs and which were not run."""
+    if count == 1:
+        return ""
+    return f" (volume {index + 1} of {count}: the {index} before it have their outputs, the {count - index - 1} " \
+           "after it were not run)"
 
 
 def detection_targets(input_path: Path, output_dir: Union[str, Path],

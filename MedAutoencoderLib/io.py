@@ -64,21 +64,38 @@ def check_volume(image: sitk.Image, name: str) -> sitk.Image:
     return image
 
 
+def _require_volume_shape(dimension: int, size: Sequence[int], components: int, name: str) -> None:
+    """A 3D (or 4D with one time point) scalar grid of at least two voxels along each axis."""
+    if components != 1:
+        raise InputImageError(f"{name}: has {components} components per voxel (vector/RGB); "
+                              "a scalar (grey-value) volume is needed")
+    if dimension == 4 and size[3] == 1:
+        dimension, size = 3, size[:3]
+    if dimension != 3:
+        raise InputImageError(f"{name}: is {dimension}D with size {tuple(size)}; a 3D volume is needed")
+    if min(size) < 2:
+        raise InputImageError(f"{name}: size {tuple(size)} is a single slice, not a volume; a 3D volume is needed")
+
+
+def check_volume_header(path: PathLike) -> None:
+    """Before a batch is worked through: a volume file is readable and shaped like a 3D scalar volume, from
+    its header alone (milliseconds), so that a bad file among many is named before the first one is processed.
+    Its voxels are checked when it is read; DICOM series folders only then."""
+    p = Path(path)
+    if p.is_dir():
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    _read(lambda _: reader.ReadImageInformation(), p)
+    _require_volume_shape(reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), str(p))
+
+
 def check_volume_grid(image: sitk.Image, name: str) -> sitk.Image:
     """:func:`check_volume` without the demand for contrast: a 3D scalar grid of finite values, which is all
     a mask needs (a healthy case's ground truth is all zero)."""
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputImageError(
-            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB); "
-            "a scalar (grey-value) volume is needed"
-        )
-    size = image.GetSize()
-    if image.GetDimension() == 4 and size[3] == 1:
-        return check_volume_grid(image[:, :, :, 0], name)
-    if image.GetDimension() != 3:
-        raise InputImageError(f"{name}: is {image.GetDimension()}D with size {size}; a 3D volume is needed")
-    if min(size) < 2:
-        raise InputImageError(f"{name}: size {size} is a single slice, not a volume; a 3D volume is needed")
+    _require_volume_shape(image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), name)
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
     values = sitk.GetArrayViewFromImage(image)
     if values.size == 0:
         raise InputImageError(f"{name}: is empty")

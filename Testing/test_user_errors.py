@@ -46,6 +46,30 @@ def test_two_inputs_with_the_same_name_are_refused_before_anything_is_written(ca
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_file_that_is_no_volume_among_many_is_named_before_any_is_processed(capsys, tmp_path, lesion_case,
+                                                                              dae_model_path):
+    flat = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.Image([32, 32], sitk.sitkFloat32) + 1.0, str(flat))
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), str(flat), "--model", str(dae_model_path),
+                           "--output-dir", str(out), "--progress", "none")
+    assert code == 1 and f"{flat}: is 2D" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_volume_that_fails_in_a_batch_says_which_were_done_and_which_not(capsys, tmp_path, lesion_case,
+                                                                           dae_model_path):
+    """Its voxels are only known when it is read: the volumes before it keep their outputs."""
+    constant = tmp_path / "constant.nii.gz"
+    sitk.WriteImage(sitk.Image([32, 32, 16], sitk.sitkFloat32) + 5.0, str(constant))
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), str(constant),
+                           "--model", str(dae_model_path), "--output-dir", str(out), "--progress", "none")
+    assert code == 1 and "Traceback" not in err
+    assert "volume 2 of 2: the 1 before it have their outputs, the 0 after it were not run" in err
+    assert (out / "case_000_anomaly_mask.nii.gz").is_file()
+
+
 def test_an_output_folder_that_is_a_file_is_a_clean_error_also_in_the_json_stream(capsys, tmp_path, lesion_case,
                                                                                  dae_model_path):
     blocker = tmp_path / "not_a_folder"
