@@ -523,10 +523,13 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         modelPath = logic.train([slicer.util.getNode("healthy1"), slicer.util.getNode("healthy2")], epochs=5)
     """
 
+    #: The standby detection worker of this Slicer session and the launcher and environment it was started
+    #: with, shared by every logic object (scripts, the self-test and the widget each make one).
+    _standbyWorker = None
+    _standbyWorkerKey = None
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._standbyWorker = None
-        self._standbyWorkerKey = None
 
     def getParameterNode(self):
         return MedAutoencoderParameterNode(super().getParameterNode())
@@ -647,11 +650,12 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
 
     def stopDetectionWorker(self) -> None:
         """End the standby detection worker (and a detection it runs)."""
-        if self._standbyWorker is not None:
-            self._standbyWorker.stop()
+        if MedAutoencoderLogic._standbyWorker is not None:
+            MedAutoencoderLogic._standbyWorker.stop()
 
     def _standby(self, device: str):
-        """The standby worker for ``device``; one for another device (another environment) is ended."""
+        """The standby worker for ``device``. One started for another device (another environment) ends when it
+        has answered the detection it may be running."""
         from MedAutoencoderLib import jobs, standby
 
         python, useStartupEnvironment = jobs.python_launcher()
@@ -659,11 +663,12 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         environment = slicer.util.startupEnvironment() if useStartupEnvironment else dict(os.environ)
         environment.update(jobs.worker_environment(device, basePythonPath))
         key = (python, sorted(environment.items()))
-        if self._standbyWorker is None or self._standbyWorkerKey != key:
-            self.stopDetectionWorker()
-            self._standbyWorker = standby.StandbyWorker(python, environment)
-            self._standbyWorkerKey = key
-        return self._standbyWorker
+        if MedAutoencoderLogic._standbyWorker is None or MedAutoencoderLogic._standbyWorkerKey != key:
+            if MedAutoencoderLogic._standbyWorker is not None:
+                MedAutoencoderLogic._standbyWorker.retire()
+            MedAutoencoderLogic._standbyWorker = standby.StandbyWorker(python, environment)
+            MedAutoencoderLogic._standbyWorkerKey = key
+        return MedAutoencoderLogic._standbyWorker
 
     def showResults(self, inputVolume, nodes: Dict[str, object]) -> None:
         """Input in the background, anomaly map over it in colour, anomaly segmentation as outline."""
@@ -705,8 +710,12 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
     def startTraining(self, data: list, modelType: str = "dae", outputPath: Optional[str] = None, epochs: int = 50,
                       maxMinutes: Optional[float] = None, device: str = "auto", overwrite: bool = False,
                       extraArguments: Optional[List[str]] = None) -> MedAutoencoderJob:
-        """Start training in a worker process and return at once. Scene volumes are passed as NRRD files."""
+        """Start training in a worker process and return at once. Scene volumes are passed as NRRD files. An idle
+        standby detection worker is ended first: the training needs the memory (on a GPU, all it can get)."""
         from MedAutoencoderLib import jobs, slicer_bridge
+
+        if MedAutoencoderLogic._standbyWorker is not None:
+            MedAutoencoderLogic._standbyWorker.close()
 
         outputPath = outputPath or self.newModelPath()
         temporaryDirectory = self._newTemporaryDirectory()

@@ -18,7 +18,7 @@ import queue
 import sys
 import threading
 import traceback
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 
 from MedAutoencoderLib.allocator import give_freed_memory_back
 
@@ -33,11 +33,24 @@ _TRIM_AFTER_IDLE_SECONDS = 2.0
 
 
 def _warm_up() -> None:
-    """What every detection with the default model needs, loaded before the first request arrives."""
-    importlib.import_module("MedAutoencoderLib.api")  # torch, MONAI, SimpleITK
-    from MedAutoencoderLib.brain_mask import load_template
+    """What every detection with the default model needs, loaded before the first request arrives. Best effort:
+    a detection that needs what failed here reports it itself, one that does not (a model of one's own) runs."""
+    try:
+        importlib.import_module("MedAutoencoderLib.api")  # torch, MONAI, SimpleITK
+        from MedAutoencoderLib.brain_mask import load_template
 
-    load_template()
+        load_template()
+    except Exception as exc:  # noqa: BLE001 - reported, and the worker serves on
+        print(f"warning: the standby worker could not load everything beforehand: {exc}", flush=True)
+
+
+def _release_idle_memory() -> None:
+    """Give back what the last detection kept for reuse: host memory, and the GPU blocks PyTorch caches (a
+    training started meanwhile, in a process of its own, needs them)."""
+    give_freed_memory_back()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def request_arguments(line: str) -> List[str]:
@@ -54,19 +67,24 @@ def request_arguments(line: str) -> List[str]:
     return argv
 
 
-def _serve_one(line: str, run: Callable[[Sequence[str]], int]) -> int:
+def _serve_one(line: str, run: Callable[[Sequence[str]], int]) -> Tuple[int, bool]:
+    """Run one request; returns its exit code and whether the worker can serve on (not after a CUDA error,
+    which leaves the process's GPU context unusable: the next detection gets a new worker)."""
     try:
         argv = request_arguments(line)
     except ValueError as exc:
         print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        return EXIT_BAD_REQUEST
+        return EXIT_BAD_REQUEST, True
     try:
-        return run(argv)
-    except SystemExit as exc:  # argparse on bad options (its message is on stderr)
-        return exc.code if isinstance(exc.code, int) else EXIT_BAD_REQUEST
-    except Exception:  # a defect: report it like a process of its own would, and stay up for the next request
+        return run(argv), True
+    except SystemExit as exc:  # argparse on bad options (its message is on stderr); as Python exits on it
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0, True
+        print(exc.code, file=sys.stderr)
+        return 1, True
+    except Exception as exc:  # a defect: reported like a process of its own would, and the worker serves on
         traceback.print_exc()
-        return 1
+        return 1, "CUDA" not in str(exc)
 
 
 def _lines_of(requests: TextIO) -> "queue.Queue[Optional[str]]":
@@ -90,12 +108,14 @@ def serve(requests: TextIO, run: Callable[[Sequence[str]], int]) -> int:
         try:
             line = lines.get(timeout=_TRIM_AFTER_IDLE_SECONDS)
         except queue.Empty:
-            give_freed_memory_back()
+            _release_idle_memory()
             line = lines.get()
         if line is None:
             return 0
         if not line.strip():
             continue
-        code = _serve_one(line, run)
+        code, usable = _serve_one(line, run)
         sys.stderr.flush()
         print(json.dumps({"event": SERVED_EVENT, "exit_code": code}), flush=True)
+        if not usable:
+            return 1

@@ -44,6 +44,13 @@ def _served_code(line: str) -> Optional[int]:
     return None
 
 
+def _end_within(process: subprocess.Popen, seconds: float) -> None:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(process)
+
+
 class ServedJob(FollowedJob):
     """One detection sent to a :class:`StandbyWorker`: the events of a worker of its own, ended by the worker's
     ``served`` line (or by the worker's end, when it died or was killed meanwhile)."""
@@ -79,9 +86,12 @@ class ServedJob(FollowedJob):
         return self._process.pid
 
     def cancel(self, grace_seconds: float = 0.0) -> None:
-        """Stop the detection by killing the standby worker (the next detection starts a new one)."""
+        """Stop the detection by killing the standby worker (the next detection starts a new one); nothing when
+        the detection has ended (the worker may be running another one by now)."""
+        if self._ended.is_set():
+            return
         self.request_stop()
-        self._worker.stop()
+        self._worker.stop(only_for=self)
 
 
 class StandbyWorker:
@@ -128,24 +138,39 @@ class StandbyWorker:
                 self._start_process()
             try:
                 return self._send(request)
-            except OSError:  # it ended just now (killed, out of memory): once more with a new one
+            except OSError:  # its input is closed, it ended (killed, out of memory): once more with a new one
                 self._start_process()
                 return self._send(request)
 
-    def stop(self) -> None:
-        """Kill the worker (and a detection it runs); the next :meth:`run` starts a new one."""
+    def stop(self, only_for: Optional[ServedJob] = None) -> None:
+        """Kill the worker (and a detection it runs; with ``only_for``, only while it runs that one); the next
+        :meth:`run` starts a new one."""
         with self._lock:
+            if only_for is not None and (self._job is not only_for or only_for._ended.is_set()):
+                return
             self._cancel_idle_timer()
             process, self._process = self._process, None
         if process is None:
             return
         kill_process_tree(process)
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
         with self._lock:
             if self._job is not None and self._job._process is process:
                 self._job._worker_ended()
 
+    def retire(self) -> None:
+        """End the worker as soon as it is idle (now, or when its current detection is answered)."""
+        with self._lock:
+            self.idle_seconds = 0.0
+            if not self.busy:
+                self._close_when_idle()
+
     def close(self) -> None:
-        """End the worker politely (its input closes) unless it is running a detection."""
+        """End the worker politely (its input closes) unless it is running a detection; returns at once (a
+        worker that has not ended after a few seconds is killed from a thread)."""
         with self._lock:
             if self.busy or self._process is None:
                 return
@@ -155,10 +180,8 @@ class StandbyWorker:
                 process.stdin.close()
             except OSError:
                 pass
-        try:
-            process.wait(timeout=_CLOSE_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            kill_process_tree(process)
+        threading.Thread(target=_end_within, args=(process, _CLOSE_GRACE_SECONDS), daemon=True,
+                         name="MedAutoencoder standby close").start()
 
     def recent_output(self, count: int = 20) -> str:
         """Output of the worker outside any detection (e.g. why it could not start)."""
@@ -179,26 +202,39 @@ class StandbyWorker:
             startup = subprocess.STARTUPINFO()
             startup.dwFlags |= subprocess.STARTF_USESHOWWINDOW
             startup.wShowWindow = 0
-        process = subprocess.Popen(self.command, env=self.environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, universal_newlines=True, bufsize=1, startupinfo=startup)
+        environment = dict(self.environment if self.environment is not None else os.environ, PYTHONIOENCODING="utf-8")
+        process = subprocess.Popen(self.command, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", bufsize=1,
+                                   startupinfo=startup)
         self._process = process
         threading.Thread(target=self._read_output, args=(process,), name="MedAutoencoder standby output",
                          daemon=True).start()
 
     def _read_output(self, process: subprocess.Popen) -> None:
-        """Thread body: hand each line to the detection it belongs to, until the worker ends."""
-        for raw in iter(process.stdout.readline, ""):
-            line = raw.rstrip("\r\n")
-            with self._lock:
-                job = self._job if self._job is not None and self._job._process is process else None
-                code = _served_code(line)
-                if job is None:
-                    self._unclaimed_lines.append(line)
-                elif code is None:
-                    job._lines.put(line)
-                else:
-                    job._served(code)
-                    self._close_when_idle()
+        """Thread body: hand each line to the detection it belongs to, until the worker ends (or its output
+        cannot be read: the detection must end all the same, not wait for ever)."""
+        try:
+            for raw in iter(process.stdout.readline, ""):
+                self._hand_over(process, raw.rstrip("\r\n"))
+        except (OSError, ValueError) as exc:
+            self._unclaimed_lines.append(f"the worker's output could not be read: {exc}")
+            kill_process_tree(process)
+        finally:
+            self._worker_gone(process)
+
+    def _hand_over(self, process: subprocess.Popen, line: str) -> None:
+        with self._lock:
+            job = self._job if self._job is not None and self._job._process is process else None
+            code = _served_code(line)
+            if job is None:
+                self._unclaimed_lines.append(line)
+            elif code is None:
+                job._lines.put(line)
+            else:
+                job._served(code)
+                self._close_when_idle()
+
+    def _worker_gone(self, process: subprocess.Popen) -> None:
         process.stdout.close()
         with self._lock:
             if self._job is not None and self._job._process is process:

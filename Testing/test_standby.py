@@ -138,3 +138,47 @@ def test_an_idle_worker_ends_and_the_next_detection_starts_a_new_one(tmp_path, t
         assert second.worker_pid != first.worker_pid
     finally:
         worker.stop()
+
+
+def test_cancelling_a_finished_detection_leaves_the_next_one_running(standby, tmp_path, tiny_model_path):
+    first = standby.run(detect_arguments(write_case(tmp_path, 10), tmp_path / "out", tiny_model_path))
+    assert first.wait() == 0, first.recent_output()
+    second = standby.run(detect_arguments(write_case(tmp_path, 11), tmp_path / "out", tiny_model_path))
+    first.cancel()
+    assert second.wait() == 0, second.recent_output()
+    assert second.worker_pid == first.worker_pid and standby.running
+
+
+def test_a_retired_worker_answers_its_detection_and_then_ends(tmp_path, tiny_model_path):
+    """Another device choice starts another worker; the old one must not kill the detection it runs."""
+    worker = StandbyWorker(sys.executable, cpu_environment())
+    try:
+        job = worker.run(detect_arguments(write_case(tmp_path, 12), tmp_path / "out", tiny_model_path))
+        worker.retire()
+        assert job.wait() == 0, job.recent_output()
+        deadline = time.monotonic() + 20
+        while worker.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not worker.running
+    finally:
+        worker.stop()
+
+
+def test_output_that_is_not_utf8_still_ends_the_detection(tmp_path):
+    """A worker printing bytes its reader cannot decode (a native library's message in another encoding) must
+    not leave the detection running for ever."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys\n"
+        "for line in sys.stdin:\n"
+        "    sys.stdout.buffer.write(b'caf\\xe9 \\x81\\xff\\n')\n"
+        "    sys.stdout.buffer.write(b'{\"event\": \"served\", \"exit_code\": 0}\\n')\n"
+        "    sys.stdout.flush()\n")
+    worker = StandbyWorker(sys.executable, cpu_environment())
+    worker.command = [sys.executable, str(script)]
+    try:
+        job = worker.run(["detect"])
+        assert finished_within(job, 20) and job.returncode == 0
+        assert "caf" in job.recent_output() and not worker.busy
+    finally:
+        worker.stop()
