@@ -176,8 +176,11 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        if self.logic.dependenciesInstalled():  # the first Detect then finds the worker started
-            self.logic.prepareDetection(device=self._parameterNode.device)
+        if self.logic.dependenciesInstalled() and not self._parameterNode.runInProcess:
+            try:  # the first Detect then finds the worker started
+                self.logic.prepareDetection(device=self._parameterNode.device)
+            except OSError:  # Detect will say why; entering the module must not fail on it
+                logging.exception("MedAutoencoder: could not start the standby detection worker")
 
     def exit(self) -> None:
         if self._parameterNode:

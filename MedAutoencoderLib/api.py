@@ -178,8 +178,8 @@ def _batch_context(index: int, count: int) -> str:
     """Where a failed volume stands in a batch: which volumes got outputs and which were not run."""
     if count == 1:
         return ""
-    return f" (volume {index + 1} of {count}: the {index} before it have their outputs, the {count - index - 1} " \
-           "after it were not run)"
+    return f" (volume {index + 1} of {count}: outputs written for {index} volume(s) before it, " \
+           f"{count - index - 1} after it not run)"
 
 
 def detection_targets(input_path: Path, output_dir: Union[str, Path],

@@ -82,6 +82,8 @@ def check_volume_header(path: PathLike) -> None:
     its header alone (milliseconds), so that a bad file among many is named before the first one is processed.
     Its voxels are checked when it is read; DICOM series folders only then."""
     p = Path(path)
+    if not p.exists():
+        raise InputImageError(f"{p}: no such file or folder")
     if p.is_dir():
         return
     reader = sitk.ImageFileReader()

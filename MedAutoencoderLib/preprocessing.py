@@ -162,21 +162,29 @@ def _require_darkest_background(values: np.ndarray) -> None:
 
 _CT_AIR_HU = (-1100.0, -900.0)  # air in Hounsfield units: a CT's surroundings, sinuses, airways
 _CT_SOFT_TISSUE_HU = (-100.0, 100.0)  # fat, water, brain (20-45), muscle, blood
-_MIN_CT_SHARE = 0.05  # of the voxels in each range: a CT of a head has 30-60 % air and 10-30 % soft tissue
+_MIN_CT_AIR_SHARE = 0.05  # of all voxels: a CT of a head has 30-60 % air
+# of the voxels that are not air: a head CT has 70-80 % soft tissue (brain, scalp) and the rest bone; an MRI stored
+# with its background at -1024 has its tissue spread over the whole range (the real head stored so: 26 %)
+_MIN_CT_SOFT_TISSUE_SHARE = 0.5
 
 
 def _require_not_ct(values: np.ndarray) -> None:
     """Refuse a CT for a brain MRI model: its Hounsfield units (air at -1000, tissue near 0) are no MRI contrast,
     and the template's registration can place the brain on a CT of a head well enough to pass the brain check,
     after which the model would report confident nonsense. (Brain models only: a user's own model may be a CT
-    one.) An MRI has neither a good share of voxels near -1000 nor next to it a good share near 0."""
+    one.) An MRI has no good share of its voxels near -1000 with most of the rest near 0. Not recognised: a CT
+    stored without its rescale (HU + 1024, some raw exports)."""
     sample = values[::2, ::2, ::2]  # every 8th voxel estimates the shares well
-    air = float(np.mean((sample >= _CT_AIR_HU[0]) & (sample <= _CT_AIR_HU[1])))
-    soft_tissue = float(np.mean((sample >= _CT_SOFT_TISSUE_HU[0]) & (sample <= _CT_SOFT_TISSUE_HU[1])))
-    if air > _MIN_CT_SHARE and soft_tissue > _MIN_CT_SHARE:
-        raise InputImageError(f"it looks like a CT ({air:.0%} of the voxels at air's -1000 HU, {soft_tissue:.0%} "
-                              "near 0 HU), not an MRI; the bundled model is for brain T1 MRI: for CTs, train a "
-                              "model on them and pass it (--model)")
+    air = (sample >= _CT_AIR_HU[0]) & (sample <= _CT_AIR_HU[1])
+    body = sample[sample > _CT_AIR_HU[1]]
+    if body.size == 0 or float(np.mean(air)) <= _MIN_CT_AIR_SHARE:
+        return
+    soft_tissue = float(np.mean((body >= _CT_SOFT_TISSUE_HU[0]) & (body <= _CT_SOFT_TISSUE_HU[1])))
+    if soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE:
+        raise InputImageError(f"it looks like a CT ({np.mean(air):.0%} of the voxels at air's -1000 HU, "
+                              f"{soft_tissue:.0%} of the rest near 0 HU), not an MRI; the bundled model is for "
+                              "brain T1 MRI: for CTs, train a model on them (--foreground otsu) and pass it "
+                              "(--model). An MRI stored with an offset: shift its background to 0")
 
 
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:

@@ -139,7 +139,7 @@ def _body_part(kind: str) -> sitk.Image:
 def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
     """The registration places the template brain on whatever it is given; on an abdomen the brain model used
     to report confident anomalies. Its match with the template (-0.07, knee -0.17) is far from any brain's."""
-    with pytest.raises(InputImageError, match=f"{kind}.nii.gz: it does not look like a brain MRI"):
+    with pytest.raises(InputImageError, match=f"{kind}.nii.gz: it does not look like a whole brain MRI"):
         prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
 
 

@@ -66,7 +66,7 @@ def test_a_volume_that_fails_in_a_batch_says_which_were_done_and_which_not(capsy
     code, _, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), str(constant),
                            "--model", str(dae_model_path), "--output-dir", str(out), "--progress", "none")
     assert code == 1 and "Traceback" not in err
-    assert "volume 2 of 2: the 1 before it have their outputs, the 0 after it were not run" in err
+    assert "volume 2 of 2: outputs written for 1 volume(s) before it, 0 after it not run" in err
     assert (out / "case_000_anomaly_mask.nii.gz").is_file()
 
 
