@@ -10,7 +10,14 @@ import SimpleITK as sitk
 
 from conftest import toy
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.io import find_volumes, output_path, read_image, volume_stem, write_image
+from MedAutoencoderLib.io import (
+    check_volume_header,
+    find_volumes,
+    output_path,
+    read_image,
+    volume_stem,
+    write_image,
+)
 
 
 def _write(image: sitk.Image, path: Path) -> Path:
@@ -89,6 +96,23 @@ def test_truncated_file_is_refused(tmp_path, name):
     path.write_bytes(data[: int(len(data) * 0.6)])
     message = _expect_error(path)
     assert "truncated" in message or "cannot be read" in message
+
+
+@pytest.mark.parametrize("header", ["case.mhd", "case.nhdr"])
+def test_a_detached_header_without_its_whole_voxel_file_is_named_by_the_header_check(tmp_path, header):
+    """A header copied without its .raw, or with the .raw cut short, used to pass the check of a batch and fail
+    in its middle (a cut .raw reported by ITK as "No such file or directory")."""
+    path = tmp_path / header
+    sitk.WriteImage(toy(3), str(path))
+    (voxels,) = [p for p in tmp_path.iterdir() if p != path]
+    check_volume_header(path)  # whole: passes
+    voxels.write_bytes(voxels.read_bytes()[:1000])
+    with pytest.raises(InputImageError, match=f"{header}: its voxel file {voxels.name} is cut short"):
+        check_volume_header(path)
+    voxels.unlink()
+    with pytest.raises(InputImageError, match=f"{header}: .*{voxels.name}") as missing:  # NRRD's reader says it too
+        check_volume_header(path)
+    assert "missing" in str(missing.value) or "couldn't open" in str(missing.value)
 
 
 def test_garbage_file_is_refused(tmp_path):
