@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from MedAutoencoderLib import brain_mask
 from MedAutoencoderLib.api import load_model, run_detection
 from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
+from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.evaluation import dice, voxel_metrics
 from MedAutoencoderLib.io import read_image
 from MedAutoencoderLib.preprocessing import otsu_foreground
@@ -52,6 +53,23 @@ def test_brain_mask_matches_a_skull_stripped_scan():
     brain = template_brain_mask_on(scan, template_to_image_transform(scan))
     stripped = sitk.GetArrayViewFromImage(scan) > 0
     assert dice(brain, stripped) > 0.9
+
+
+def test_a_scan_showing_only_the_top_of_the_brain_is_refused(head):
+    """The head's top 60 % of slices: the registration grew the template brain by a third onto what is there
+    (mask 1.4 l where 1.0 l of brain is in view), and a third of the brain lies outside the field of view
+    (measured 32-33 %; a quarter is accepted)."""
+    top = head[:, :, int(0.4 * head.GetSize()[2]):]
+    with pytest.raises(InputImageError, match="covers only part of the brain: .*, 3.% of the brain lies outside"):
+        template_to_image_transform(top)
+
+
+def test_a_scan_without_its_lowest_slices_keeps_its_brain_mask(head, head_brain):
+    """Cut by a fifth of its slices (a limited clinical coverage), the head is accepted with the same mask."""
+    cut = int(0.2 * head.GetSize()[2])
+    upper = head[:, :, cut:]
+    on_upper = template_brain_mask_on(upper, template_to_image_transform(upper))
+    assert dice(head_brain[cut:], on_upper) > 0.95  # (z, y, x) arrays
 
 
 def test_a_head_mri_stored_with_its_background_at_minus_1024_is_not_taken_for_a_ct(head):
