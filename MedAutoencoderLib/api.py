@@ -34,7 +34,7 @@ from MedAutoencoderLib.detection import (
     score_volume,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
-from MedAutoencoderLib.errors import InputImageError, ModelFileError, OutputExistsError
+from MedAutoencoderLib.errors import BatchDetectionError, InputImageError, ModelFileError, OutputExistsError
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import (
     check_volume_header,
@@ -132,10 +132,13 @@ def detect_image(image: sitk.Image, model: LoadedModel, options: Optional[Detect
 
 def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path], model: LoadedModel,
                  options: Optional[DetectOptions] = None, output_format: Optional[str] = None,
-                 overwrite: bool = False, progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, str]]:
+                 overwrite: bool = False, progress: Optional[ProgressCallback] = None,
+                 keep_going: bool = False) -> Dict[str, Dict[str, str]]:
     """Detect in each file, writing ``<stem>_{reconstruction,anomaly_map,anomaly_mask}`` and a summary JSON.
 
-    All target paths are checked before anything is written; the model is loaded once for all inputs.
+    All target paths are checked before anything is written; the model is loaded once for all inputs. A volume
+    that fails its checks stops the batch, or with ``keep_going`` is skipped (none of its outputs is left) and
+    the batch ends with :class:`BatchDetectionError` naming every such volume, as a cohort run on a server wants.
     """
     paths = [Path(p) for p in inputs]
     for path in paths:
@@ -147,6 +150,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
     written: Dict[str, Dict[str, str]] = {}
+    failures: Dict[str, str] = {}
     # Writer threads write each output as soon as it exists (compression releases the GIL), while the scores and
     # the next volume are computed.
     with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
@@ -154,14 +158,21 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         for i, path in enumerate(paths):
             tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
             current: List[Future] = []
+            started: List[Path] = []
 
             def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path]) -> None:
+                started.append(target[kind])
                 current.append(writer.submit(write_image, image, target[kind]))
 
             try:
                 result = run_detection(read_image(path), model, options, name=str(path), on_output=write_soon).result
             except InputImageError as exc:
-                raise InputImageError(f"{exc}{_batch_context(i, len(paths))}") from None
+                if not keep_going:
+                    raise InputImageError(f"{exc}{_batch_context(i, len(paths))}") from None
+                _remove_outputs(current, started)
+                failures[str(path)] = str(exc)
+                tracker.emit("log", i + 1, f"skipped {exc}")
+                continue
             current.append(writer.submit(write_text, targets[path]["summary"], json.dumps(result.summary, indent=2),
                                          True))
             _wait_for(previous)  # outputs of two volumes in flight at most: memory stays bounded
@@ -170,8 +181,18 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
                          f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
         _wait_for(previous)
+    if failures:
+        raise BatchDetectionError(written, failures, len(paths))
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def _remove_outputs(writes: List[Future], targets: List[Path]) -> None:
+    """A skipped volume leaves no output of this run: the writes it started end first, then their files go (an
+    earlier run's outputs of the same name, which nothing replaced, stay)."""
+    wait(writes)
+    for target in targets:
+        target.unlink(missing_ok=True)
 
 
 def _batch_context(index: int, count: int) -> str:

@@ -117,6 +117,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), help="output format (default: input's)")
     _add_precision(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--keep-going", action="store_true",
+                   help="skip a volume that fails its checks and go on with the others; the failures are listed "
+                        "at the end (exit code 1)")
     _common(p)
 
 
@@ -305,8 +308,8 @@ def run_detect(args: argparse.Namespace) -> int:
     inputs = find_volumes(args.inputs)
     model = load_model(args.model, device=args.device)
     options = DetectOptions(threshold=args.threshold, device=args.device, precision=args.precision)
-    detect_files(inputs, args.output_dir, model, options,
-                 output_format=args.format, overwrite=args.overwrite, progress=make_reporter(args.progress))
+    detect_files(inputs, args.output_dir, model, options, output_format=args.format, overwrite=args.overwrite,
+                 progress=make_reporter(args.progress), keep_going=args.keep_going)
     return 0
 
 

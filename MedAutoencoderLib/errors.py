@@ -15,6 +15,19 @@ class InputImageError(MedAutoencoderError):
     """An input volume cannot be used (unreadable, not 3D scalar, empty, NaN, constant...)."""
 
 
+class BatchDetectionError(InputImageError):
+    """Some volumes of a batch detected with ``keep_going`` failed; the others have their outputs.
+
+    ``written`` maps each input that succeeded to its output files, ``failures`` each one that failed to why.
+    """
+
+    def __init__(self, written: dict, failures: dict, total: int):
+        self.written, self.failures = written, failures
+        reasons = "".join(f"\n  {reason}" for reason in failures.values())
+        super().__init__(f"{len(failures)} of {total} volumes failed (the other {total - len(failures)} have their "
+                         f"outputs):{reasons}")
+
+
 class TableFileError(MedAutoencoderError):
     """A table the user gave (features, labels) is missing, malformed or does not match another one."""
 

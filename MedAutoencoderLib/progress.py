@@ -36,28 +36,33 @@ class ProgressTracker:
                        **extra})
 
 
-def json_lines(stream: TextIO = sys.stdout) -> ProgressCallback:
-    """One JSON object per line, flushed at once so that a reading process sees it immediately."""
+def json_lines(stream: Optional[TextIO] = None) -> ProgressCallback:
+    """One JSON object per line, flushed at once so that a reading process sees it immediately; by default to
+    ``sys.stdout`` as it is when each event is written (a redirection made later, as by a console or a test
+    harness, is followed)."""
     def write(event: Dict[str, Any]) -> None:
-        stream.write(json.dumps(event, default=str) + "\n")
-        stream.flush()
+        out = stream or sys.stdout
+        out.write(json.dumps(event, default=str) + "\n")
+        out.flush()
     return write
 
 
-def progress_bar(stream: TextIO = sys.stderr, width: int = 30) -> ProgressCallback:
-    """A one-line text bar with the latest message and the time left."""
+def progress_bar(stream: Optional[TextIO] = None, width: int = 30) -> ProgressCallback:
+    """A one-line text bar with the latest message and the time left, by default on ``sys.stderr`` as it is
+    when each event is drawn."""
     def draw(event: Dict[str, Any]) -> None:
+        out = stream or sys.stderr
         if event["event"] in ("log", "error"):
-            stream.write(f"\n{event['message']}\n")
+            out.write(f"\n{event['message']}\n")
             return
         filled = int(round(width * event["fraction"]))
         eta = event.get("eta_s")
         left = f" {int(eta // 60)}:{int(eta % 60):02d} left" if eta else ""
-        stream.write(f"\r[{'#' * filled}{'-' * (width - filled)}] {event['fraction'] * 100:5.1f}%{left} "
-                     f"{event['message'][:60]:<60}")
+        out.write(f"\r[{'#' * filled}{'-' * (width - filled)}] {event['fraction'] * 100:5.1f}%{left} "
+                  f"{event['message'][:60]:<60}")
         if event["event"] in ("done", "cancelled"):
-            stream.write("\n")
-        stream.flush()
+            out.write("\n")
+        out.flush()
     return draw
 
 
