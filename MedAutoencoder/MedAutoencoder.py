@@ -179,7 +179,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.dependenciesInstalled() and not self._parameterNode.runInProcess:
             try:  # the first Detect then finds the worker started
                 self.logic.prepareDetection(device=self._parameterNode.device)
-            except OSError:  # Detect will say why; entering the module must not fail on it
+            except Exception:  # Detect will say why; entering the module must not fail on it
                 logging.exception("MedAutoencoder: could not start the standby detection worker")
 
     def exit(self) -> None:
@@ -423,7 +423,8 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class MedAutoencoderJob:
     """A worker process of the library's CLI, followed from Slicer's main thread with a QTimer.
 
-    ``MedAutoencoderLib.jobs.WorkerJob`` reads the worker's output on a thread; the timer here moves the events
+    ``MedAutoencoderLib.jobs.WorkerJob`` (a process of its own) or ``MedAutoencoderLib.standby.ServedJob`` (a
+    detection sent to the standby worker) reads the worker's output on a thread; the timer here moves the events
     to the main thread (where Qt and MRML may be touched), turns the outputs into a result with ``finish`` when
     the worker succeeded, and always removes the job's temporary files.
     """
@@ -662,9 +663,8 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         from MedAutoencoderLib import jobs, standby
 
         python, useStartupEnvironment = jobs.python_launcher()
-        basePythonPath = "" if useStartupEnvironment else os.environ.get("PYTHONPATH", "")
         environment = slicer.util.startupEnvironment() if useStartupEnvironment else dict(os.environ)
-        environment.update(jobs.worker_environment(device, basePythonPath))
+        environment.update(self._workerEnvironment(device, useStartupEnvironment))
         key = (python, sorted(environment.items()))
         if MedAutoencoderLogic._standbyWorker is None or MedAutoencoderLogic._standbyWorkerKey != key:
             if MedAutoencoderLogic._standbyWorker is not None:
@@ -760,11 +760,17 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                      stopFile: Optional[str] = None):
         from MedAutoencoderLib import jobs
 
-        basePythonPath = "" if useStartupEnvironment else os.environ.get("PYTHONPATH", "")
         logging.info("MedAutoencoder: starting %s", " ".join(command))
-        return jobs.start_worker(command, jobs.worker_environment(device, basePythonPath), stop_file=stopFile,
+        return jobs.start_worker(command, self._workerEnvironment(device, useStartupEnvironment), stop_file=stopFile,
                                  launch=slicer.util.launchConsoleProcess,
                                  use_startup_environment=useStartupEnvironment)
+
+    @staticmethod
+    def _workerEnvironment(device: str, useStartupEnvironment: bool) -> Dict[str, str]:
+        """What a worker's environment adds to Slicer's (the startup one keeps no PYTHONPATH of Slicer's)."""
+        from MedAutoencoderLib import jobs
+
+        return jobs.worker_environment(device, "" if useStartupEnvironment else os.environ.get("PYTHONPATH", ""))
 
     def _resultOrRaise(self, job: MedAutoencoderJob):
         if job.error:

@@ -8,7 +8,7 @@ import json
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -137,20 +137,19 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     """Detect in each file, writing ``<stem>_{reconstruction,anomaly_map,anomaly_mask}`` and a summary JSON.
 
     All target paths are checked before anything is written; the model is loaded once for all inputs. A volume
-    that fails its checks stops the batch, or with ``keep_going`` is skipped (none of its outputs is left) and
+    that fails its checks stops the batch, or with ``keep_going`` is skipped (it writes nothing) and
     the batch ends with :class:`BatchDetectionError` naming every such volume, as a cohort run on a server wants.
     """
-    paths = [Path(p) for p in inputs]
-    for path in paths:
-        check_volume_header(path)
+    paths, failures = _checked_headers([Path(p) for p in inputs], keep_going)
     require_writable_folder(output_dir)
     targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
     _refuse_shared_targets(targets)
     refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
+    for reason in failures.values():
+        tracker.emit("log", 0, f"skipped {reason}")
     written: Dict[str, Dict[str, str]] = {}
-    failures: Dict[str, str] = {}
     # Writer threads write each output as soon as it exists (compression releases the GIL), while the scores and
     # the next volume are computed.
     with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
@@ -158,10 +157,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         for i, path in enumerate(paths):
             tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
             current: List[Future] = []
-            started: List[Path] = []
 
             def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path]) -> None:
-                started.append(target[kind])
                 current.append(writer.submit(write_image, image, target[kind]))
 
             try:
@@ -169,7 +166,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             except InputImageError as exc:
                 if not keep_going:
                     raise InputImageError(f"{exc}{_batch_context(i, len(paths))}") from None
-                _remove_outputs(current, started)
+                # (its checks all come before its first output is handed over: nothing of it was written)
                 failures[str(path)] = str(exc)
                 tracker.emit("log", i + 1, f"skipped {exc}")
                 continue
@@ -182,17 +179,28 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
                          f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
         _wait_for(previous)
     if failures:
-        raise BatchDetectionError(written, failures, len(paths))
+        raise BatchDetectionError(written, failures, len(written) + len(failures))
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
 
 
-def _remove_outputs(writes: List[Future], targets: List[Path]) -> None:
-    """A skipped volume leaves no output of this run: the writes it started end first, then their files go (an
-    earlier run's outputs of the same name, which nothing replaced, stay)."""
-    wait(writes)
-    for target in targets:
-        target.unlink(missing_ok=True)
+def _checked_headers(paths: List[Path], keep_going: bool) -> Tuple[List[Path], Dict[str, str]]:
+    """Every file's header checked before the first volume is processed (:func:`check_volume_header`): the
+    volumes to process and, with ``keep_going``, those whose header failed and why (else the first failure
+    is raised)."""
+    usable: List[Path] = []
+    failures: Dict[str, str] = {}
+    for path in paths:
+        try:
+            check_volume_header(path)
+            usable.append(path)
+        except InputImageError as exc:
+            if not keep_going:
+                raise
+            failures[str(path)] = str(exc)
+    if not usable:
+        raise BatchDetectionError({}, failures, len(failures))
+    return usable, failures
 
 
 def _batch_context(index: int, count: int) -> str:

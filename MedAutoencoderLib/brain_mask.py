@@ -155,7 +155,7 @@ def _sampled_method(seed: int) -> sitk.ImageRegistrationMethod:
     return method
 
 
-def load_template() -> None:
+def prepare_registration_template() -> None:
     """Read the template and smooth it for the registration now, not in the first registration (0.5 s)."""
     _template_levels()
 
@@ -244,8 +244,9 @@ def _require_brain(match: float) -> None:
         raise InputImageError(f"it does not look like a whole brain MRI: registered to the brain template, it "
                               f"matches it poorly (match score {match:.2f}; scans of a whole brain give "
                               f"{_MAX_BRAIN_MATCH:.2f} or lower). A scan covering only part of the brain, or no "
-                              "brain, cannot be used with the bundled brain T1 model; for other scans train a "
-                              "model on them and pass it (--model)")
+                              "brain, cannot be used with brain-template models (--foreground template) such as "
+                              "the bundled one; for other scans train a model with --foreground otsu and pass it "
+                              "(--model)")
 
 
 # Share of the registered template brain that may lie outside the scan's field of view. Whole brains: 0; the real
@@ -282,7 +283,8 @@ def _require_brain_in_view(image: sitk.Image, template_to_image: sitk.AffineTran
     if outside > _MAX_BRAIN_OUTSIDE_VIEW:
         raise InputImageError(f"it covers only part of the brain: registered to the brain template, {outside:.0%} of "
                               f"the brain lies outside its field of view (up to {_MAX_BRAIN_OUTSIDE_VIEW:.0%} is "
-                              "accepted); the bundled brain model needs the whole brain in view")
+                              "accepted); brain-template models (--foreground template) such as the bundled one "
+                              "need the whole brain in view")
 
 
 def template_to_image_transform(image: sitk.Image, seed: int = DEFAULT_SEED) -> sitk.Transform:

@@ -86,24 +86,41 @@ def check_volume_header(path: PathLike) -> None:
         raise InputImageError(f"{p}: no such file or folder")
     if p.is_dir():
         return
+    voxel_file = _detached_voxel_file(p)
+    if voxel_file is not None and not voxel_file.path.is_file():
+        raise InputImageError(f"{p}: its voxel file {voxel_file.path.name}, named in the header, is missing; keep "
+                              "the two files together")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     _read(lambda _: reader.ReadImageInformation(), p)
     _require_volume_shape(reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), str(p))
-    _require_voxel_file(p, reader)
+    if voxel_file is not None and voxel_file.uncompressed:
+        item_bytes = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
+        expected = int(np.prod(reader.GetSize(), dtype=np.int64)) * item_bytes
+        present = voxel_file.path.stat().st_size
+        if present < expected:
+            raise InputImageError(f"{p}: its voxel file {voxel_file.path.name} is cut short ({present} of the "
+                                  f"{expected} bytes the header describes)")
 
 
-# Detached headers and the key that names their voxel file (MetaImage .mhd, NRRD .nhdr).
+@dataclass(frozen=True)
+class _VoxelFile:
+    path: Path
+    uncompressed: bool
+
+
+# Detached headers and the keys that name their voxel file (MetaImage .mhd, NRRD .nhdr).
 _VOXEL_FILE_KEYS = {".mhd": (("elementdatafile",), "="), ".nhdr": (("data file", "datafile"), ":")}
 
 
-def _require_voxel_file(header: Path, reader: sitk.ImageFileReader) -> None:
-    """A detached header's voxel file exists and, uncompressed, is as long as the header says: a header copied
-    without its .raw, or a .raw cut short, otherwise passes the header check and fails in the middle of a batch
-    (ITK then reports a truncated file as "No such file or directory")."""
+def _detached_voxel_file(header: Path) -> Optional[_VoxelFile]:
+    """The voxel file a detached header names (None for other files, voxels inside the header, or a list or
+    pattern of files, which ITK checks when reading). Checked before the batch: a header copied without its .raw,
+    or a .raw cut short, otherwise passes and fails in the middle (ITK then reports a cut .raw as "No such file
+    or directory")."""
     keys = _VOXEL_FILE_KEYS.get(header.suffix.lower())
     if keys is None:
-        return
+        return None
     fields = {}
     for line in header.read_text(encoding="latin-1", errors="replace").splitlines():
         key, separator, value = line.partition(keys[1])
@@ -111,20 +128,9 @@ def _require_voxel_file(header: Path, reader: sitk.ImageFileReader) -> None:
             fields[key.strip().lower()] = value.strip()
     name = next((fields[key] for key in keys[0] if key in fields), "")
     if not name or name.upper() == "LOCAL" or name.upper().startswith("LIST") or "%" in name:
-        return  # voxels inside the header, or a list / pattern of files: ITK checks those when reading
-    voxel_file = header.parent / name
-    if not voxel_file.is_file():
-        raise InputImageError(f"{header}: its voxel file {name}, named in the header, is missing; keep the two "
-                              "files together")
-    compressed = fields.get("compresseddata", "").lower() == "true" or fields.get("encoding", "raw") not in ("raw",)
-    if compressed:
-        return
-    item_bytes = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
-    expected = int(np.prod(reader.GetSize(), dtype=np.int64)) * item_bytes
-    present = voxel_file.stat().st_size
-    if present < expected:
-        raise InputImageError(f"{header}: its voxel file {name} is cut short ({present} of the {expected} bytes "
-                              "the header describes)")
+        return None
+    compressed = fields.get("compresseddata", "").lower() == "true" or fields.get("encoding", "raw") != "raw"
+    return _VoxelFile(path=header.parent / name, uncompressed=not compressed)
 
 
 def check_volume_grid(image: sitk.Image, name: str) -> sitk.Image:

@@ -182,9 +182,10 @@ def _require_not_ct(values: np.ndarray) -> None:
     soft_tissue = float(np.mean((body >= _CT_SOFT_TISSUE_HU[0]) & (body <= _CT_SOFT_TISSUE_HU[1])))
     if soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE:
         raise InputImageError(f"it looks like a CT ({np.mean(air):.0%} of the voxels at air's -1000 HU, "
-                              f"{soft_tissue:.0%} of the rest near 0 HU), not an MRI; the bundled model is for "
-                              "brain T1 MRI: for CTs, train a model on them (--foreground otsu) and pass it "
-                              "(--model). An MRI stored with an offset: shift its background to 0")
+                              f"{soft_tissue:.0%} of the rest near 0 HU), not an MRI; brain-template models "
+                              "(--foreground template), such as the bundled one, are for brain T1 MRI: for CTs, "
+                              "train a model with --foreground otsu and pass it (--model). An MRI stored with an "
+                              "offset: shift its background to 0")
 
 
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:

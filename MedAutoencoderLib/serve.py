@@ -37,9 +37,9 @@ def _warm_up() -> None:
     a detection that needs what failed here reports it itself, one that does not (a model of one's own) runs."""
     try:
         importlib.import_module("MedAutoencoderLib.api")  # torch, MONAI, SimpleITK
-        from MedAutoencoderLib.brain_mask import load_template
+        from MedAutoencoderLib.brain_mask import prepare_registration_template
 
-        load_template()
+        prepare_registration_template()
     except Exception as exc:  # noqa: BLE001 - reported, and the worker serves on
         print(f"warning: the standby worker could not load everything beforehand: {exc}", flush=True)
 

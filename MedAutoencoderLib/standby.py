@@ -12,15 +12,16 @@ module drains each job's events from a timer on the main thread.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import threading
-from collections import deque
 from typing import Dict, List, Optional, Sequence
 
 from MedAutoencoderLib.jobs import FollowedJob, kill_process_tree
 from MedAutoencoderLib.serve import SERVED_EVENT
 
+_LOG = logging.getLogger(__name__)
 #: A standby worker idle this long is closed, giving its memory (about 0.5-1 GB) back.
 DEFAULT_IDLE_SECONDS = 600.0
 _CLOSE_GRACE_SECONDS = 10.0
@@ -106,7 +107,6 @@ class StandbyWorker:
         self._process: Optional[subprocess.Popen] = None
         self._job: Optional[ServedJob] = None
         self._idle_timer: Optional[threading.Timer] = None
-        self._unclaimed_lines: deque = deque(maxlen=50)  # output between jobs: start-up warnings, errors
 
     @property
     def running(self) -> bool:
@@ -183,10 +183,6 @@ class StandbyWorker:
         threading.Thread(target=_end_within, args=(process, _CLOSE_GRACE_SECONDS), daemon=True,
                          name="MedAutoencoder standby close").start()
 
-    def recent_output(self, count: int = 20) -> str:
-        """Output of the worker outside any detection (e.g. why it could not start)."""
-        return "\n".join(list(self._unclaimed_lines)[-count:])
-
     # ---- inside
 
     def _send(self, request: str) -> ServedJob:
@@ -217,7 +213,7 @@ class StandbyWorker:
             for raw in iter(process.stdout.readline, ""):
                 self._hand_over(process, raw.rstrip("\r\n"))
         except (OSError, ValueError) as exc:
-            self._unclaimed_lines.append(f"the worker's output could not be read: {exc}")
+            self._hand_over(process, f"error: the standby worker's output could not be read ({exc})")
             kill_process_tree(process)
         finally:
             self._worker_gone(process)
@@ -226,8 +222,8 @@ class StandbyWorker:
         with self._lock:
             job = self._job if self._job is not None and self._job._process is process else None
             code = _served_code(line)
-            if job is None:
-                self._unclaimed_lines.append(line)
+            if job is None:  # between detections: warnings of its start, or why it could not start
+                _LOG.info("standby worker: %s", line)
             elif code is None:
                 job._lines.put(line)
             else:

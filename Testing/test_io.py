@@ -110,9 +110,9 @@ def test_a_detached_header_without_its_whole_voxel_file_is_named_by_the_header_c
     with pytest.raises(InputImageError, match=f"{header}: its voxel file {voxels.name} is cut short"):
         check_volume_header(path)
     voxels.unlink()
-    with pytest.raises(InputImageError, match=f"{header}: .*{voxels.name}") as missing:  # NRRD's reader says it too
+    with pytest.raises(InputImageError, match=f"{header}: its voxel file {voxels.name}, named in the header, is "
+                                              "missing"):
         check_volume_header(path)
-    assert "missing" in str(missing.value) or "couldn't open" in str(missing.value)
 
 
 def test_garbage_file_is_refused(tmp_path):

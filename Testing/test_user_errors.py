@@ -77,15 +77,16 @@ def test_keep_going_skips_a_failing_volume_lists_it_and_finishes_the_batch(capsy
     for name in ("a.nii.gz", "c.nii.gz"):
         shutil.copy(lesion_case["image_path"], inputs / name)
     sitk.WriteImage(sitk.Image([32, 32, 16], sitk.sitkFloat32) + 5.0, str(inputs / "b.nii.gz"))  # constant
+    sitk.WriteImage(sitk.Image([32, 32], sitk.sitkFloat32) + 1.0, str(inputs / "d.nrrd"))  # fails its header check
     out = tmp_path / "out"
     code, stdout, err = run_cli(capsys, "detect", str(inputs), "--model", str(dae_model_path), "--output-dir",
                                 str(out), "--keep-going", "--progress", "json")
     assert code == 1 and "Traceback" not in err
-    assert "1 of 3 volumes failed (the other 2 have their outputs)" in err
-    assert f"{inputs / 'b.nii.gz'}: every voxel has the same value" in err
+    assert "2 of 4 volumes failed (the other 2 have their outputs)" in err
+    assert f"{inputs / 'b.nii.gz'}: every voxel has the same value" in err and f"{inputs / 'd.nrrd'}: is 2D" in err
     assert sorted(p.name for p in out.iterdir() if p.name.endswith("_summary.json")) == ["a_summary.json",
                                                                                          "c_summary.json"]
-    assert not any(p.name.startswith("b_") for p in out.iterdir())
+    assert not any(p.name.startswith(("b_", "d_")) for p in out.iterdir())
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert any(e["event"] == "log" and "b.nii.gz" in e["message"] for e in events)
     assert events[-1]["event"] == "error"
