@@ -52,5 +52,10 @@ class DeviceError(MedAutoencoderError):
     """The requested compute device is unavailable or ran out of memory."""
 
 
+#: What to say when the machine's own memory (RAM) runs out, wherever it happens.
+OUT_OF_MEMORY_ADVICE = ("close other programs, give fewer or smaller volumes at once (a smaller --batch-size for "
+                        "training), or use a machine with more memory")
+
+
 class Cancelled(MedAutoencoderError):
     """The user asked the job to stop (signal or stop file)."""

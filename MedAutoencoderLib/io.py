@@ -19,7 +19,13 @@ import numpy as np
 import SimpleITK as sitk
 from isal import igzip, isal_zlib
 
-from MedAutoencoderLib.errors import InputImageError, OutputExistsError, OutputLocationError
+from MedAutoencoderLib.errors import (
+    OUT_OF_MEMORY_ADVICE,
+    DeviceError,
+    InputImageError,
+    OutputExistsError,
+    OutputLocationError,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -194,6 +200,8 @@ def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
         return reader(path)
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        if "Failed to allocate memory" in first_line:  # the file is fine: the machine is full
+            raise DeviceError(f"{path}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}") from None
         raise InputImageError(f"{path}: cannot be read as a medical image ({first_line})") from None
 
 
