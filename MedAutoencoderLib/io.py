@@ -188,7 +188,13 @@ def _read_volume(p: Path) -> sitk.Image:
         # turns NaN and infinite voxels into zeros, so the file is scanned beside the read, on the other core:
         # its bytes are counted and compared with the header's, its float voxels checked
         scan = side.submit(_scan_nifti, p)
-        image = _read(lambda q: sitk.ReadImage(str(q)), p)
+        try:
+            image = _read(lambda q: sitk.ReadImage(str(q)), p)
+        except InputImageError as exc:
+            if "nifti_image_load failed" not in str(exc):
+                raise
+            scan.result()  # a damaged file is named as such; one that scans whole failed for want of memory
+            raise DeviceError(f"{p}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}") from None
         _check_nifti_complete(p, image, scan.result().bytes_present)
     if scan.result().non_finite:
         raise InputImageError(f"{p}: {_NON_FINITE}")

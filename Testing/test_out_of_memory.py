@@ -38,6 +38,7 @@ def large_volume(tmp_path_factory):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 @pytest.mark.parametrize("headroom_mb, message", [
     (40, "large.nii: not enough memory to read it; close other programs"),  # ITK's image buffer
+    (150, "large.nii: not enough memory to read it; close other programs"),  # the NIfTI library's own buffer
     (500, "error: this machine ran out of memory during detect; close other programs"),  # numpy or ITK, later
 ])
 def test_running_out_of_memory_is_one_clear_line(tmp_path, large_volume, headroom_mb, message):
