@@ -640,7 +640,7 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         standby = self._standby(device)
         if standby.busy:  # a script started a second detection meanwhile
             python, useStartupEnvironment = jobs.python_launcher()
-            worker = self._startWorker([python, "-m", "MedAutoencoderLib", *arguments], device, useStartupEnvironment)
+            worker = self._startWorker(jobs.cli_command(python, arguments), device, useStartupEnvironment)
         else:
             logging.info("MedAutoencoder: detection in the standby worker: %s", " ".join(arguments))
             worker = standby.run(arguments)

@@ -24,7 +24,13 @@ from MedAutoencoderLib.config import (
     PreprocessConfig,
     TrainConfig,
 )
-from MedAutoencoderLib.errors import OUT_OF_MEMORY_ADVICE, Cancelled, ConfigurationError, MedAutoencoderError
+from MedAutoencoderLib.errors import (
+    OUT_OF_MEMORY_ADVICE,
+    Cancelled,
+    ConfigurationError,
+    MedAutoencoderError,
+    is_out_of_memory,
+)
 from MedAutoencoderLib.io import write_text
 from MedAutoencoderLib.jobs import EXIT_CANCELLED
 from MedAutoencoderLib.progress import make_reporter
@@ -481,15 +487,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:  # unwritable output folder, a file where a folder should be, disk full...
         where = f"{exc.filename}: " if exc.filename else ""
         return _report_error(f"{where}{exc.strerror or exc}", json_progress)
-    except (MemoryError, RuntimeError) as exc:  # numpy: MemoryError; torch's CPU allocator and ITK: RuntimeError
-        if not isinstance(exc, MemoryError) and not any(text in str(exc) for text in _OUT_OF_MEMORY_TEXTS):
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
             raise  # a defect: its traceback is what a report needs
         return _report_error(f"this machine ran out of memory during {args.command}; {OUT_OF_MEMORY_ADVICE}",
                              json_progress)
-
-
-# How torch's CPU allocator and ITK's image buffers say that the machine's memory ran out.
-_OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "Failed to allocate memory")
 
 
 def _report_error(message: str, json_progress: bool) -> int:

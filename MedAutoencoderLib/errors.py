@@ -55,6 +55,15 @@ class DeviceError(MedAutoencoderError):
 #: What to say when the machine's own memory (RAM) runs out, wherever it happens.
 OUT_OF_MEMORY_ADVICE = ("close other programs, give fewer or smaller volumes at once (a smaller --batch-size for "
                         "training), or use a machine with more memory")
+# How torch's CPU allocator and ITK's image buffers say that the machine's memory ran out (numpy raises
+# MemoryError).
+_OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "Failed to allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that the machine's own memory ran out (not a GPU's: see ``device.py``)."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY_TEXTS))
 
 
 class Cancelled(MedAutoencoderError):

@@ -25,6 +25,7 @@ from MedAutoencoderLib.errors import (
     InputImageError,
     OutputExistsError,
     OutputLocationError,
+    is_out_of_memory,
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -194,7 +195,7 @@ def _read_volume(p: Path) -> sitk.Image:
             if "nifti_image_load failed" not in str(exc):
                 raise
             scan.result()  # a damaged file is named as such; one that scans whole failed for want of memory
-            raise DeviceError(f"{p}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}") from None
+            raise _no_memory_to_read(p) from None
         _check_nifti_complete(p, image, scan.result().bytes_present)
     if scan.result().non_finite:
         raise InputImageError(f"{p}: {_NON_FINITE}")
@@ -205,10 +206,14 @@ def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
     try:
         return reader(path)
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
+        if is_out_of_memory(exc):  # the file is fine: the machine is full
+            raise _no_memory_to_read(path) from None
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        if "Failed to allocate memory" in first_line:  # the file is fine: the machine is full
-            raise DeviceError(f"{path}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}") from None
         raise InputImageError(f"{path}: cannot be read as a medical image ({first_line})") from None
+
+
+def _no_memory_to_read(path: Path) -> DeviceError:
+    return DeviceError(f"{path}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}")
 
 
 @dataclass

@@ -98,11 +98,15 @@ def worker_environment(device: str, base_pythonpath: str = "") -> Dict[str, str]
     return environment
 
 
+def cli_command(python: str, arguments: Sequence[str]) -> List[str]:
+    """``python -m MedAutoencoderLib <arguments>``: the library's command line run by ``python``."""
+    return [python, "-m", "MedAutoencoderLib", *arguments]
+
+
 def detect_command(python: str, input_paths: Sequence[str], output_dir: str, model_path: Optional[str] = None,
                    threshold: Optional[float] = None, device: str = "auto", file_format: str = "nrrd") -> List[str]:
     """``python -m MedAutoencoderLib detect`` with JSON progress (None threshold = calibrated)."""
-    return [python, "-m", "MedAutoencoderLib", *detect_arguments(input_paths, output_dir, model_path, threshold,
-                                                                 device, file_format)]
+    return cli_command(python, detect_arguments(input_paths, output_dir, model_path, threshold, device, file_format))
 
 
 def detect_arguments(input_paths: Sequence[str], output_dir: str, model_path: Optional[str] = None,
@@ -125,8 +129,8 @@ def train_command(python: str, data: Sequence[str], model_type: str, out: str, e
 
     ``extra_arguments`` passes further ``train`` options through (e.g. a small ``--size`` for quick tests).
     """
-    command = [python, "-m", "MedAutoencoderLib", "train", "--data", *[str(p) for p in data],
-               "--model", model_type, "--out", str(out), "--device", cli_device(device), "--progress", "json"]
+    command = cli_command(python, ["train", "--data", *[str(p) for p in data], "--model", model_type, "--out",
+                                   str(out), "--device", cli_device(device), "--progress", "json"])
     if epochs:
         command += ["--epochs", str(int(epochs))]
     if max_minutes:

@@ -16,20 +16,15 @@ import logging
 import os
 import subprocess
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-from MedAutoencoderLib.jobs import FollowedJob, kill_process_tree
+from MedAutoencoderLib.jobs import FollowedJob, cli_command, kill_process_tree
 from MedAutoencoderLib.serve import SERVED_EVENT
 
 _LOG = logging.getLogger(__name__)
 #: A standby worker idle this long is closed, giving its memory (about 0.5-1 GB) back.
 DEFAULT_IDLE_SECONDS = 600.0
 _CLOSE_GRACE_SECONDS = 10.0
-
-
-def serve_command(python: str) -> List[str]:
-    """``python -m MedAutoencoderLib serve``."""
-    return [python, "-m", "MedAutoencoderLib", "serve"]
 
 
 def _served_code(line: str) -> Optional[int]:
@@ -43,6 +38,14 @@ def _served_code(line: str) -> Optional[int]:
     if isinstance(event, dict) and event.get("event") == SERVED_EVENT and isinstance(event.get("exit_code"), int):
         return event["exit_code"]
     return None
+
+
+def _close_input(process: subprocess.Popen) -> None:
+    """Close the worker's standard input (it ends when idle; a killed one leaves the pipe to close)."""
+    try:
+        process.stdin.close()
+    except OSError:
+        pass
 
 
 def _end_within(process: subprocess.Popen, seconds: float) -> None:
@@ -100,7 +103,7 @@ class StandbyWorker:
 
     def __init__(self, python: str, environment: Optional[Dict[str, str]] = None,
                  idle_seconds: float = DEFAULT_IDLE_SECONDS):
-        self.command = serve_command(python)
+        self.command = cli_command(python, ["serve"])
         self.environment = environment
         self.idle_seconds = idle_seconds
         self._lock = threading.RLock()
@@ -153,10 +156,7 @@ class StandbyWorker:
         if process is None:
             return
         kill_process_tree(process)
-        try:
-            process.stdin.close()
-        except OSError:
-            pass
+        _close_input(process)
         with self._lock:
             if self._job is not None and self._job._process is process:
                 self._job._worker_ended()
@@ -176,10 +176,7 @@ class StandbyWorker:
                 return
             self._cancel_idle_timer()
             process, self._process = self._process, None  # the next run starts a new one at once
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
+            _close_input(process)
         threading.Thread(target=_end_within, args=(process, _CLOSE_GRACE_SECONDS), daemon=True,
                          name="MedAutoencoder standby close").start()
 
