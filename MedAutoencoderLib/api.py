@@ -34,7 +34,13 @@ from MedAutoencoderLib.detection import (
     score_volume,
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
-from MedAutoencoderLib.errors import BatchDetectionError, InputImageError, ModelFileError, OutputExistsError
+from MedAutoencoderLib.errors import (
+    BatchDetectionError,
+    ConfigurationError,
+    InputImageError,
+    ModelFileError,
+    OutputExistsError,
+)
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import (
     check_volume_header,
@@ -133,8 +139,9 @@ def detect_image(image: sitk.Image, model: LoadedModel, options: Optional[Detect
 def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path], model: LoadedModel,
                  options: Optional[DetectOptions] = None, output_format: Optional[str] = None,
                  overwrite: bool = False, progress: Optional[ProgressCallback] = None,
-                 keep_going: bool = False) -> Dict[str, Dict[str, str]]:
-    """Detect in each file, writing ``<stem>_{reconstruction,anomaly_map,anomaly_mask}`` and a summary JSON.
+                 keep_going: bool = False, compress: bool = True) -> Dict[str, Dict[str, str]]:
+    """Detect in each file, writing ``<stem>_{reconstruction,anomaly_map,anomaly_mask}`` and a summary JSON
+    (``compress`` False: nrrd and mha outputs uncompressed, for a caller that reads them back at once).
 
     All target paths are checked before anything is written; the model is loaded once for all inputs. A volume
     that fails its checks stops the batch, or with ``keep_going`` is skipped (it writes nothing) and
@@ -143,6 +150,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     paths, failures = _checked_headers([Path(p) for p in inputs], keep_going)
     require_writable_folder(output_dir)
     targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
+    if not compress:
+        _refuse_compressed_format(targets)
     _refuse_shared_targets(targets)
     refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)
     tracker = ProgressTracker(progress, total=len(paths))
@@ -159,7 +168,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             current: List[Future] = []
 
             def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path]) -> None:
-                current.append(writer.submit(write_image, image, target[kind]))
+                current.append(writer.submit(write_image, image, target[kind], compress))
 
             try:
                 result = run_detection(read_image(path), model, options, name=str(path), on_output=write_soon).result
@@ -224,6 +233,16 @@ def _wait_for(writes: List[Future]) -> None:
     wait(writes)
     for write in writes:
         write.result()
+
+
+def _refuse_compressed_format(targets: Dict[Path, Dict[str, Path]]) -> None:
+    """Uncompressed outputs asked for, but a gzipped NIfTI is compressed by its very name: say so before any
+    work rather than write what was not asked for."""
+    for source, group in targets.items():
+        if str(group["reconstruction"]).endswith(".nii.gz"):
+            raise ConfigurationError(f"{source}: uncompressed outputs were asked for, but its outputs would be "
+                                     ".nii.gz (the input's format), which is always compressed; choose another "
+                                     "output format (--format nii, nrrd or mha)")
 
 
 def _refuse_shared_targets(targets: Dict[Path, Dict[str, Path]]) -> None:

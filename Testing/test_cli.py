@@ -72,6 +72,33 @@ def test_detect_writes_outputs_and_refuses_to_overwrite(dae_model_path, lesion_c
     assert {p.name: p.read_bytes() for p in outputs.iterdir()} == before
 
 
+def nrrd_encoding(path) -> str:
+    with open(path, "rb") as nrrd:
+        header = nrrd.read(4096).split(b"\n\n")[0].decode("ascii")
+    return next(line.split(":")[1].strip() for line in header.splitlines() if line.startswith("encoding:"))
+
+
+def test_detect_uncompressed_writes_the_same_volumes_raw(dae_model_path, lesion_case, tmp_path):
+    runs = {}
+    for name, extra in (("compressed", []), ("raw", ["--uncompressed"])):
+        done = cli("detect", lesion_case["image_path"], "--model", dae_model_path, "--output-dir", tmp_path / name,
+                   "--format", "nrrd", "--progress", "none", "--device", "cpu", *extra)
+        assert done.returncode == 0, done.stderr
+        runs[name] = tmp_path / name
+    for kind in ("reconstruction", "anomaly_map", "anomaly_mask"):
+        compressed, raw = (runs[name] / f"case_000_{kind}.nrrd" for name in ("compressed", "raw"))
+        assert nrrd_encoding(compressed) == "gzip" and nrrd_encoding(raw) == "raw"
+        a, b = sitk.ReadImage(str(compressed)), sitk.ReadImage(str(raw))
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
+        assert (a.GetOrigin(), a.GetSpacing(), a.GetDirection()) == (b.GetOrigin(), b.GetSpacing(), b.GetDirection())
+
+    refused = cli("detect", lesion_case["image_path"], "--model", dae_model_path, "--output-dir", tmp_path / "nii",
+                  "--uncompressed", "--progress", "none", "--device", "cpu")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "always compressed" in refused.stderr and "--format nii" in refused.stderr
+    assert list(tmp_path.glob("nii/*")) == []
+
+
 def test_detect_takes_folders_and_never_replaces_an_input_even_with_overwrite(dae_model_path, lesion_case, tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -67,6 +67,7 @@ def test_detect_command_has_json_progress_and_all_options():
     assert command[command.index("--device") + 1] == "cuda"
     assert command[command.index("--progress") + 1] == "json"
     assert command[command.index("--format") + 1] == "nrrd"
+    assert "--uncompressed" in command  # read back at once and deleted: compressing them is wasted time
 
 
 def test_detect_command_defaults_to_bundled_model_and_calibrated_threshold():

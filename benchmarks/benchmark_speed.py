@@ -140,22 +140,28 @@ def command_line_seconds(volume: Path, out_dir: Path, device: str, repeats: int)
 
 
 def standby_worker_seconds(volume: Path, out_dir: Path, device: str, repeats: int) -> Dict[str, List[float]]:
-    """Wall time of detections sent to a standby worker (``python -m MedAutoencoderLib serve``, as the Slicer
-    module keeps one): the first one sent as the worker starts, then ``repeats`` more to the started worker."""
-    from MedAutoencoderLib import jobs
+    """Wall time of detections as the Slicer module runs them, less the scene update: the volume as the module
+    hands it over (uncompressed NRRD), the module's arguments sent to a standby worker (``python -m
+    MedAutoencoderLib serve``), and its outputs read back; the first one sent as the worker starts, then
+    ``repeats`` more to the started worker."""
+    from MedAutoencoderLib import jobs, slicer_bridge
     from MedAutoencoderLib.standby import StandbyWorker
 
+    handed_over = out_dir / "input.nrrd"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(read_image(volume), str(handed_over), useCompression=False)
+    arguments = jobs.detect_arguments([str(handed_over)], str(out_dir / "outputs"), device=device)
     worker = StandbyWorker(sys.executable, dict(os.environ, **jobs.worker_environment(device)))
-    arguments = ["detect", str(volume), "--output-dir", str(out_dir), "--device", device, "--overwrite",
-                 "--progress", "json"]
     times: Dict[str, List[float]] = {"first": [], "later": []}
     try:
         for kind in ["first"] + ["later"] * repeats:
             start = time.perf_counter()
-            code = worker.run(arguments).wait(poll_seconds=0.01)
-            times[kind].append(time.perf_counter() - start)
+            job = worker.run(arguments)
+            code = job.wait(poll_seconds=0.01)
             if code != 0:
                 raise RuntimeError(f"standby detection failed with code {code}")
+            slicer_bridge.read_worker_outputs(job.outputs[str(handed_over)])
+            times[kind].append(time.perf_counter() - start)
     finally:
         worker.stop()
     return times
@@ -216,7 +222,8 @@ def main() -> None:
         print(f"  {name:<50}{seconds:>6.2f}")
     print(f"one-volume command-line process (python -m MedAutoencoderLib detect, imports included): "
           f"median {statistics.median(process_seconds):.2f} s of {len(process_seconds)}")
-    print(f"the same in a standby worker (python -m MedAutoencoderLib serve, as the Slicer module keeps one): "
+    print(f"the same as the Slicer module runs it (a standby worker, python -m MedAutoencoderLib serve; "
+          f"uncompressed files in and out, outputs read back): "
           f"{standby_seconds['first'][0]:.2f} s sent as it starts, then median "
           f"{statistics.median(standby_seconds['later']):.2f} s of {len(standby_seconds['later'])}")
     print(f"training throughput (default DAE, batch 16, augmentation): {slices_per_second:.1f} slices/s")
