@@ -5,7 +5,8 @@ These are what the command line, the Slicer module and console scripts call; eac
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -35,11 +36,15 @@ from MedAutoencoderLib.detection import (
 )
 from MedAutoencoderLib.device import configure_for_speed, resolve_device
 from MedAutoencoderLib.errors import (
+    OUT_OF_MEMORY_ADVICE,
     BatchDetectionError,
     ConfigurationError,
+    DeviceError,
     InputImageError,
+    MedAutoencoderError,
     ModelFileError,
     OutputExistsError,
+    is_out_of_memory,
 )
 from MedAutoencoderLib.inference import reconstruct
 from MedAutoencoderLib.io import (
@@ -54,6 +59,7 @@ from MedAutoencoderLib.io import (
     write_image,
     write_text,
 )
+from MedAutoencoderLib.outputs import PendingOutputs
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.training import StopRequest, Trainer
@@ -143,8 +149,10 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     """Detect in each file, writing ``<stem>_{reconstruction,anomaly_map,anomaly_mask}`` and a summary JSON
     (``compress`` False: nrrd and mha outputs uncompressed, for a caller that reads them back at once).
 
-    All target paths are checked before anything is written; the model is loaded once for all inputs. A volume
-    that fails its checks stops the batch, or with ``keep_going`` is skipped (it writes nothing) and
+    All target paths are checked before anything is written; the model is loaded once for all inputs. A
+    volume's files get their names together once all are written (:mod:`~MedAutoencoderLib.outputs`): one that
+    fails writes nothing, and an earlier run's outputs of it stay as they were. A volume that fails its checks,
+    runs out of memory, or meets a defect stops the batch, saying where; with ``keep_going`` it is skipped and
     the batch ends with :class:`BatchDetectionError` naming every such volume, as a cohort run on a server wants.
     """
     paths, failures = _checked_headers([Path(p) for p in inputs], keep_going)
@@ -160,37 +168,68 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         tracker.emit("log", 0, f"skipped {reason}")
     written: Dict[str, Dict[str, str]] = {}
     # Writer threads write each output as soon as it exists (compression releases the GIL), while the scores and
-    # the next volume are computed.
+    # the next volume are computed; a volume's files get their names once all of them are written.
     with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
-        previous: List[Future] = []
-        for i, path in enumerate(paths):
-            tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
-            current: List[Future] = []
+        previous = PendingOutputs(writer)  # the last volume's outputs, still being written
+        try:
+            for i, path in enumerate(paths):
+                tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
+                current = PendingOutputs(writer)
 
-            def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path]) -> None:
-                current.append(writer.submit(write_image, image, target[kind], compress))
+                def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path],
+                               outputs: PendingOutputs = current) -> None:
+                    outputs.submit(target[kind], lambda pending: write_image(image, pending, compress))
 
-            try:
-                result = run_detection(read_image(path), model, options, name=str(path), on_output=write_soon).result
-            except InputImageError as exc:
-                if not keep_going:
-                    raise InputImageError(f"{exc}{_batch_context(i, len(paths))}") from None
-                # (its checks all come before its first output is handed over: nothing of it was written)
-                failures[str(path)] = str(exc)
-                tracker.emit("log", i + 1, f"skipped {exc}")
-                continue
-            current.append(writer.submit(write_text, targets[path]["summary"], json.dumps(result.summary, indent=2),
-                                         True))
-            _wait_for(previous)  # outputs of two volumes in flight at most: memory stays bounded
-            previous = current
-            written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
-            tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
-                         f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
-        _wait_for(previous)
+                try:
+                    result = run_detection(read_image(path), model, options, name=str(path),
+                                           on_output=write_soon).result
+                except BaseException as exc:
+                    current.discard()
+                    reason = _volume_failure(path, exc, i, len(paths), keep_going, tracker)
+                    failures[str(path)] = reason
+                    tracker.emit("log", i + 1, f"skipped {reason}")
+                    continue
+                summary = json.dumps(result.summary, indent=2)
+                current.submit(targets[path]["summary"], lambda pending: write_text(pending, summary, True))
+                previous.commit()  # outputs of two volumes in flight at most: memory stays bounded
+                previous = current
+                written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
+                tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
+                             f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
+        finally:
+            previous.commit()  # finished volumes keep their outputs however the batch ends
     if failures:
         raise BatchDetectionError(written, failures, len(written) + len(failures))
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+def _volume_failure(path: Path, error: BaseException, index: int, count: int, keep_going: bool,
+                    tracker: ProgressTracker) -> str:
+    """Why volume ``index`` of a batch failed, when the batch goes on (``keep_going``) after such a failure: its
+    input checks, the machine's or the GPU's memory running out (a smaller volume after it may fit), or a
+    defect (its traceback is printed for a report). Anything else is re-raised: a cancel, or an error that is
+    not about this volume (a model without a threshold fails every volume alike). Without ``keep_going`` a
+    volume's failure is raised saying where the batch stopped."""
+    if isinstance(error, InputImageError):
+        reason = str(error)
+    elif isinstance(error, DeviceError):  # the GPU's memory (not naming the volume), or too little to read it
+        reason = str(error) if str(error).startswith(f"{path}:") else f"{path}: {error}"
+    elif is_out_of_memory(error):
+        reason = f"{path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
+    elif isinstance(error, Exception) and not isinstance(error, MedAutoencoderError):  # a defect
+        if not keep_going:
+            tracker.emit("log", index, f"{path} failed{_batch_context(index, count)}")
+            raise error
+        traceback.print_exc()
+        return f"{path}: failed with an unexpected error ({type(error).__name__}: {error}); this is a defect of " \
+               "MedAutoencoder, please report it with the traceback printed above"
+    else:
+        raise error
+    if not keep_going:
+        raise (InputImageError if isinstance(error, InputImageError) else DeviceError)(
+            f"{reason}{_batch_context(index, count)}") from None
+    return reason
 
 
 def _checked_headers(paths: List[Path], keep_going: bool) -> Tuple[List[Path], Dict[str, str]]:
@@ -226,13 +265,6 @@ def detection_targets(input_path: Path, output_dir: Union[str, Path],
     summary (also for callers that check them before any work)."""
     return {**{kind: output_path(input_path, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
             "summary": Path(output_dir) / f"{volume_stem(input_path)}_summary.json"}
-
-
-def _wait_for(writes: List[Future]) -> None:
-    """Wait for every write and raise the first failure (all of them end first: none is left half-done)."""
-    wait(writes)
-    for write in writes:
-        write.result()
 
 
 def _refuse_compressed_format(targets: Dict[Path, Dict[str, Path]]) -> None:

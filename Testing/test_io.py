@@ -256,3 +256,37 @@ def test_gzipped_nifti_is_a_standard_gzip_file_with_the_exact_geometry(tmp_path)
     for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(back, get)(), getattr(image, get)(), atol=1e-6)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+
+def test_pending_outputs_get_their_names_together_or_not_at_all(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from MedAutoencoderLib.outputs import PendingOutputs
+
+    def write(text):
+        def to(path):
+            path.write_text(text)
+            return path
+        return to
+
+    def fail(path):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "b.txt").write_text("earlier run")
+    with ThreadPoolExecutor(2) as writer:
+        complete = PendingOutputs(writer)
+        complete.submit(tmp_path / "a.txt", write("new a"))
+        complete.submit(tmp_path / "b.txt", write("new b"))
+        assert (tmp_path / "b.txt").read_text() == "earlier run"  # until the set is complete
+        complete.commit()
+        assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new a", "new b"]
+
+        broken = PendingOutputs(writer)
+        broken.submit(tmp_path / "a.txt", write("newer a"))
+        broken.submit(tmp_path / "b.txt", fail)
+        with pytest.raises(OSError, match="No space left"):
+            broken.commit()
+        broken.commit()  # emptied: a second call does nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new a", "new b"]

@@ -1,7 +1,7 @@
 """Running out of memory gives one clear line, not a traceback from deep inside numpy, ITK or torch.
 
 The memory is really exhausted: a fresh process limits its own address space (``RLIMIT_AS``) to what it uses
-after its imports plus a headroom, then runs ``detect`` on a 72 MB volume.
+after its imports plus a headroom, then runs ``detect`` on a 72 MB volume (with ``--keep-going``, a small one after it).
 """
 from __future__ import annotations
 
@@ -21,28 +21,51 @@ with open("/proc/self/status") as status:
     size = int(next(line for line in status if line.startswith("VmSize")).split()[1]) * 1024
 limit = size + (int(sys.argv[1]) << 20)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-sys.exit(cli.main(["detect", sys.argv[2], "--output-dir", sys.argv[3], "--device", "cpu", "--progress", "none"]))
+sys.exit(cli.main(["detect", *sys.argv[2:], "--device", "cpu", "--progress", "none"]))
 """
+
+
+def template_volume(folder, name: str, size, spacing):
+    """The MNI template resampled onto a grid of ``size`` voxels of ``spacing`` mm, as uncompressed NIfTI."""
+    template = load_template()
+    image = sitk.Resample(template, size, sitk.Transform(), sitk.sitkLinear, template.GetOrigin(), spacing,
+                          template.GetDirection(), 0.0, sitk.sitkFloat32)
+    sitk.WriteImage(image, str(folder / name))
+    return folder / name
 
 
 @pytest.fixture(scope="module")
 def large_volume(tmp_path_factory):
-    template = load_template()
-    image = sitk.Resample(template, [300, 300, 200], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
-                          (0.65, 0.78, 0.95), template.GetDirection(), 0.0, sitk.sitkFloat32)
-    path = tmp_path_factory.mktemp("large") / "large.nii"
-    sitk.WriteImage(image, str(path))
-    return path
+    return template_volume(tmp_path_factory.mktemp("large"), "large.nii", [300, 300, 200], (0.65, 0.78, 0.95))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 @pytest.mark.parametrize("headroom_mb, message", [
     (40, "large.nii: not enough memory to read it; close other programs"),  # ITK's image buffer
     (150, "large.nii: not enough memory to read it; close other programs"),  # the NIfTI library's own buffer
-    (500, "error: this machine ran out of memory during detect; close other programs"),  # numpy or ITK, later
+    (500, "large.nii: this machine ran out of memory detecting anomalies in it; close other programs"),  # later
 ])
 def test_running_out_of_memory_is_one_clear_line(tmp_path, large_volume, headroom_mb, message):
-    completed = subprocess.run([sys.executable, "-c", PROBE, str(headroom_mb), str(large_volume),
+    completed = subprocess.run([sys.executable, "-c", PROBE, str(headroom_mb), str(large_volume), "--output-dir",
                                 str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1, completed.stderr[-2000:]
     assert message in completed.stderr and "Traceback" not in completed.stderr, completed.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def small_volume(tmp_path_factory):
+    return template_volume(tmp_path_factory.mktemp("small"), "small.nii", [100, 116, 96], (2.0, 2.0, 2.0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_keep_going_skips_a_volume_too_large_for_the_memory_and_detects_the_next(tmp_path, large_volume,
+                                                                                 small_volume):
+    out = tmp_path / "out"
+    completed = subprocess.run([sys.executable, "-c", PROBE, "500", str(large_volume), str(small_volume),
+                                "--output-dir", str(out), "--keep-going"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1, completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr, completed.stderr[-2000:]
+    assert "1 of 2 volumes failed (the other 1 have their outputs)" in completed.stderr
+    assert "large.nii: this machine ran out of memory detecting anomalies in it" in completed.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["small_anomaly_map.nii", "small_anomaly_mask.nii",
+                                                     "small_reconstruction.nii", "small_summary.json"]

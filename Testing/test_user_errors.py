@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import TOY_SPACING, tiny_train_config
-from MedAutoencoderLib import cli, synthetic
+from MedAutoencoderLib import api, cli, synthetic
 from MedAutoencoderLib.api import detect_image, load_model
 from MedAutoencoderLib.checkpoint import save_model
 from MedAutoencoderLib.config import DetectOptions, ModelConfig, PreprocessConfig
@@ -90,6 +90,63 @@ def test_keep_going_skips_a_failing_volume_lists_it_and_finishes_the_batch(capsy
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert any(e["event"] == "log" and "b.nii.gz" in e["message"] for e in events)
     assert events[-1]["event"] == "error"
+
+
+def fail_scoring_of(monkeypatch, name: str) -> None:
+    """A defect in scoring one volume (after its reconstruction was handed to the writers): no real input
+    triggers one, so it is injected."""
+    real_score_volume = api.score_volume
+
+    def score_volume(prepared, *args):
+        if Path(prepared.name).name == name:
+            raise ValueError("injected defect")
+        return real_score_volume(prepared, *args)
+
+    monkeypatch.setattr(api, "score_volume", score_volume)
+
+
+def test_a_defect_in_a_batch_says_where_it_stopped_and_leaves_the_earlier_run_of_that_volume_whole(
+        capsys, monkeypatch, tmp_path, lesion_case, dae_model_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(lesion_case["healthy_path"], inputs / "b.nii.gz")  # an earlier version of b
+    out = tmp_path / "out"
+    assert run_cli(capsys, "detect", str(inputs / "b.nii.gz"), "--model", str(dae_model_path), "--output-dir",
+                   str(out), "--progress", "none")[0] == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    for name in ("a.nii.gz", "b.nii.gz"):
+        shutil.copy(lesion_case["image_path"], inputs / name)
+    fail_scoring_of(monkeypatch, "b.nii.gz")
+    with pytest.raises(ValueError, match="injected defect"):  # a defect keeps its traceback
+        cli.main(["detect", str(inputs), "--model", str(dae_model_path), "--output-dir", str(out), "--overwrite",
+                  "--progress", "json"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "log" and "b.nii.gz failed (volume 2 of 2: outputs written for 1 volume(s) before it"
+               in e["message"] for e in events)
+    assert (out / "a_summary.json").is_file()
+    # b's new reconstruction was written before its scoring failed: not given its name, and no hidden leftovers
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("b_")} == earlier
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_keep_going_skips_a_volume_that_meets_a_defect_and_prints_its_traceback(capsys, monkeypatch, tmp_path,
+                                                                                lesion_case, dae_model_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
+        shutil.copy(lesion_case["image_path"], inputs / name)
+    fail_scoring_of(monkeypatch, "b.nii.gz")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "detect", str(inputs), "--model", str(dae_model_path), "--output-dir", str(out),
+                           "--keep-going", "--progress", "none")
+    assert code == 1
+    assert "Traceback" in err and "ValueError: injected defect" in err  # for the report it asks for
+    assert "1 of 3 volumes failed (the other 2 have their outputs)" in err
+    assert f"{inputs / 'b.nii.gz'}: failed with an unexpected error (ValueError: injected defect); this is a " \
+           "defect of MedAutoencoder" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}" for stem in "ac" for kind in ("reconstruction.nii.gz", "anomaly_map.nii.gz",
+                                                       "anomaly_mask.nii.gz", "summary.json"))
 
 
 def test_an_output_folder_that_is_a_file_is_a_clean_error_also_in_the_json_stream(capsys, tmp_path, lesion_case,
