@@ -162,30 +162,50 @@ def _require_darkest_background(values: np.ndarray) -> None:
 
 _CT_AIR_HU = (-1100.0, -900.0)  # air in Hounsfield units: a CT's surroundings, sinuses, airways
 _CT_SOFT_TISSUE_HU = (-100.0, 100.0)  # fat, water, brain (20-45), muscle, blood
+_CT_BONE_HU = 700.0  # skull: cortical bone 1000-2000 HU
 _MIN_CT_AIR_SHARE = 0.05  # of all voxels: a CT of a head has 30-60 % air
 # of the voxels that are not air: a head CT has 70-80 % soft tissue (brain, scalp) and the rest bone; an MRI stored
 # with its background at -1024 has its tissue spread over the whole range (the real head stored so: 26 %)
 _MIN_CT_SOFT_TISSUE_SHARE = 0.5
+# A CT stored without its rescale (DICOM's intercept is usually -1024): raw values are HU + 1024, and air then
+# sits at 0 like an MRI's background. An MRI whose tissue happens to lie near 1024 can have much of it in the soft
+# tissue window (the real scans here scaled to every position: up to 48 %, MS FLAIR), but never together with
+# bone: among scalings leaving 2 % of the rest above 700 HU, at most 34 % (BraTS FLAIR). A head's skull is 10-20 %.
+_CT_RAW_OFFSET = 1024.0
+_MIN_CT_BONE_SHARE = 0.02
+
+
+def _hounsfield_shares(sample: np.ndarray) -> Tuple[float, float, float]:
+    """Were ``sample`` in Hounsfield units: the share of air among all voxels, and of soft tissue and of bone
+    among those above air (zeros when there are none)."""
+    air = float(np.mean((sample >= _CT_AIR_HU[0]) & (sample <= _CT_AIR_HU[1])))
+    body = sample[sample > _CT_AIR_HU[1]]
+    if body.size == 0:
+        return air, 0.0, 0.0
+    soft_tissue = float(np.mean((body >= _CT_SOFT_TISSUE_HU[0]) & (body <= _CT_SOFT_TISSUE_HU[1])))
+    return air, soft_tissue, float(np.mean(body > _CT_BONE_HU))
 
 
 def _require_not_ct(values: np.ndarray) -> None:
     """Refuse a CT for a brain MRI model: its Hounsfield units (air at -1000, tissue near 0) are no MRI contrast,
     and the template's registration can place the brain on a CT of a head well enough to pass the brain check,
     after which the model would report confident nonsense. (Brain models only: a user's own model may be a CT
-    one.) An MRI has no good share of its voxels near -1000 with most of the rest near 0. Not recognised: a CT
-    stored without its rescale (HU + 1024, some raw exports)."""
+    one.) An MRI has no good share of its voxels near -1000 with most of the rest near 0; stored as HU + 1024
+    (a CT without its rescale), it is told apart by the skull as well."""
     sample = values[::2, ::2, ::2]  # every 8th voxel estimates the shares well
-    air = (sample >= _CT_AIR_HU[0]) & (sample <= _CT_AIR_HU[1])
-    body = sample[sample > _CT_AIR_HU[1]]
-    if body.size == 0 or float(np.mean(air)) <= _MIN_CT_AIR_SHARE:
-        return
-    soft_tissue = float(np.mean((body >= _CT_SOFT_TISSUE_HU[0]) & (body <= _CT_SOFT_TISSUE_HU[1])))
-    if soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE:
-        raise InputImageError(f"it looks like a CT ({np.mean(air):.0%} of the voxels at air's -1000 HU, "
-                              f"{soft_tissue:.0%} of the rest near 0 HU), not an MRI; brain-template models "
-                              "(--foreground template), such as the bundled one, are for brain T1 MRI: for CTs, "
-                              "train a model with --foreground otsu and pass it (--model). An MRI stored with an "
-                              "offset: shift its background to 0")
+    air, soft_tissue, _ = _hounsfield_shares(sample)
+    if air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE:
+        evidence = f"a CT ({air:.0%} of the voxels at air's -1000 HU, {soft_tissue:.0%} of the rest near 0 HU)"
+    else:
+        air, soft_tissue, bone = _hounsfield_shares(sample - _CT_RAW_OFFSET)
+        if not (air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE and bone >= _MIN_CT_BONE_SHARE):
+            return
+        evidence = (f"a CT stored without its rescale, as HU + {_CT_RAW_OFFSET:g} ({air:.0%} of the voxels at air's "
+                    f"0, {soft_tissue:.0%} of the rest near soft tissue's {_CT_RAW_OFFSET:g} and {bone:.0%} at "
+                    f"bone's {_CT_RAW_OFFSET + _CT_BONE_HU:g} and above)")
+    raise InputImageError(f"it looks like {evidence}, not an MRI; brain-template models (--foreground template), "
+                          "such as the bundled one, are for brain T1 MRI: for CTs, train a model with --foreground "
+                          "otsu and pass it (--model). An MRI stored with an offset: shift its background to 0")
 
 
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:

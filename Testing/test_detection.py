@@ -143,9 +143,15 @@ def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
         prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
 
 
-def test_a_ct_of_a_head_is_refused_by_the_brain_model_and_accepted_by_an_own_model(subject_with_brain):
+@pytest.mark.parametrize("stored, message", [
+    ("hounsfield", r"it looks like a CT \(7.% of the voxels at air's -1000 HU"),
+    ("raw uint16", r"it looks like a CT stored without its rescale, as HU \+ 1024 \(7.% of the voxels at air's 0"),
+])
+def test_a_ct_of_a_head_is_refused_by_the_brain_model_and_accepted_by_an_own_model(subject_with_brain, stored,
+                                                                                    message):
     """A CT of a head (air -1000 HU, brain 20-45 HU, skull 1000 HU) is no T1 MRI; a user's own model may be a
-    CT model, trained on such scans."""
+    CT model, trained on such scans. Some exports store it without its rescale (HU + 1024, unsigned): air then
+    sits at 0 like an MRI's background, and was taken for one."""
     image, brain = subject_with_brain
     brain_array = sitk.GetArrayFromImage(brain) > 0
     spacing_zyx = np.array(image.GetSpacing()[::-1])
@@ -155,9 +161,9 @@ def test_a_ct_of_a_head_is_refused_by_the_brain_model_and_accepted_by_an_own_mod
     hounsfield[brain_array] = 20.0 + 25.0 * values[brain_array] / np.percentile(values[brain_array], 99)
     hounsfield[(outside > 0) & (outside <= 6)] = 1000.0  # skull
     hounsfield[(outside > 6) & (outside <= 10)] = 40.0  # scalp
-    ct = sitk.GetImageFromArray(hounsfield)
+    ct = sitk.GetImageFromArray(hounsfield if stored == "hounsfield" else (hounsfield + 1024).astype(np.uint16))
     ct.CopyInformation(image)
-    with pytest.raises(InputImageError, match="head_ct.nii.gz: it looks like a CT"):
+    with pytest.raises(InputImageError, match="head_ct.nii.gz: " + message):
         prepare_volume(ct, PreprocessConfig(foreground="template"), name="head_ct.nii.gz")
     prepare_volume(ct, PreprocessConfig())  # Otsu foreground, as a user's own model
 

@@ -84,6 +84,22 @@ def test_a_head_mri_stored_with_its_background_at_minus_1024_is_not_taken_for_a_
     assert prepared.foreground.sum() * np.prod(prepared.grid.GetSpacing()) / 1000 > 1000  # a brain, in mL
 
 
+@pytest.mark.parametrize("scan", ["healthy_t1_head/chris_t1", "brats_glioma_case/t1n", "brats_glioma_case/t1c",
+                                  "brats_glioma_case/t2w", "brats_glioma_case/t2f", "ms_lesion_patient26/T1",
+                                  "ms_lesion_patient26/T1POST", "ms_lesion_patient26/T2",
+                                  "ms_lesion_patient26/FLAIR"])
+def test_no_mri_scaled_to_any_intensity_is_taken_for_a_ct_stored_without_its_rescale(scan):
+    """A CT stored as HU + 1024 has its air at 0 like an MRI's background, so an MRI whose tissue happens to lie
+    near 1024 must not be refused: each real scan is scaled so that each of its tissue's percentiles (2-98) in
+    turn lies at 1024 (its soft-tissue share then reaches up to 48 %, but never with a skull)."""
+    from MedAutoencoderLib.preprocessing import _require_not_ct
+
+    values = sitk.GetArrayFromImage(read_image(SHARED_DATA / f"{scan}.nii.gz")).astype(np.float32)
+    tissue = values[values > np.percentile(values, 1)]
+    for percentile in range(2, 100, 2):
+        _require_not_ct(values * np.float32(1024.0 / np.percentile(tissue, percentile)))
+
+
 @pytest.fixture(scope="module")
 def default_model():
     return load_model(None, device="cpu")
