@@ -118,10 +118,16 @@ def test_template_foreground_excludes_a_skull_that_otsu_keeps(subject_with_brain
 
 
 def _body_part(kind: str) -> sitk.Image:
-    """A crude abdomen (body, liver, kidney, spine) or knee (thigh around a femur) at 2 mm, with noise."""
+    """A crude abdomen (body, liver, kidney, spine), knee (thigh around a femur), or a head-sized ellipsoid,
+    uniform or with a bright rim (a phantom), at 2 mm, with noise."""
     z, y, x = np.mgrid[0:100, 0:128, 0:128].astype(np.float32)
     values = np.zeros(z.shape, np.float32)
-    if kind == "abdomen":
+    head_shape = ((x - 64) / 36) ** 2 + ((y - 64) / 45) ** 2 + ((z - 50) / 36) ** 2
+    if kind in ("ellipsoid", "rimmed ellipsoid"):
+        values[head_shape < 1] = 600
+        if kind == "rimmed ellipsoid":
+            values[(head_shape < 1) & (head_shape > 0.8)] = 900
+    elif kind == "abdomen":
         values[((x - 64) / 55) ** 2 + ((y - 64) / 40) ** 2 < 1] = 200
         values[((x - 45) / 15) ** 2 + ((y - 60) / 12) ** 2 + ((z - 50) / 30) ** 2 < 1] = 500
         values[((x - 85) / 8) ** 2 + ((y - 70) / 8) ** 2 + ((z - 50) / 20) ** 2 < 1] = 700
@@ -140,6 +146,15 @@ def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
     """The registration places the template brain on whatever it is given; on an abdomen the brain model used
     to report confident anomalies. Its match with the template (-0.07, knee -0.17) is far from any brain's."""
     with pytest.raises(InputImageError, match=f"{kind}.nii.gz: it does not look like a whole brain MRI"):
+        prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
+
+
+@pytest.mark.parametrize("kind", ["ellipsoid", "rimmed ellipsoid"])
+def test_a_head_shaped_object_without_tissue_contrast_is_refused_by_the_brain_model(kind):
+    """A uniform phantom of a head's size and shape passes the registration's brain check (its outline matches a
+    head's); inside the brain placed on it, its intensities vary by 1.4 % (with a bright rim, 2.2 %) where brain
+    MRIs vary by 14 % or more."""
+    with pytest.raises(InputImageError, match=f"{kind}.nii.gz: it shows no brain tissue contrast"):
         prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
 
 
