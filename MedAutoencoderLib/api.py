@@ -5,9 +5,11 @@ These are what the command line, the Slicer module and console scripts call; eac
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -39,10 +41,10 @@ from MedAutoencoderLib.errors import (
     OUT_OF_MEMORY_ADVICE,
     BatchDetectionError,
     ConfigurationError,
-    DeviceError,
     InputImageError,
     MedAutoencoderError,
     ModelFileError,
+    OutOfMemoryError,
     OutputExistsError,
     is_out_of_memory,
 )
@@ -170,56 +172,66 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     # Writer threads write each output as soon as it exists (compression releases the GIL), while the scores and
     # the next volume are computed; a volume's files get their names once all of them are written.
     with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
-        previous = PendingOutputs(writer)  # the last volume's outputs, still being written
+        in_flight: List[PendingOutputs] = []  # volumes done whose files may still be being written
         try:
             for i, path in enumerate(paths):
                 tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
-                current = PendingOutputs(writer)
-
-                def write_soon(kind: str, image: sitk.Image, target: Dict[str, Path] = targets[path],
-                               outputs: PendingOutputs = current) -> None:
-                    outputs.submit(target[kind], lambda pending: write_image(image, pending, compress))
-
+                outputs = PendingOutputs(writer)
                 try:
                     result = run_detection(read_image(path), model, options, name=str(path),
-                                           on_output=write_soon).result
+                                           on_output=partial(_write_output, outputs, targets[path], compress)).result
+                    outputs.submit(targets[path]["summary"],
+                                   partial(write_text, text=json.dumps(result.summary, indent=2), overwrite=True))
                 except BaseException as exc:
-                    current.discard()
+                    outputs.discard()
                     reason = _volume_failure(path, exc, i, len(paths), keep_going, tracker)
                     failures[str(path)] = reason
                     tracker.emit("log", i + 1, f"skipped {reason}")
                     continue
-                summary = json.dumps(result.summary, indent=2)
-                current.submit(targets[path]["summary"], lambda pending: write_text(pending, summary, True))
-                previous.commit()  # outputs of two volumes in flight at most: memory stays bounded
-                previous = current
+                outputs.close()  # its files get their names as soon as all are written
+                in_flight.append(outputs)
+                if len(in_flight) > 1:
+                    in_flight.pop(0).wait()  # outputs of two volumes in flight at most: memory stays bounded
                 written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
                 tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
                              f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
         finally:
-            previous.commit()  # finished volumes keep their outputs however the batch ends
+            for outputs in in_flight:  # volumes done keep their outputs however the batch ends
+                outputs.join()
+    for outputs in in_flight:
+        outputs.wait()  # a failed write of the last volumes
     if failures:
         raise BatchDetectionError(written, failures, len(written) + len(failures))
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
 
 
+def _write_output(outputs: PendingOutputs, targets: Dict[str, Path], compress: bool, kind: str,
+                  image: sitk.Image) -> None:
+    """Hand one output of a volume to the writers (the ``on_output`` of :func:`run_detection`)."""
+    outputs.submit(targets[kind], partial(write_image, image, compress=compress))
+
+
 def _volume_failure(path: Path, error: BaseException, index: int, count: int, keep_going: bool,
                     tracker: ProgressTracker) -> str:
     """Why volume ``index`` of a batch failed, when the batch goes on (``keep_going``) after such a failure: its
     input checks, the machine's or the GPU's memory running out (a smaller volume after it may fit), or a
-    defect (its traceback is printed for a report). Anything else is re-raised: a cancel, or an error that is
-    not about this volume (a model without a threshold fails every volume alike). Without ``keep_going`` a
-    volume's failure is raised saying where the batch stopped."""
+    defect (its traceback is printed for a report). Anything else is re-raised: a cancel, an error that is not
+    about this volume (a model without a threshold, a GPU without bfloat16, fail every volume alike), or a CUDA
+    error (the GPU is unusable from then on). Without ``keep_going`` a volume's failure is raised saying where
+    the batch stopped."""
+    where = _batch_context(index, count)
     if isinstance(error, InputImageError):
         reason = str(error)
-    elif isinstance(error, DeviceError):  # the GPU's memory (not naming the volume), or too little to read it
+    elif isinstance(error, OutOfMemoryError):  # the GPU's memory (not naming the volume), or too little to read it
         reason = str(error) if str(error).startswith(f"{path}:") else f"{path}: {error}"
     elif is_out_of_memory(error):
         reason = f"{path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
-    elif isinstance(error, Exception) and not isinstance(error, MedAutoencoderError):  # a defect
-        if not keep_going:
-            tracker.emit("log", index, f"{path} failed{_batch_context(index, count)}")
+    elif isinstance(error, Exception) and not isinstance(error, MedAutoencoderError) and "CUDA" not in str(error):
+        if not keep_going:  # a defect: its traceback is what a report needs; where it stopped, said first
+            message = f"detection stopped at {path}{where} by the error below"
+            tracker.emit("log", index, message)
+            print(message, file=sys.stderr, flush=True)
             raise error
         traceback.print_exc()
         return f"{path}: failed with an unexpected error ({type(error).__name__}: {error}); this is a defect of " \
@@ -227,8 +239,8 @@ def _volume_failure(path: Path, error: BaseException, index: int, count: int, ke
     else:
         raise error
     if not keep_going:
-        raise (InputImageError if isinstance(error, InputImageError) else DeviceError)(
-            f"{reason}{_batch_context(index, count)}") from None
+        raise (InputImageError if isinstance(error, InputImageError) else OutOfMemoryError)(f"{reason}{where}") \
+            from None
     return reason
 
 
@@ -273,8 +285,8 @@ def _refuse_compressed_format(targets: Dict[Path, Dict[str, Path]]) -> None:
     for source, group in targets.items():
         if str(group["reconstruction"]).endswith(".nii.gz"):
             raise ConfigurationError(f"{source}: uncompressed outputs were asked for, but its outputs would be "
-                                     ".nii.gz (the input's format), which is always compressed; choose another "
-                                     "output format (--format nii, nrrd or mha)")
+                                     ".nii.gz (the input's format unless --format says otherwise), which is always "
+                                     "compressed; choose another output format (--format nii, nrrd or mha)")
 
 
 def _refuse_shared_targets(targets: Dict[Path, Dict[str, Path]]) -> None:

@@ -7,11 +7,13 @@ prints one JSON event per line on stdout for programs such as the Slicer module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import (
@@ -128,8 +130,8 @@ def _add_detect(sub) -> None:
     _add_precision(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--keep-going", action="store_true",
-                   help="skip a volume that fails its checks and go on with the others; the failures are listed "
-                        "at the end (exit code 1)")
+                   help="skip a volume that fails its checks, runs out of memory or meets a defect, and go on "
+                        "with the others; the failures are listed at the end (exit code 1)")
     _common(p)
 
 
@@ -311,6 +313,25 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def sigterm_cancels() -> Iterator[None]:
+    """SIGTERM (``kill``, a cluster's time limit) cancels what runs, as Ctrl-C does, instead of ending the
+    process at once: a detection then removes the files of the volume it was on and keeps those of the volumes
+    it finished. Only the main thread takes signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum: int, frame: Any) -> None:
+        raise Cancelled("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_detect(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import detect_files, load_model
     from MedAutoencoderLib.io import find_volumes
@@ -318,8 +339,10 @@ def run_detect(args: argparse.Namespace) -> int:
     inputs = find_volumes(args.inputs)
     model = load_model(args.model, device=args.device)
     options = DetectOptions(threshold=args.threshold, device=args.device, precision=args.precision)
-    detect_files(inputs, args.output_dir, model, options, output_format=args.format, overwrite=args.overwrite,
-                 progress=make_reporter(args.progress), keep_going=args.keep_going, compress=not args.uncompressed)
+    with sigterm_cancels():
+        detect_files(inputs, args.output_dir, model, options, output_format=args.format, overwrite=args.overwrite,
+                     progress=make_reporter(args.progress), keep_going=args.keep_going,
+                     compress=not args.uncompressed)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Choosing the compute device and turning GPU failures into advice.
 
-``auto`` takes the first CUDA GPU when there is one. Out-of-memory on the GPU becomes a :class:`DeviceError`
+``auto`` takes the first CUDA GPU when there is one. Out-of-memory on the GPU becomes an :class:`OutOfMemoryError`
 that says what to lower, instead of a raw CUDA trace.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from MedAutoencoderLib.errors import DeviceError
+from MedAutoencoderLib.errors import DeviceError, OutOfMemoryError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -75,7 +75,7 @@ def explain_out_of_memory(task: str, batch_size: int) -> Iterator[None]:
         yield
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        raise DeviceError(
+        raise OutOfMemoryError(
             f"the GPU ran out of memory during {task} with batch size {batch_size}; lower --batch-size "
             "(or the patch size of a 3D model), close other GPU programs, or run with --device cpu"
         ) from None

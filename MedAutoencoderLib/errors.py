@@ -52,6 +52,10 @@ class DeviceError(MedAutoencoderError):
     """The requested compute device is unavailable or ran out of memory."""
 
 
+class OutOfMemoryError(DeviceError):
+    """The GPU's or the machine's memory ran out for one volume (a smaller one may still fit)."""
+
+
 #: What to say when the machine's own memory (RAM) runs out, wherever it happens.
 OUT_OF_MEMORY_ADVICE = ("close other programs, give fewer or smaller volumes at once (a smaller --batch-size for "
                         "training), or use a machine with more memory")

@@ -21,8 +21,8 @@ from isal import igzip, isal_zlib
 
 from MedAutoencoderLib.errors import (
     OUT_OF_MEMORY_ADVICE,
-    DeviceError,
     InputImageError,
+    OutOfMemoryError,
     OutputExistsError,
     OutputLocationError,
     is_out_of_memory,
@@ -212,8 +212,8 @@ def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
         raise InputImageError(f"{path}: cannot be read as a medical image ({first_line})") from None
 
 
-def _no_memory_to_read(path: Path) -> DeviceError:
-    return DeviceError(f"{path}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}")
+def _no_memory_to_read(path: Path) -> OutOfMemoryError:
+    return OutOfMemoryError(f"{path}: not enough memory to read it; {OUT_OF_MEMORY_ADVICE}")
 
 
 @dataclass
@@ -329,6 +329,9 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
     for path in paths:
         if path.resolve() in protected_set:
             raise OutputExistsError(f"{path}: output would overwrite an input; choose another output name or folder")
+        if path.is_dir():
+            raise OutputExistsError(f"{path}: a folder has this output's name; rename it or choose another output "
+                                    "folder")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 

@@ -1,19 +1,23 @@
-"""One volume's output files, written in the background and given their names together.
+"""One volume's output files, written in the background and given their names once all of them are written.
 
 Why: detection hands each output to a writer thread as soon as it exists (the reconstruction before the scores
 are computed), so a volume that fails after its first output (running out of memory while scoring, a defect)
 used to leave that output behind, beside an earlier run's map and mask of the same volume, which then no longer
-belonged together. Here every file is written under a hidden temporary name in the same folder and renamed
-only when all of the volume's files are written; a failed volume leaves nothing new, and what an earlier run
-wrote stays as it was.
+belonged together. Here every file is written under a hidden temporary name in the same folder; when the last of
+a volume's files is written, the writer thread renames them one after the other (a rename within a folder
+replaces the earlier file in one step); a failed volume's files are removed. So a failed volume leaves nothing
+new, an earlier run's outputs of it stay as they were, and a volume that was written keeps its outputs whatever
+happens to the volumes after it.
 """
 from __future__ import annotations
 
 import os
-from concurrent.futures import Executor, Future, wait
+import threading
+from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
+from MedAutoencoderLib.errors import OutputLocationError
 from MedAutoencoderLib.io import volume_suffix
 
 
@@ -23,32 +27,82 @@ def pending_path(target: Path) -> Path:
 
 
 class PendingOutputs:
-    """Files of one volume, each written by ``writer`` under :func:`pending_path`, then all renamed to their own
-    names (:meth:`commit`) or all removed (:meth:`discard`). Either empties the set, so calling again is a no-op."""
+    """Files of one volume, each written by ``writer`` under :func:`pending_path`. Once :meth:`close` says that
+    all are submitted, the set settles as soon as its last write ends: every file renamed to its own name, or,
+    when a write failed or the set was discarded, every file removed."""
 
     def __init__(self, writer: Executor) -> None:
         self._writer = writer
+        self._lock = threading.Lock()
         self._writes: List[Tuple[Future, Path]] = []
+        self._closed = False
+        self._keep = True
+        self._settled = threading.Event()
+        self._error: Optional[BaseException] = None
 
     def submit(self, target: Path, write: Callable[[Path], object]) -> None:
         """Start ``write(path)`` on the writer for the file that will be ``target``."""
-        self._writes.append((self._writer.submit(write, pending_path(target)), target))
+        future = self._writer.submit(write, pending_path(target))
+        with self._lock:
+            self._writes.append((future, target))
+        future.add_done_callback(self._settle_if_written)
 
-    def commit(self) -> None:
-        """Wait for every write, then give each file its name; if any write failed, remove them all and raise
-        the first failure."""
-        wait([future for future, _ in self._writes])
-        failure = next((future.exception() for future, _ in self._writes if future.exception() is not None), None)
-        if failure is not None:
-            self.discard()
-            raise failure
-        writes, self._writes = self._writes, []
-        for _, target in writes:
-            os.replace(pending_path(target), target)
+    def close(self) -> None:
+        """No more files: the set gets its names as soon as all are written (at once if they are)."""
+        with self._lock:
+            self._closed = True
+        self._settle_if_written()
 
     def discard(self) -> None:
-        """Wait for every write and remove what was written."""
-        writes, self._writes = self._writes, []
-        wait([future for future, _ in writes])
-        for _, target in writes:
-            pending_path(target).unlink(missing_ok=True)
+        """Remove the set's files once their writes end (this waits for them)."""
+        with self._lock:
+            self._keep = False
+        self.close()
+        self.join()
+
+    def join(self) -> None:
+        """Wait until the set has settled (renamed or removed)."""
+        self._settled.wait()
+
+    def wait(self) -> None:
+        """:meth:`join`, then raise why its files were not given their names, if a write or a rename failed (an
+        :class:`OutputLocationError` naming the file)."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+
+    def _settle_if_written(self, _: object = None) -> None:
+        with self._lock:
+            if not self._closed or self._settled.is_set() or not all(f.done() for f, _ in self._writes):
+                return
+            writes, keep = list(self._writes), self._keep
+        try:
+            failed = next(((f.exception(), target) for f, target in writes if f.exception() is not None), None)
+            if failed is not None:
+                self._error = _write_error(failed[1], failed[0], "could not be written")
+            elif keep:
+                self._rename(writes)
+        finally:
+            if self._error is not None or not keep:
+                for _, target in writes:
+                    pending_path(target).unlink(missing_ok=True)
+            self._settled.set()
+
+    def _rename(self, writes: List[Tuple[Future, Path]]) -> None:
+        for index, (_, target) in enumerate(writes):
+            try:
+                os.replace(pending_path(target), target)
+            except OSError as exc:  # e.g. on Windows, a file that another program holds open
+                done = ", ".join(t.name for _, t in writes[:index])
+                self._error = _write_error(target, exc, "could not be replaced" + (
+                    f" ({done} of the same volume had been already)" if done else ""))
+                return
+
+
+def _write_error(target: Path, error: BaseException, what: str) -> OutputLocationError:
+    """An error naming the file the user asked for (not its temporary name) and the system's reason."""
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    return OutputLocationError(f"{target}: {what}: {reason}")

@@ -194,8 +194,10 @@ def _require_not_ct(values: np.ndarray) -> None:
     (a CT without its rescale), it is told apart by the skull as well."""
     sample = values[::2, ::2, ::2]  # every 8th voxel estimates the shares well
     air, soft_tissue, _ = _hounsfield_shares(sample)
+    advice = ""
     if air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE:
         evidence = f"a CT ({air:.0%} of the voxels at air's -1000 HU, {soft_tissue:.0%} of the rest near 0 HU)"
+        advice = ". An MRI stored with an offset: shift its background to 0"
     else:
         air, soft_tissue, bone = _hounsfield_shares(sample - _CT_RAW_OFFSET)
         if not (air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE and bone >= _MIN_CT_BONE_SHARE):
@@ -205,7 +207,7 @@ def _require_not_ct(values: np.ndarray) -> None:
                     f"bone's {_CT_RAW_OFFSET + _CT_BONE_HU:g} and above)")
     raise InputImageError(f"it looks like {evidence}, not an MRI; brain-template models (--foreground template), "
                           "such as the bundled one, are for brain T1 MRI: for CTs, train a model with --foreground "
-                          "otsu and pass it (--model). An MRI stored with an offset: shift its background to 0")
+                          f"otsu and pass it (--model){advice}")
 
 
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:
@@ -257,26 +259,27 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.n
     return np.array(transform.TransformPoint(template_brain_centroid())), transform
 
 
-# Interquartile range of the intensities inside the registered brain over their median (background at 0): real
+# Interquartile range of the intensities inside the registered brain over their median above the background: real
 # brains here 0.18 (MS FLAIR) to 0.44 (BraTS T2), T1 0.25-0.36, and with 3 or 6 mm slices down to 0.136 (MS FLAIR);
 # a uniform ellipsoid the size of a head 0.014, one with a bright rim 0.022. Both of those pass the registration's
 # brain check (their outline matches a head's).
 _MIN_BRAIN_CONTRAST = 0.06
 
 
-def _require_tissue_contrast(normalised: np.ndarray, brain: np.ndarray) -> None:
+def _require_tissue_contrast(values: np.ndarray, brain: np.ndarray, background: float) -> None:
     """Refuse a scan without tissue contrast where the registration put the brain (a uniform phantom, a
-    featureless object of a head's shape): the brain model would call whatever it finds there anomalous."""
-    inside = normalised[brain][::4]  # a quarter of the voxels estimates the quartiles well
+    featureless object of a head's shape): the brain model would call whatever it finds there anomalous.
+    Measured above the background, so that it does not depend on the model's intensity normalisation."""
+    inside = values[brain][::4] - background  # a quarter of the voxels estimates the quartiles well
     if inside.size == 0:
         return  # nothing of the brain on the model grid: the brain checks said why
     low, median, high = np.percentile(inside, (25.0, 50.0, 75.0))
     contrast = (high - low) / median if median > 0 else 0.0
     if contrast < _MIN_BRAIN_CONTRAST:
         raise InputImageError(f"it shows no brain tissue contrast: inside the brain placed by the registration its "
-                              f"intensities vary by {contrast:.1%} (interquartile range over the median; brain "
-                              f"MRIs: 14-44 %), as in a uniform phantom; brain-template models (--foreground "
-                              "template) such as the bundled one need a brain MRI")
+                              f"intensities vary by {contrast:.1%} (interquartile range over the median above the "
+                              "background; brain MRIs: 14-44 %), as in a uniform phantom; brain-template models "
+                              "(--foreground template) such as the bundled one need a brain MRI")
 
 
 def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input") -> PreparedVolume:
@@ -297,9 +300,9 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
 
             foreground &= template_brain_mask_on(grid, template_to_image)
         values = sitk.GetArrayFromImage(resampled)
-        normalised, offset, scale = normalise(values, foreground, config, background)
         if template_to_image is not None:
-            _require_tissue_contrast(normalised, foreground)
+            _require_tissue_contrast(values, foreground, background)
+        normalised, offset, scale = normalise(values, foreground, config, background)
     except InputImageError as exc:
         raise InputImageError(f"{name}: {exc}") from None
     return PreparedVolume(image=normalised, foreground=foreground, grid=grid, source=image,

@@ -99,6 +99,35 @@ def test_detect_uncompressed_writes_the_same_volumes_raw(dae_model_path, lesion_
     assert list(tmp_path.glob("nii/*")) == []
 
 
+def test_sigterm_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progress(tmp_path):
+    """SIGTERM (kill, a cluster's time limit) used to end the process at once: the volume in progress left hidden
+    temporary files, and the one finished before it, still being written, lost its outputs."""
+    from MedAutoencoderLib.synthetic import load_template
+
+    template = load_template()
+    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in "abcd":
+        sitk.WriteImage(scan, str(scans / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "MedAutoencoderLib", "detect", str(scans), "--output-dir",
+                                str(out), "--device", "cpu", "--progress", "json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # each volume takes about a second on two cores: the next one is under way
+        if "mL flagged" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "cancelled: stopped by SIGTERM" in err and "Traceback" not in err
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if n.startswith("a_")] == ["a_anomaly_map.nii.gz", "a_anomaly_mask.nii.gz",
+                                                        "a_reconstruction.nii.gz", "a_summary.json"]
+    assert not [n for n in names if n.startswith(".")] and not [n for n in names if n.startswith("d_")]
+
+
 def test_detect_takes_folders_and_never_replaces_an_input_even_with_overwrite(dae_model_path, lesion_case, tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()

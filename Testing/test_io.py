@@ -258,9 +258,10 @@ def test_gzipped_nifti_is_a_standard_gzip_file_with_the_exact_geometry(tmp_path)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
 
 
-def test_pending_outputs_get_their_names_together_or_not_at_all(tmp_path):
+def test_pending_outputs_get_their_names_once_all_are_written_or_are_removed(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
+    from MedAutoencoderLib.errors import OutputLocationError
     from MedAutoencoderLib.outputs import PendingOutputs
 
     def write(text):
@@ -274,19 +275,34 @@ def test_pending_outputs_get_their_names_together_or_not_at_all(tmp_path):
         raise OSError(28, "No space left on device")
 
     (tmp_path / "b.txt").write_text("earlier run")
+    (tmp_path / "c.txt").mkdir()  # a rename onto it fails
+    (tmp_path / "c.txt" / "inside").write_text("")
     with ThreadPoolExecutor(2) as writer:
         complete = PendingOutputs(writer)
         complete.submit(tmp_path / "a.txt", write("new a"))
         complete.submit(tmp_path / "b.txt", write("new b"))
-        assert (tmp_path / "b.txt").read_text() == "earlier run"  # until the set is complete
-        complete.commit()
+        assert (tmp_path / "b.txt").read_text() == "earlier run"  # not before the set is closed
+        complete.close()
+        complete.wait()
         assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new a", "new b"]
 
         broken = PendingOutputs(writer)
         broken.submit(tmp_path / "a.txt", write("newer a"))
         broken.submit(tmp_path / "b.txt", fail)
-        with pytest.raises(OSError, match="No space left"):
-            broken.commit()
-        broken.commit()  # emptied: a second call does nothing
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+        broken.close()
+        with pytest.raises(OutputLocationError, match=r"b\.txt: could not be written: No space left on device"):
+            broken.wait()
+
+        discarded = PendingOutputs(writer)
+        discarded.submit(tmp_path / "a.txt", write("discarded a"))
+        discarded.discard()
+
+        unrenamable = PendingOutputs(writer)
+        unrenamable.submit(tmp_path / "d.txt", write("new d"))
+        unrenamable.submit(tmp_path / "c.txt", write("new c"))
+        unrenamable.close()
+        with pytest.raises(OutputLocationError, match=r"c\.txt: could not be replaced \(d\.txt of the same volume "
+                                                      r"had been already\): "):
+            unrenamable.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt", "d.txt"]  # nothing pending
     assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new a", "new b"]

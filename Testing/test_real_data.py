@@ -100,6 +100,17 @@ def test_no_mri_scaled_to_any_intensity_is_taken_for_a_ct_stored_without_its_res
         _require_not_ct(values * np.float32(1024.0 / np.percentile(tissue, percentile)))
 
 
+def test_a_t2_scan_is_not_taken_for_a_phantom_by_a_z_scored_brain_model():
+    """The tissue-contrast check is measured above the background, not on the normalised intensities: z-scored
+    inside the brain, a T2's median is below 0 (-0.3) and the check called it 0 % contrast."""
+    from MedAutoencoderLib.config import PreprocessConfig
+    from MedAutoencoderLib.preprocessing import prepare_volume
+
+    scan = read_image(SHARED_DATA / "brats_glioma_case" / "t2w.nii.gz")
+    prepared = prepare_volume(scan, PreprocessConfig(foreground="template", normalization="zscore"))
+    assert np.median(prepared.image[prepared.foreground]) < 0
+
+
 @pytest.fixture(scope="module")
 def default_model():
     return load_model(None, device="cpu")

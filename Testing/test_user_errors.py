@@ -120,9 +120,11 @@ def test_a_defect_in_a_batch_says_where_it_stopped_and_leaves_the_earlier_run_of
     with pytest.raises(ValueError, match="injected defect"):  # a defect keeps its traceback
         cli.main(["detect", str(inputs), "--model", str(dae_model_path), "--output-dir", str(out), "--overwrite",
                   "--progress", "json"])
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert any(e["event"] == "log" and "b.nii.gz failed (volume 2 of 2: outputs written for 1 volume(s) before it"
-               in e["message"] for e in events)
+    captured = capsys.readouterr()
+    where = f"detection stopped at {inputs / 'b.nii.gz'} (volume 2 of 2: outputs written for 1 volume(s) before it"
+    assert where in captured.err  # also with --progress none
+    events = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "log" and where in e["message"] for e in events)
     assert (out / "a_summary.json").is_file()
     # b's new reconstruction was written before its scoring failed: not given its name, and no hidden leftovers
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("b_")} == earlier
@@ -147,6 +149,17 @@ def test_keep_going_skips_a_volume_that_meets_a_defect_and_prints_its_traceback(
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}_{kind}" for stem in "ac" for kind in ("reconstruction.nii.gz", "anomaly_map.nii.gz",
                                                        "anomaly_mask.nii.gz", "summary.json"))
+
+
+def test_a_folder_with_an_outputs_name_is_refused_before_any_work_even_with_overwrite(capsys, tmp_path, lesion_case,
+                                                                                     dae_model_path):
+    out = tmp_path / "out"
+    (out / "case_000_anomaly_mask.nii.gz").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
+                           "--output-dir", str(out), "--overwrite", "--progress", "none")
+    assert code == 1 and "Traceback" not in err
+    assert "case_000_anomaly_mask.nii.gz: a folder has this output's name" in err
+    assert sorted(p.name for p in out.iterdir()) == ["case_000_anomaly_mask.nii.gz"]
 
 
 def test_an_output_folder_that_is_a_file_is_a_clean_error_also_in_the_json_stream(capsys, tmp_path, lesion_case,
