@@ -4,6 +4,7 @@ These are what the command line, the Slicer module and console scripts call; eac
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -61,7 +62,7 @@ from MedAutoencoderLib.io import (
     write_image,
     write_text,
 )
-from MedAutoencoderLib.outputs import PendingOutputs
+from MedAutoencoderLib.outputs import PendingOutputs, pending_path
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.training import StopRequest, Trainer
@@ -169,41 +170,50 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     for reason in failures.values():
         tracker.emit("log", 0, f"skipped {reason}")
     written: Dict[str, Dict[str, str]] = {}
-    # Writer threads write each output as soon as it exists (compression releases the GIL), while the scores and
-    # the next volume are computed; a volume's files get their names once all of them are written.
-    with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
-        in_flight: List[PendingOutputs] = []  # volumes done whose files may still be being written
-        try:
-            for i, path in enumerate(paths):
-                tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
-                outputs = PendingOutputs(writer)
-                try:
-                    result = run_detection(read_image(path), model, options, name=str(path),
-                                           on_output=partial(_write_output, outputs, targets[path], compress)).result
-                    outputs.submit(targets[path]["summary"],
-                                   partial(write_text, text=json.dumps(result.summary, indent=2), overwrite=True))
-                except BaseException as exc:
-                    outputs.discard()
-                    reason = _volume_failure(path, exc, i, len(paths), keep_going, tracker)
-                    failures[str(path)] = reason
-                    tracker.emit("log", i + 1, f"skipped {reason}")
-                    continue
-                outputs.close()  # its files get their names as soon as all are written
-                in_flight.append(outputs)
-                if len(in_flight) > 1:
-                    in_flight.pop(0).wait()  # outputs of two volumes in flight at most: memory stays bounded
-                written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
-                tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
-                             f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
-        finally:
-            for outputs in in_flight:  # volumes done keep their outputs however the batch ends
-                outputs.join()
+    in_flight: List[PendingOutputs] = []  # volumes done whose files may still be being written
+    with _background_writers(targets) as writer:
+        for i, path in enumerate(paths):
+            tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
+            outputs = PendingOutputs(writer)
+            try:
+                result = run_detection(read_image(path), model, options, name=str(path),
+                                       on_output=partial(_write_output, outputs, targets[path], compress)).result
+                outputs.submit(targets[path]["summary"],
+                               partial(write_text, text=json.dumps(result.summary, indent=2), overwrite=True))
+            except BaseException as exc:
+                outputs.discard()
+                reason = _volume_failure(path, exc, i, len(paths), keep_going, tracker)
+                failures[str(path)] = reason
+                tracker.emit("log", i + 1, f"skipped {reason}")
+                continue
+            outputs.close()  # its files get their names as soon as all are written
+            in_flight.append(outputs)
+            if len(in_flight) > 1:
+                in_flight.pop(0).wait()  # outputs of two volumes in flight at most: memory stays bounded
+            written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
+            tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
+                         f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
     for outputs in in_flight:
         outputs.wait()  # a failed write of the last volumes
     if failures:
         raise BatchDetectionError(written, failures, len(written) + len(failures))
     tracker.emit("done", len(paths), f"wrote outputs of {len(paths)} volume(s) to {output_dir}", outputs=written)
     return written
+
+
+@contextlib.contextmanager
+def _background_writers(targets: Dict[Path, Dict[str, Path]]) -> Iterator[ThreadPoolExecutor]:
+    """Writer threads for a batch's outputs: each output is written as soon as it exists (compression releases
+    the GIL) while the scores and the next volume are computed. On the way out, also when the batch is
+    interrupted, every write has ended and every volume done has its files' names; a temporary file left by a
+    write that an interruption (Ctrl-C, SIGTERM) cut off from its volume is removed, none stays hidden."""
+    try:
+        with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
+            yield writer
+    finally:
+        for group in targets.values():
+            for target in group.values():
+                pending_path(target).unlink(missing_ok=True)
 
 
 def _write_output(outputs: PendingOutputs, targets: Dict[str, Path], compress: bool, kind: str,

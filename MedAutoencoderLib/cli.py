@@ -313,21 +313,29 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """Raised by SIGTERM's handler: a BaseException like KeyboardInterrupt, so that no ``except Exception`` on
+    the way (concurrent.futures' callbacks, a check that tolerates failures) swallows it."""
+
+
 @contextlib.contextmanager
 def sigterm_cancels() -> Iterator[None]:
     """SIGTERM (``kill``, a cluster's time limit) cancels what runs, as Ctrl-C does, instead of ending the
     process at once: a detection then removes the files of the volume it was on and keeps those of the volumes
-    it finished. Only the main thread takes signals; elsewhere this does nothing."""
+    it finished, and the command exits with :data:`EXIT_CANCELLED`. Only the main thread takes signals (and only
+    on POSIX systems are they sent); elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def cancel(signum: int, frame: Any) -> None:
-        raise Cancelled("stopped by SIGTERM")
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
 
-    previous = signal.signal(signal.SIGTERM, cancel)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
+    except _Terminated:
+        raise Cancelled("stopped by SIGTERM") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

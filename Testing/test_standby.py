@@ -182,3 +182,40 @@ def test_output_that_is_not_utf8_still_ends_the_detection(tmp_path):
         assert "caf" in job.recent_output() and not worker.busy
     finally:
         worker.stop()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows sends no SIGTERM: it ends the process")
+def test_sigterm_cancels_the_detection_under_way_then_ends_the_worker(tmp_path):
+    """An outside SIGTERM (a logout) to a worker that is detecting: the detection is cancelled as in a process
+    of its own (the volumes done keep their files, nothing hidden is left) and answered, then the worker ends."""
+    import json
+    import signal
+    import subprocess
+
+    from MedAutoencoderLib.synthetic import load_template
+
+    template = load_template()
+    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in "abcd":
+        sitk.WriteImage(scan, str(scans / f"{name}.nrrd"))
+    out = tmp_path / "out"
+    worker = subprocess.Popen(jobs.cli_command(sys.executable, ["serve"]), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cpu_environment())
+    worker.stdin.write(json.dumps({"argv": jobs.detect_arguments([str(scans)], str(out), device="cpu")}) + "\n")
+    worker.stdin.flush()
+    for line in worker.stdout:
+        if "mL flagged" in line:  # the first volume is done, the second under way
+            worker.send_signal(signal.SIGTERM)
+            break
+    try:
+        worker.wait(timeout=60)  # it ends by itself: its input is still open
+    finally:
+        worker.kill()
+    answers = worker.stdout.read().splitlines()
+    assert json.loads(answers[-1]) == {"event": "served", "exit_code": 130}
+    names = sorted(p.name for p in out.iterdir())
+    assert "a_summary.json" in names and "d_summary.json" not in names
+    assert not [n for n in names if n.startswith(".")]
