@@ -34,6 +34,18 @@ def oblique_direction() -> tuple:
 COHORT_DIRECTIONS = [rotation_z(0.0), rotation_z(20.0), rotation_z(-35.0), rotation_z(90.0), oblique_direction()]
 
 
+def brain_scans(folder: Path, names: str, suffix: str) -> Path:
+    """``folder`` with one copy of the MNI template at 2 mm (100x116x96) per letter of ``names``: whole brains
+    that the default model detects in about a second each on two cores (a batch long enough to interrupt)."""
+    template = synthetic.load_template()
+    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        sitk.WriteImage(scan, str(folder / f"{name}{suffix}"))
+    return folder
+
+
 def toy(seed: int, direction=None, spacing=TOY_SPACING) -> sitk.Image:
     return synthetic.toy_volume(np.random.default_rng(seed), spacing=spacing, direction=direction)
 

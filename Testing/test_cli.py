@@ -103,15 +103,9 @@ def test_detect_uncompressed_writes_the_same_volumes_raw(dae_model_path, lesion_
 def test_sigterm_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progress(tmp_path):
     """SIGTERM (kill, a cluster's time limit) used to end the process at once: the volume in progress left hidden
     temporary files, and the one finished before it, still being written, lost its outputs."""
-    from MedAutoencoderLib.synthetic import load_template
+    from conftest import brain_scans
 
-    template = load_template()
-    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
-                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    for name in "abcd":
-        sitk.WriteImage(scan, str(scans / f"{name}.nii.gz"))
+    scans = brain_scans(tmp_path / "scans", "abcd", ".nii.gz")
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "MedAutoencoderLib", "detect", str(scans), "--output-dir",
                                 str(out), "--device", "cpu", "--progress", "json"], stdout=subprocess.PIPE,

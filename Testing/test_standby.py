@@ -192,15 +192,9 @@ def test_sigterm_cancels_the_detection_under_way_then_ends_the_worker(tmp_path):
     import signal
     import subprocess
 
-    from MedAutoencoderLib.synthetic import load_template
+    from conftest import brain_scans
 
-    template = load_template()
-    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
-                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    for name in "abcd":
-        sitk.WriteImage(scan, str(scans / f"{name}.nrrd"))
+    scans = brain_scans(tmp_path / "scans", "abcd", ".nrrd")
     out = tmp_path / "out"
     worker = subprocess.Popen(jobs.cli_command(sys.executable, ["serve"]), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cpu_environment())
