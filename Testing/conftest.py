@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import pytest
@@ -34,8 +34,8 @@ def oblique_direction() -> tuple:
 COHORT_DIRECTIONS = [rotation_z(0.0), rotation_z(20.0), rotation_z(-35.0), rotation_z(90.0), oblique_direction()]
 
 
-def brain_scans(folder: Path, names: str, suffix: str) -> Path:
-    """``folder`` with one copy of the MNI template at 2 mm (100x116x96) per letter of ``names``: whole brains
+def brain_scans(folder: Path, names: Sequence[str], suffix: str) -> Path:
+    """``folder`` with one copy of the MNI template at 2 mm (100x116x96) per name (``"abc"``: a, b, c): whole brains
     that the default model detects in about a second each on two cores (a batch long enough to interrupt)."""
     template = synthetic.load_template()
     scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),

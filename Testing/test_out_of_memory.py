@@ -11,6 +11,7 @@ import sys
 import pytest
 import SimpleITK as sitk
 
+from conftest import brain_scans
 from MedAutoencoderLib.synthetic import load_template
 
 PROBE = """
@@ -54,7 +55,7 @@ def test_running_out_of_memory_is_one_clear_line(tmp_path, large_volume, headroo
 
 @pytest.fixture(scope="module")
 def small_volume(tmp_path_factory):
-    return template_volume(tmp_path_factory.mktemp("small"), "small.nii", [100, 116, 96], (2.0, 2.0, 2.0))
+    return brain_scans(tmp_path_factory.mktemp("small"), ["small"], ".nii") / "small.nii"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
