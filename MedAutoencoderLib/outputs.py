@@ -53,7 +53,7 @@ class PendingOutputs:
         """No more files: the set gets its names as soon as all are written."""
         with self._lock:
             self._closed = True
-        self._writer.submit(self._settle_if_written)  # when all are written already: settled on a writer thread
+        self._settle_on_writer()  # (when all are written already; else the last write's callback settles it)
 
     def discard(self) -> None:
         """Remove the set's files once their writes end (this waits for them)."""
@@ -69,7 +69,7 @@ class PendingOutputs:
         for future in futures:
             if not future.cancelled():
                 future.exception()  # waits for it to end
-        self._settle_if_written()
+        self._settle_on_writer()
         self._settled.wait()
 
     def wait(self) -> None:
@@ -78,6 +78,14 @@ class PendingOutputs:
         self.join()
         if self._error is not None:
             raise self._error
+
+    def _settle_on_writer(self) -> None:
+        """Settle the set on a writer thread, if it is complete and nobody settles it yet: a signal handled on the
+        main thread (Ctrl-C, SIGTERM) could interrupt the renames midway and leave the set half renamed."""
+        try:
+            self._writer.submit(self._settle_if_written)
+        except RuntimeError:  # the writer has shut down, after every write and its callback ended: here, then
+            self._settle_if_written()
 
     def _settle_if_written(self, _: object = None) -> None:
         with self._lock:
@@ -94,7 +102,7 @@ class PendingOutputs:
                 self._error = _write_error(failed[1], error, "could not be written")
             elif keep:
                 renamed = self._rename(writes)
-        except BaseException:  # an interruption while settling inline (join after an interrupted submit)
+        except BaseException:  # a defect, or an interruption while settling on the main thread after a shutdown
             self._error = OutputLocationError("interrupted while these outputs were given their names: "
                                               + ", ".join(str(target) for _, target in writes))
             raise
