@@ -47,6 +47,7 @@ from MedAutoencoderLib.errors import (
     ModelFileError,
     OutOfMemoryError,
     OutputExistsError,
+    is_cuda_failure,
     is_out_of_memory,
 )
 from MedAutoencoderLib.inference import reconstruct
@@ -237,7 +238,7 @@ def _volume_failure(path: Path, error: BaseException, index: int, count: int, ke
         reason = str(error) if str(error).startswith(f"{path}:") else f"{path}: {error}"
     elif is_out_of_memory(error):
         reason = f"{path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
-    elif isinstance(error, Exception) and not isinstance(error, MedAutoencoderError) and "CUDA" not in str(error):
+    elif isinstance(error, Exception) and not isinstance(error, MedAutoencoderError) and not is_cuda_failure(error):
         if not keep_going:  # a defect: its traceback is what a report needs; where it stopped, said first
             message = f"detection stopped at {path}{where} by the error below"
             tracker.emit("log", index, message)

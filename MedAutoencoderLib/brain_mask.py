@@ -220,7 +220,7 @@ def _similarity(moving: sitk.Image, scan_levels: Tuple[sitk.Image, ...], seed: i
 # tilted by 30 degrees, slices of 1-6 mm: -0.42 or lower; synthetic subjects with strong noise and bias, 6 mm
 # slices: -1.0 or lower. Not brains: an abdomen -0.07, a knee -0.17, a 7 cm crop of a brain -0.10. A head-shaped
 # uniform ellipsoid (-0.14 or -0.37 between runs: it has no features to register) and a crude CT-like head
-# (-0.34) may pass.
+# (-0.34) may pass this check; preprocessing's tissue-contrast and CT checks refuse them.
 _MAX_BRAIN_MATCH = -0.25
 
 

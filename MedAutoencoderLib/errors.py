@@ -70,5 +70,11 @@ def is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY_TEXTS))
 
 
+def is_cuda_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from CUDA itself (an illegal access, a launch failure): the process's GPU context
+    is unusable from then on, so nothing more may run in it."""
+    return "CUDA" in str(error)
+
+
 class Cancelled(MedAutoencoderError):
     """The user asked the job to stop (signal or stop file)."""

@@ -120,7 +120,8 @@ def detect_arguments(input_paths: Sequence[str], output_dir: str, model_path: Op
     command += [str(p) for p in input_paths]
     command += ["--output-dir", str(output_dir),
                 "--threshold", "auto" if threshold is None else repr(float(threshold)),
-                "--device", cli_device(device), "--format", file_format, "--uncompressed", "--progress", "json", "--overwrite"]
+                "--device", cli_device(device), "--format", file_format, "--uncompressed",
+                "--progress", "json", "--overwrite"]
     return command
 
 

@@ -64,6 +64,8 @@ class PendingOutputs:
     def join(self) -> None:
         """Wait until the set has settled (renamed or removed). Waits for the writes themselves, so that a set
         settles also when an interruption came between a write's start and its done callback."""
+        if self._settled.is_set():
+            return
         with self._lock:
             futures = [future for future, _ in self._writes]
         for future in futures:

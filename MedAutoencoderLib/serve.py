@@ -21,6 +21,7 @@ import traceback
 from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 
 from MedAutoencoderLib.allocator import give_freed_memory_back
+from MedAutoencoderLib.errors import is_cuda_failure
 from MedAutoencoderLib.jobs import EXIT_CANCELLED
 
 SERVED_EVENT = "served"
@@ -87,7 +88,7 @@ def _serve_one(line: str, run: Callable[[Sequence[str]], int]) -> Tuple[int, boo
         return 1, True
     except Exception as exc:  # a defect: reported like a process of its own would, and the worker serves on
         traceback.print_exc()
-        return 1, "CUDA" not in str(exc)
+        return 1, not is_cuda_failure(exc)
 
 
 def _lines_of(requests: TextIO) -> "queue.Queue[Optional[str]]":
