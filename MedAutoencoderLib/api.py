@@ -26,7 +26,7 @@ from MedAutoencoderLib.checkpoint import (
     record_from_payload,
     save_model,
 )
-from MedAutoencoderLib.config import DetectOptions, TrainConfig, to_plain
+from MedAutoencoderLib.config import DetectOptions, PreprocessConfig, TrainConfig, to_plain
 from MedAutoencoderLib.detection import (
     DetectionResult,
     ScoredVolume,
@@ -66,6 +66,7 @@ from MedAutoencoderLib.io import (
 from MedAutoencoderLib.outputs import PendingOutputs, pending_path
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
+from MedAutoencoderLib.read_ahead import prepared_in_order
 from MedAutoencoderLib.training import StopRequest, Trainer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_brain_t1.pt"
@@ -122,11 +123,17 @@ def run_detection(image: sitk.Image, model: LoadedModel, options: Optional[Detec
     """:func:`detect_image`, keeping the model-grid intermediates. ``on_output(kind, image)`` receives each
     output of :data:`OUTPUT_KINDS` as soon as it exists (the reconstruction before scoring), so that a caller
     can write it while the rest is computed."""
+    return detect_prepared(prepare_volume(image, model.record.preprocess, name=name), model, options, on_output)
+
+
+def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optional[DetectOptions] = None,
+                    on_output: Optional[OutputCallback] = None) -> DetectionRun:
+    """:func:`run_detection` on a volume already brought onto the model grid (:func:`prepare_volume` with the
+    model's preprocessing), as a batch prepares its next volumes ahead of the network."""
     options = options or DetectOptions()
     options.validate()
     threshold = _threshold(model, options)
     record = model.record
-    prepared = prepare_volume(image, record.preprocess, name=name)
     reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device,
                                  options.precision)
     reconstruction_image = reconstruction_on_input_grid(prepared, reconstruction)
@@ -159,6 +166,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     runs out of memory, or meets a defect stops the batch, saying where; with ``keep_going`` it is skipped and
     the batch ends with :class:`BatchDetectionError` naming every such volume, as a cohort run on a server wants.
     """
+    options = options or DetectOptions()
+    options.validate()
     paths, failures = _checked_headers([Path(p) for p in inputs], keep_going)
     require_writable_folder(output_dir)
     targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
@@ -172,13 +181,15 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         tracker.emit("log", 0, f"skipped {reason}")
     written: Dict[str, Dict[str, str]] = {}
     in_flight: List[PendingOutputs] = []  # volumes done whose files may still be being written
-    with _background_writers(targets) as writer:
-        for i, path in enumerate(paths):
+    prepare = partial(_prepared_input, preprocess=model.record.preprocess)
+    with _background_writers(targets) as writer, \
+            prepared_in_order(paths, prepare, options.volumes_ahead(len(paths))) as prepared_volumes:
+        for i, (path, prepared) in enumerate(zip(paths, prepared_volumes)):
             tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
             outputs = PendingOutputs(writer)
             try:
-                result = run_detection(read_image(path), model, options, name=str(path),
-                                       on_output=partial(_write_output, outputs, targets[path], compress)).result
+                result = detect_prepared(prepared.result(), model, options,
+                                         on_output=partial(_write_output, outputs, targets[path], compress)).result
                 outputs.submit(targets[path]["summary"],
                                partial(write_text, text=json.dumps(result.summary, indent=2), overwrite=True))
             except BaseException as exc:
@@ -215,6 +226,11 @@ def _background_writers(targets: Dict[Path, Dict[str, Path]]) -> Iterator[Thread
         for group in targets.values():
             for target in group.values():
                 pending_path(target).unlink(missing_ok=True)
+
+
+def _prepared_input(path: Path, preprocess: PreprocessConfig) -> PreparedVolume:
+    """A batch's volume read and brought onto the model grid (run ahead of the network in worker threads)."""
+    return prepare_volume(read_image(path), preprocess, name=str(path))
 
 
 def _write_output(outputs: PendingOutputs, targets: Dict[str, Path], compress: bool, kind: str,

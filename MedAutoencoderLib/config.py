@@ -163,8 +163,17 @@ class DetectOptions:
     # "auto": mixed precision on GPUs, float32 on CPUs; "float32": everywhere; "bfloat16": everywhere (fast on
     # CPUs with AVX512-BF16/AMX); see MedAutoencoderLib.device.inference_autocast
     precision: str = "auto"
+    # volumes of a batch read and preprocessed in worker threads ahead of the network (MedAutoencoderLib.read_ahead;
+    # 0: one volume after the other)
+    prepare_ahead: int = 0
+
+    def volumes_ahead(self, count: int) -> int:
+        """How many of a batch of ``count`` volumes to prepare ahead of the one in the network."""
+        return max(0, min(self.prepare_ahead, count - 1))
 
     def validate(self) -> None:
+        if isinstance(self.prepare_ahead, bool) or not isinstance(self.prepare_ahead, int) or self.prepare_ahead < 0:
+            raise ConfigurationError(f"prepare_ahead must be a whole number >= 0, not {self.prepare_ahead!r}")
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):

@@ -93,11 +93,13 @@ def test_bfloat16_changes_maps_and_masks_only_within_rounding(dae_model, lesion_
         run_detection(lesion_case["image"], dae_model, DetectOptions(precision="float8"))
 
 
-def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_model, lesion_case, tmp_path):
-    """detect_files writes outputs on threads while the next volume is computed: every file must hold what
-    detection gives for its own volume."""
+@pytest.mark.parametrize("prepare_ahead", [0, 2])
+def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_model, lesion_case, tmp_path,
+                                                                           prepare_ahead):
+    """detect_files writes outputs on threads while the next volume is computed, and prepares the next volumes
+    on threads while the network runs: every file must hold what detection gives for its own volume."""
     paths = [lesion_case["image_path"], lesion_case["healthy_path"]]
-    written = detect_files(paths, tmp_path, dae_model)
+    written = detect_files(paths, tmp_path, dae_model, DetectOptions(prepare_ahead=prepare_ahead))
     for path in paths:
         expected = run_detection(read_image(path), dae_model, name=str(path)).result
         for kind in ("reconstruction", "anomaly_map", "anomaly_mask"):

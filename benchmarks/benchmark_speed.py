@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -150,8 +151,10 @@ def standby_worker_seconds(volume: Path, out_dir: Path, device: str, repeats: in
     handed_over = out_dir / "input.nrrd"
     out_dir.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(read_image(volume), str(handed_over), useCompression=False)
-    arguments = jobs.detect_arguments([str(handed_over)], str(out_dir / "outputs"), device=device)
-    worker = StandbyWorker(sys.executable, dict(os.environ, **jobs.worker_environment(device)))
+    module_device = "gpu" if device.startswith("cuda") else device  # the module's choices: auto, cpu, gpu
+    arguments = jobs.detect_arguments([str(handed_over)], str(out_dir / "outputs"), device=module_device)
+    environment = jobs.worker_environment(module_device, os.environ.get("PYTHONPATH", ""))  # as the module does
+    worker = StandbyWorker(sys.executable, dict(os.environ, **environment))
     times: Dict[str, List[float]] = {"first": [], "later": []}
     try:
         for kind in ["first"] + ["later"] * repeats:
@@ -165,6 +168,25 @@ def standby_worker_seconds(volume: Path, out_dir: Path, device: str, repeats: in
     finally:
         worker.stop()
     return times
+
+
+def cohort_seconds_per_volume(volume: Path, folder: Path, model: LoadedModel, count: int,
+                              depths: List[int]) -> Dict[int, float]:
+    """Seconds per volume of one ``detect`` batch over ``count`` copies of the volume, for each read-ahead depth
+    (volumes read and preprocessed in worker threads while the network runs; 0: one after the other)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cohort = [folder / f"subject{i:03d}.nii.gz" for i in range(count)]
+    for path in cohort:
+        shutil.copyfile(volume, path)
+    seconds = {}
+    for depth in depths:
+        options = DetectOptions(device=str(model.device), prepare_ahead=depth)
+        start = time.perf_counter()
+        detect_files(cohort, folder / "out", model, options, overwrite=True)
+        seconds[depth] = (time.perf_counter() - start) / count
+    return seconds
 
 
 def training_throughput(folder: Path, device: str) -> float:
@@ -183,11 +205,18 @@ def training_throughput(folder: Path, device: str) -> float:
 
 
 def main() -> None:
+    """Each figure is printed as soon as it is measured: a failure late in the run (on a borrowed GPU machine
+    whose time is short) keeps the figures before it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cohort", type=int, default=8, help="volumes in the batch timed for throughput (0: skip)")
+    parser.add_argument("--ahead", type=int, nargs="+", default=[0, 2],
+                        help="read-ahead depths of that batch (detect --prepare-ahead)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    report = partial(print, flush=True)
+    report(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         volume = benchmark_volume(folder / "volume.nii.gz")
@@ -201,33 +230,33 @@ def main() -> None:
         ours_bfloat16 = timed(lambda: detect_files([volume], folder / "ours", model, bfloat16, overwrite=True),
                               args.repeats)
         plain_same_allocator = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)
-        stages = stage_seconds(volume, folder, model, args.repeats)
-        slices_per_second = training_throughput(folder, args.device)
+        report(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
+        for name, times in (("MedAutoencoder detect (end to end)", ours),
+                            ("MedAutoencoder detect --precision bfloat16", ours_bfloat16),
+                            ("plain MONAI AutoEncoder + sliding window", plain),
+                            ("  the same with our allocator setting", plain_same_allocator)):
+            report(f"{name:<44}{statistics.median(times):>10.2f}{min(times):>8.2f}")
+        report(f"speed-up: {statistics.median(plain) / statistics.median(ours):.2f}x (each as it runs); "
+               f"{statistics.median(plain_same_allocator) / statistics.median(ours):.2f}x (both with our allocator "
+               f"setting{'' if allocator_set else ': not available here'})")
+        report("stages of our detection, each timed alone (medians, s):")
+        for name, seconds in stage_seconds(volume, folder, model, args.repeats).items():
+            report(f"  {name:<50}{seconds:>6.2f}")
+        if args.cohort:
+            for depth, seconds in cohort_seconds_per_volume(volume, folder / "cohort", model, args.cohort,
+                                                            args.ahead).items():
+                report(f"batch of {args.cohort} volumes (one detect call), {depth} prepared ahead: {seconds:.2f} s "
+                       f"per volume, {statistics.median(plain) / seconds:.2f}x the plain pipeline's time per volume")
         process_seconds = command_line_seconds(volume, folder / "cli", args.device, max(3, args.repeats // 3))
-        standby_seconds = standby_worker_seconds(volume, folder / "standby", args.device, max(3, args.repeats // 3))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
-    print(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
-    print(f"{'MedAutoencoder detect (end to end)':<44}{statistics.median(ours):>10.2f}{min(ours):>8.2f}")
-    print(f"{'MedAutoencoder detect --precision bfloat16':<44}{statistics.median(ours_bfloat16):>10.2f}"
-          f"{min(ours_bfloat16):>8.2f}")
-    print(f"{'plain MONAI AutoEncoder + sliding window':<44}{statistics.median(plain):>10.2f}{min(plain):>8.2f}")
-    print(f"{'  the same with our allocator setting':<44}{statistics.median(plain_same_allocator):>10.2f}"
-          f"{min(plain_same_allocator):>8.2f}")
-    print(f"speed-up: {statistics.median(plain) / statistics.median(ours):.2f}x (each as it runs); "
-          f"{statistics.median(plain_same_allocator) / statistics.median(ours):.2f}x (both with our allocator "
-          f"setting{'' if allocator_set else ': not available here'})")
-    print("stages of our detection, each timed alone (medians, s):")
-    for name, seconds in stages.items():
-        print(f"  {name:<50}{seconds:>6.2f}")
-    print(f"one-volume command-line process (python -m MedAutoencoderLib detect, imports included): "
-          f"median {statistics.median(process_seconds):.2f} s of {len(process_seconds)}")
-    print(f"the same as the Slicer module runs it (a standby worker, python -m MedAutoencoderLib serve; "
-          f"uncompressed files in and out, outputs read back): "
-          f"{standby_seconds['first'][0]:.2f} s sent as it starts, then median "
-          f"{statistics.median(standby_seconds['later']):.2f} s of {len(standby_seconds['later'])}")
-    print(f"training throughput (default DAE, batch 16, augmentation): {slices_per_second:.1f} slices/s")
-    print(f"peak resident memory of this process: {peak_mb:.0f} MB")
+        report(f"one-volume command-line process (python -m MedAutoencoderLib detect, imports included): "
+               f"median {statistics.median(process_seconds):.2f} s of {len(process_seconds)}")
+        standby = standby_worker_seconds(volume, folder / "standby", args.device, max(3, args.repeats // 3))
+        report(f"the same as the Slicer module runs it (a standby worker, python -m MedAutoencoderLib serve; "
+               f"uncompressed files in and out, outputs read back): {standby['first'][0]:.2f} s sent as it starts, "
+               f"then median {statistics.median(standby['later']):.2f} s of {len(standby['later'])}")
+        report(f"training throughput (default DAE, batch 16, augmentation): "
+               f"{training_throughput(folder, args.device):.1f} slices/s")
+    report(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

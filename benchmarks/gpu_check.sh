@@ -11,7 +11,7 @@ quiet() { grep -v -i warning || true; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
   python3 -c "import torch, SimpleITK, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())"
 } 2>&1 | tee "$out/gpu.txt"
-timeout 300 python3 benchmarks/benchmark_speed.py --device cuda --repeats 7 2>&1 | quiet | tee "$out/speed_cuda.txt"
+timeout 300 python3 benchmarks/benchmark_speed.py --device cuda --repeats 3 --cohort 12 --ahead 0 4 8 2>&1 | quiet | tee "$out/speed_cuda.txt"
 python3 - <<'PY'
 import numpy as np, SimpleITK as sitk, os
 from MedAutoencoderLib.synthetic import toy_volume

@@ -1,0 +1,117 @@
+"""Volumes of a batch prepared ahead of the network in worker threads: order, failures, bounds, shutdown, and a
+batch that stops at a failed volume while later volumes were already being prepared."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import SimpleITK as sitk
+
+from MedAutoencoderLib.read_ahead import prepared_in_order
+from test_user_errors import run_cli
+
+
+def slow_square(item: int) -> int:
+    """Earlier items take longer, so that later ones finish first; item 3 fails."""
+    time.sleep(0.02 * (5 - item))
+    if item == 3:
+        raise ValueError("item 3 is bad")
+    return item * item
+
+
+def test_results_come_back_in_input_order_with_each_failure_at_its_own_place():
+    with prepared_in_order(range(6), slow_square, depth=3) as futures:
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except ValueError as exc:
+                outcomes.append(str(exc))
+    assert outcomes == [0, 1, 4, "item 3 is bad", 16, 25]
+
+
+def test_no_more_than_depth_items_are_prepared_ahead_of_the_one_taken():
+    started = []
+
+    def prepare(item: int) -> int:
+        started.append(item)
+        return item
+
+    with prepared_in_order(range(10), prepare, depth=2) as futures:
+        for taken, future in enumerate(futures):
+            assert future.result() == taken
+            time.sleep(0.01)  # time for the workers to start whatever they may
+            assert max(started) <= taken + 2
+
+
+def test_stopping_early_cancels_what_has_not_started_and_leaves_no_worker_thread():
+    started = []
+    release = threading.Event()
+
+    def prepare(item: int) -> int:
+        started.append(item)
+        release.wait(1.0)
+        return item
+
+    with prepared_in_order(range(20), prepare, depth=3) as futures:
+        first = next(futures)
+        release.set()
+        assert first.result() == 0
+    assert len(started) <= 4  # the first and three ahead; the 16 others never began
+    assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
+
+
+def test_depth_zero_prepares_each_item_in_the_callers_thread_when_it_is_taken():
+    threads = []
+
+    def prepare(item: int) -> int:
+        threads.append(threading.current_thread())
+        return item
+
+    with prepared_in_order(range(3), prepare, depth=0) as futures:
+        assert [f.result() for f in futures] == [0, 1, 2]
+    assert threads == [threading.current_thread()] * 3
+
+
+@pytest.fixture
+def batch_with_a_bad_middle_volume(tmp_path, lesion_case):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("a.nii.gz", "c.nii.gz", "d.nii.gz"):
+        shutil.copy(lesion_case["image_path"], inputs / name)
+    sitk.WriteImage(sitk.Image([32, 32, 16], sitk.sitkFloat32) + 5.0, str(inputs / "b.nii.gz"))  # constant
+    return inputs
+
+
+def test_a_batch_prepared_ahead_stops_at_the_failed_volume_and_writes_nothing_for_those_prepared_after_it(
+        capsys, tmp_path, batch_with_a_bad_middle_volume, dae_model_path):
+    inputs, out = batch_with_a_bad_middle_volume, tmp_path / "out"
+    code, _, err = run_cli(capsys, "detect", str(inputs), "--model", str(dae_model_path), "--output-dir", str(out),
+                           "--prepare-ahead", "3", "--progress", "none")
+    assert code == 1 and "Traceback" not in err
+    assert f"{inputs / 'b.nii.gz'}: every voxel has the same value" in err
+    assert "(volume 2 of 4: outputs written for 1 volume(s) before it, 2 after it not run)" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"a_{kind}" for kind in ("reconstruction.nii.gz", "anomaly_map.nii.gz", "anomaly_mask.nii.gz",
+                                 "summary.json"))
+    assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
+
+
+def test_a_batch_prepared_ahead_with_keep_going_skips_the_failed_volume_and_finishes_the_others(
+        capsys, tmp_path, batch_with_a_bad_middle_volume, dae_model_path):
+    inputs, out = batch_with_a_bad_middle_volume, tmp_path / "out"
+    code, _, err = run_cli(capsys, "detect", str(inputs), "--model", str(dae_model_path), "--output-dir", str(out),
+                           "--prepare-ahead", "2", "--keep-going", "--progress", "none")
+    assert code == 1
+    assert "1 of 4 volumes failed (the other 3 have their outputs)" in err
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith("_summary.json")) == [
+        "a_summary.json", "c_summary.json", "d_summary.json"]
+
+
+def test_a_negative_read_ahead_is_a_clear_error(capsys, tmp_path, lesion_case, dae_model_path):
+    code, _, err = run_cli(capsys, "detect", str(lesion_case["image_path"]), "--model", str(dae_model_path),
+                           "--output-dir", str(tmp_path / "out"), "--prepare-ahead", "-1", "--progress", "none")
+    assert code == 1 and "Traceback" not in err
+    assert "prepare_ahead must be a whole number >= 0, not -1" in err
