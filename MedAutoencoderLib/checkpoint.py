@@ -103,22 +103,28 @@ def _unreadable_because(path: Path, error: Exception) -> str:
         return exc.strerror or str(exc)
     if not (start == b"PK\x03\x04" or start[:1] == b"\x80"):  # a PyTorch zip archive or a (legacy) pickle
         return "its bytes are not a PyTorch file"
-    if start == b"PK\x03\x04" and _is_torchscript(path):
-        return ("it is a TorchScript export for deployment, written by export; the model file is the .pt written by "
-                "train or calibrate")
+    export = _export_kind(path) if start == b"PK\x03\x04" else None
+    if export:
+        return f"it is a {export} export for deployment, written by export; the model file is the .pt written by " \
+               "train or calibrate"
     if isinstance(error, pickle.UnpicklingError):
         return "it holds Python objects, not a model's plain data and tensors; such files are not opened, for safety"
     return "it is damaged or truncated"
 
 
-def _is_torchscript(path: Path) -> bool:
-    """Whether a zip archive is a TorchScript module (``torch.jit.save``, as ``export`` writes it): those hold a
-    constants.pkl record, which files written by ``torch.save`` never have."""
+def _export_kind(path: Path) -> Optional[str]:
+    """Which export a zip archive is, if any: TorchScript (``torch.jit.save``) archives hold a constants.pkl record,
+    ``torch.export`` programs (``.pt2``) an archive_format record; files written by ``torch.save`` have neither."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+            names = archive.namelist()
     except (OSError, zipfile.BadZipFile):
-        return False
+        return None
+    if any(name.endswith("/constants.pkl") for name in names):
+        return "TorchScript"
+    if any(name.endswith("/archive_format") for name in names):
+        return "torch.export (pt2)"
+    return None
 
 
 def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.config import (
+    EXPORT_FORMATS,
     MODEL_TYPES,
     PRECISIONS,
     RECONSTRUCTION_LOSSES,
@@ -246,12 +247,15 @@ def _add_interpolate(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a model as TorchScript or ONNX with a JSON sidecar",
+    p = sub.add_parser("export", help="export a model as TorchScript, torch.export (pt2) or ONNX with a JSON "
+                                      "sidecar",
                        description="The module maps model-grid input to the reconstruction; <out>.json keeps the "
                                    "preprocessing, detection settings and threshold for deployment.")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
-    p.add_argument("--out", required=True, help="file to write, e.g. model.ts or model.onnx")
-    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.ts, model.pt2 or model.onnx")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript",
+                   help="torchscript (default; deprecated from torch 2.13 on), pt2 (torch.export, its successor: "
+                        "torch.export.load(file).module()) or onnx")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 

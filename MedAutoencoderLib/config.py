@@ -152,6 +152,7 @@ class DetectionConfig:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+EXPORT_FORMATS = ("torchscript", "pt2", "onnx")  # MedAutoencoderLib.export
 
 
 @dataclass

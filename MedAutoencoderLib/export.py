@@ -1,4 +1,6 @@
-"""Exporting a model for deployment without this library's Python code: TorchScript or ONNX plus a JSON sidecar.
+"""Exporting a model for deployment without this library's Python code: TorchScript, a ``torch.export`` program
+(``.pt2``: TorchScript is deprecated from torch 2.13 on, ``torch.export`` is its successor) or ONNX, plus a JSON
+sidecar.
 
 The exported module maps a batch of model-grid input ``(B, 1, y, x)`` (2D) or ``(B, 1, z, y, x)`` patches (3D) to
 the network's reconstruction output of the same shape (logits for models trained with the BCE loss: the sidecar
@@ -21,13 +23,14 @@ from torch import nn
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.api import LoadedModel
 from MedAutoencoderLib.checkpoint import ModelRecord, record_from_payload
-from MedAutoencoderLib.config import to_plain
+from MedAutoencoderLib.config import EXPORT_FORMATS, to_plain
 from MedAutoencoderLib.device import resolve_device
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
 from MedAutoencoderLib.inference import WINDOW_BLEND, WINDOW_OVERLAP
 from MedAutoencoderLib.io import refuse_overwrite, replacing, require_new_file, write_text
 
-EXPORT_FORMATS = ("torchscript", "onnx")
+_EXAMPLE_NAMES = {"torchscript": "model.ts", "pt2": "model.pt2", "onnx": "model.onnx"}
+_LOADABLE_FORMATS = ("torchscript", "pt2")
 SIDECAR_FORMAT = "MedAutoencoder-export"
 
 
@@ -43,14 +46,21 @@ class ReconstructionOnly(nn.Module):
 
 
 class ExportedNetwork(nn.Module):
-    """A loaded TorchScript module behind the library's network interface (a dict with ``reconstruction``)."""
+    """A loaded TorchScript module or ``torch.export`` program behind the library's network interface (a dict
+    with ``reconstruction``)."""
 
-    def __init__(self, module: torch.jit.ScriptModule) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {"reconstruction": self.module(x)}
+
+    def train(self, mode: bool = True) -> "ExportedNetwork":
+        """The module was recorded in inference mode at export and stays so (a ``torch.export`` program refuses
+        ``train()``, also as ``eval()``)."""
+        self.training = mode
+        return self
 
 
 def input_shape(record: ModelRecord, batch: int = 2) -> Tuple[int, ...]:
@@ -112,6 +122,14 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
                                  "use --format torchscript") from None
 
 
+def _export_program(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """``torch.export`` with any batch size (the example's batch of 2 would otherwise be fixed in the program)."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(wrapper, (example,), dynamic_shapes={"x": {0: batch}})
+    with replacing(out, suffix=".pt2") as temporary:
+        torch.export.save(program, str(temporary))
+
+
 def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscript",
                  overwrite: bool = False) -> Dict[str, str]:
     """Write the exported network to ``out`` and its sidecar to ``out.json``; returns both paths."""
@@ -120,7 +138,7 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
     out = Path(out)
     meta = sidecar_path(out)
     protected = [model.path] if model.path else []
-    require_new_file(out, f"model.{'ts' if fmt == 'torchscript' else 'onnx'}", overwrite, protected)
+    require_new_file(out, _EXAMPLE_NAMES[fmt], overwrite, protected)
     refuse_overwrite([meta], protected=protected, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ReconstructionOnly(model.network).eval()
@@ -132,6 +150,8 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
         if fmt == "torchscript":
             with replacing(out) as temporary:
                 torch.jit.save(torch.jit.trace(wrapper, example), str(temporary))
+        elif fmt == "pt2":
+            _export_program(wrapper, example, out)
         else:
             _export_onnx(wrapper, example, out)
     write_text(meta, json.dumps(sidecar(model.record, model.path, fmt), indent=2), overwrite=True)
@@ -139,15 +159,20 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
 
 
 def load_exported(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
-    """A TorchScript export and its sidecar as a :class:`LoadedModel` that the library's detection accepts."""
+    """A TorchScript or ``torch.export`` export and its sidecar as a :class:`LoadedModel` that the library's
+    detection accepts."""
     path = Path(path)
     meta = sidecar_path(path)
     if not path.is_file() or not meta.is_file():
         raise ModelFileError(f"{path}: an exported model needs both the module and its sidecar {meta.name}")
     payload = json.loads(meta.read_text())
-    if payload.get("format") != SIDECAR_FORMAT or payload["export"]["format"] != "torchscript":
-        raise ModelFileError(f"{meta}: not the sidecar of a TorchScript export of this library")
+    fmt = payload.get("export", {}).get("format")
+    if payload.get("format") != SIDECAR_FORMAT or fmt not in _LOADABLE_FORMATS:
+        raise ModelFileError(f"{meta}: not the sidecar of a TorchScript or pt2 export of this library")
     torch_device = resolve_device(device)
-    module = torch.jit.load(str(path), map_location=torch_device)
+    if fmt == "pt2":
+        module = torch.export.load(str(path)).module().to(torch_device)
+    else:
+        module = torch.jit.load(str(path), map_location=torch_device)
     return LoadedModel(network=ExportedNetwork(module).eval(), record=record_from_payload(payload, meta),
                        device=torch_device, path=path)

@@ -1,5 +1,6 @@
-"""Export for deployment, on a tiny trained VAE: the TorchScript module with its sidecar gives the same anomaly map
-as the Python model, and the ONNX graph the same reconstruction (onnxruntime)."""
+"""Export for deployment, on a tiny trained VAE: the TorchScript module and the torch.export program with their
+sidecars give the same anomaly map as the Python model, and the ONNX graph the same reconstruction
+(onnxruntime)."""
 from __future__ import annotations
 
 import json
@@ -45,6 +46,29 @@ def test_torchscript_export_detects_exactly_like_the_python_model(vae_model, vae
     assert main(["export", "--model", str(vae_model_path), "--out", str(out)]) == 1  # never overwritten silently
 
 
+def test_pt2_export_detects_exactly_like_the_python_model(vae_model, vae_model_path, lesion_case, tmp_path,
+                                                          recwarn):
+    """torch.export, TorchScript's successor: no deprecation warning, any batch size, the same detection."""
+    out = tmp_path / "vae.pt2"
+    assert main(["export", "--model", str(vae_model_path), "--out", str(out), "--format", "pt2"]) == 0
+    assert json.loads((tmp_path / "vae.pt2.json").read_text())["export"]["format"] == "pt2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.pt2", "vae.pt2.json"]  # no temporary left
+
+    module = torch.export.load(str(out)).module()  # what a deployment without this library does
+    with torch.no_grad():
+        for size in (1, 5):  # exported with a batch of 2
+            batch = torch.rand(size, 1, 32, 32)
+            torch.testing.assert_close(module(batch), vae_model.network(batch)["reconstruction"])
+
+    python = run_detection(lesion_case["image"], vae_model).result
+    exported = run_detection(lesion_case["image"], load_exported(out)).result
+    np.testing.assert_allclose(sitk.GetArrayFromImage(exported.anomaly_map),
+                               sitk.GetArrayFromImage(python.anomaly_map), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported.anomaly_mask),
+                                  sitk.GetArrayFromImage(python.anomaly_mask))
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning) and "torch" in str(w.message)]
+
+
 def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_path, tmp_path):
     out = tmp_path / "vae.onnx"
     assert main(["export", "--model", str(vae_model_path), "--out", str(out), "--format", "onnx"]) == 0
@@ -70,12 +94,15 @@ def test_the_sidecar_says_how_a_3d_model_tiles_a_volume(vae_model):
     assert "axial slice" in sidecar(vae_model.record, Path("m.pt"), "onnx")["export"]["applied_as"]["over"]
 
 
-def test_an_export_given_as_model_is_named_as_such(vae_model_path, lesion_case, tmp_path, capsys, recwarn):
-    """Users pass the .ts next to the .pt; torch.load only says it needs weights_only=False, with a warning."""
-    export = tmp_path / "vae.ts"
-    assert main(["export", "--model", str(vae_model_path), "--out", str(export)]) == 0
+@pytest.mark.parametrize("fmt, name, kind", [("torchscript", "vae.ts", "TorchScript"),
+                                             ("pt2", "vae.pt2", "torch.export (pt2)")])
+def test_an_export_given_as_model_is_named_as_such(vae_model_path, lesion_case, tmp_path, capsys, recwarn, fmt, name,
+                                                   kind):
+    """Users pass the export next to the .pt; torch.load only says it needs weights_only=False, with a warning."""
+    export = tmp_path / name
+    assert main(["export", "--model", str(vae_model_path), "--out", str(export), "--format", fmt]) == 0
     assert main(["detect", str(lesion_case["image_path"]), "--model", str(export), "--output-dir",
                  str(tmp_path / "out"), "--device", "cpu"]) == 1
-    assert ("vae.ts: not a readable MedAutoencoder model file (it is a TorchScript export for deployment, written "
+    assert (f"{name}: not a readable MedAutoencoder model file (it is a {kind} export for deployment, written "
             "by export; the model file is the .pt written by train or calibrate)") in capsys.readouterr().err
     assert not [w for w in recwarn if "TorchScript" in str(w.message)]
