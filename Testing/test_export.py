@@ -22,6 +22,17 @@ def vae_model(vae_model_path):
     return load_model(vae_model_path, device="cpu")
 
 
+def assert_detects_like(exported_model, python_model, image) -> None:
+    """The library's detection on an exported module gives the Python model's anomaly map, mask and threshold."""
+    python = run_detection(image, python_model).result
+    exported = run_detection(image, exported_model).result
+    np.testing.assert_allclose(sitk.GetArrayFromImage(exported.anomaly_map),
+                               sitk.GetArrayFromImage(python.anomaly_map), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported.anomaly_mask),
+                                  sitk.GetArrayFromImage(python.anomaly_mask))
+    assert exported.summary["threshold"] == python.summary["threshold"]
+
+
 def test_torchscript_export_detects_exactly_like_the_python_model(vae_model, vae_model_path, lesion_case,
                                                                    tmp_path):
     out = tmp_path / "vae.ts"
@@ -36,13 +47,7 @@ def test_torchscript_export_detects_exactly_like_the_python_model(vae_model, vae
     with torch.no_grad():
         torch.testing.assert_close(module(batch), vae_model.network(batch)["reconstruction"])
 
-    python = run_detection(lesion_case["image"], vae_model).result
-    exported = run_detection(lesion_case["image"], load_exported(out)).result
-    np.testing.assert_allclose(sitk.GetArrayFromImage(exported.anomaly_map),
-                               sitk.GetArrayFromImage(python.anomaly_map), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported.anomaly_mask),
-                                  sitk.GetArrayFromImage(python.anomaly_mask))
-    assert exported.summary["threshold"] == python.summary["threshold"]
+    assert_detects_like(load_exported(out), vae_model, lesion_case["image"])
     assert main(["export", "--model", str(vae_model_path), "--out", str(out)]) == 1  # never overwritten silently
 
 
@@ -60,12 +65,7 @@ def test_pt2_export_detects_exactly_like_the_python_model(vae_model, vae_model_p
             batch = torch.rand(size, 1, 32, 32)
             torch.testing.assert_close(module(batch), vae_model.network(batch)["reconstruction"])
 
-    python = run_detection(lesion_case["image"], vae_model).result
-    exported = run_detection(lesion_case["image"], load_exported(out)).result
-    np.testing.assert_allclose(sitk.GetArrayFromImage(exported.anomaly_map),
-                               sitk.GetArrayFromImage(python.anomaly_map), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported.anomaly_mask),
-                                  sitk.GetArrayFromImage(python.anomaly_mask))
+    assert_detects_like(load_exported(out), vae_model, lesion_case["image"])
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning) and "torch" in str(w.message)]
 
 
