@@ -181,14 +181,18 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         tracker.emit("log", 0, f"skipped {reason}")
     written: Dict[str, Dict[str, str]] = {}
     in_flight: List[PendingOutputs] = []  # volumes done whose files may still be being written
+    depth = options.volumes_ahead(len(paths))
+    if depth and model.record.preprocess.foreground == "template":
+        from MedAutoencoderLib.brain_mask import prepare_registration_template
+
+        prepare_registration_template()  # once, here, not by each worker that finds the cache empty
     prepare = partial(_prepared_input, preprocess=model.record.preprocess)
-    with _background_writers(targets) as writer, \
-            prepared_in_order(paths, prepare, options.volumes_ahead(len(paths))) as prepared_volumes:
-        for i, (path, prepared) in enumerate(zip(paths, prepared_volumes)):
+    with _background_writers(targets) as writer, prepared_in_order(paths, prepare, depth) as prepared_volumes:
+        for i, path in enumerate(paths):
             tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
             outputs = PendingOutputs(writer)
-            try:
-                result = detect_prepared(prepared.result(), model, options,
+            try:  # the prepared volume is not kept in a variable: it is freed as soon as its detection is done
+                result = detect_prepared(next(prepared_volumes).result(), model, options,
                                          on_output=partial(_write_output, outputs, targets[path], compress)).result
                 outputs.submit(targets[path]["summary"],
                                partial(write_text, text=json.dumps(result.summary, indent=2), overwrite=True))

@@ -131,7 +131,8 @@ def _add_detect(sub) -> None:
     _add_precision(p)
     p.add_argument("--prepare-ahead", type=int, default=0, metavar="N",
                    help="volumes of a batch read and preprocessed in worker threads while the network runs, for "
-                        "a GPU machine with many cores (default 0: one after the other, fastest on a few cores)")
+                        "a GPU machine with many cores; each holds its input and model-grid copy in memory "
+                        "(default 0: one after the other, fastest on a few cores)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--keep-going", action="store_true",
                    help="skip a volume that fails its checks, runs out of memory or meets a defect, and go on "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
@@ -170,10 +171,11 @@ class DetectOptions:
 
     def volumes_ahead(self, count: int) -> int:
         """How many of a batch of ``count`` volumes to prepare ahead of the one in the network."""
-        return max(0, min(self.prepare_ahead, count - 1))
+        return max(0, min(int(self.prepare_ahead), count - 1))
 
     def validate(self) -> None:
-        if isinstance(self.prepare_ahead, bool) or not isinstance(self.prepare_ahead, int) or self.prepare_ahead < 0:
+        if isinstance(self.prepare_ahead, bool) or not isinstance(self.prepare_ahead, numbers.Integral) \
+                or self.prepare_ahead < 0:
             raise ConfigurationError(f"prepare_ahead must be a whole number >= 0, not {self.prepare_ahead!r}")
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Iterator, Sequence, TypeVar
+from typing import Callable, Deque, Iterator, Optional, Sequence, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -31,30 +31,47 @@ def _run_now(prepare: Callable[[Item], Result], item: Item) -> "Future[Result]":
     return future
 
 
+def _shut_down(executor: ThreadPoolExecutor) -> None:
+    """Cancel what has not started and wait for what runs, also when a second interrupt (Ctrl-C twice, SIGTERM
+    after Ctrl-C) arrives while waiting: the wait is resumed and the first such interrupt raised after it."""
+    interrupt: Optional[BaseException] = None
+    while True:
+        try:
+            executor.shutdown(wait=True, cancel_futures=True)
+            break
+        except BaseException as exc:  # resumed, then raised below
+            interrupt = interrupt or exc
+    if interrupt is not None:
+        raise interrupt
+
+
 @contextlib.contextmanager
 def prepared_in_order(items: Sequence[Item], prepare: Callable[[Item], Result],
                       depth: int) -> Iterator[Iterator["Future[Result]"]]:
     """An iterator of futures of ``prepare(item)``, one per item in order, with up to ``depth`` items being
     prepared ahead of the one taken last (``depth`` 0: each prepared when it is taken, in the caller's thread).
+    The caller should take each future's result and drop the future, so that a volume is freed once used.
 
-    On the way out, also when the caller stops early or is interrupted, preparations not started are cancelled
-    and those running are waited for: no thread outlives the batch."""
+    On the way out, also when the caller stops early or is interrupted, preparations not started are cancelled,
+    those running are waited for (no thread outlives the batch), and the results not taken are released."""
     if depth <= 0:
         yield (_run_now(prepare, item) for item in items)
         return
     executor = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="prepare")
+    queued: Deque["Future[Result]"] = deque()
 
     def futures() -> Iterator["Future[Result]"]:
-        upcoming = iter(items)
-        queued: Deque["Future[Result]"] = deque()
-        for item in upcoming:
+        for item in items:
             queued.append(executor.submit(prepare, item))
             if len(queued) > depth:  # the one handed out, and depth more ahead of it
                 yield queued.popleft()
         while queued:
             yield queued.popleft()
 
+    handed_out = futures()
     try:
-        yield futures()
+        yield handed_out
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        handed_out.close()
+        _shut_down(executor)
+        queued.clear()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import weakref
+from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
+from MedAutoencoderLib import api
+from MedAutoencoderLib.api import detect_files
 from MedAutoencoderLib.read_ahead import prepared_in_order
 from test_user_errors import run_cli
 
@@ -46,20 +50,23 @@ def test_no_more_than_depth_items_are_prepared_ahead_of_the_one_taken():
             assert max(started) <= taken + 2
 
 
-def test_stopping_early_cancels_what_has_not_started_and_leaves_no_worker_thread():
-    started = []
-    release = threading.Event()
+def test_stopping_early_cancels_what_has_not_started_and_waits_for_what_runs():
+    """Three workers blocked on items 0-2, item 3 queued behind them: a failure in the caller cancels item 3, and
+    the with-block ends only once items 0-2 have finished, leaving no worker thread."""
+    started, finished = [], []
 
     def prepare(item: int) -> int:
         started.append(item)
-        release.wait(1.0)
+        time.sleep(0.3)
+        finished.append(item)
         return item
 
-    with prepared_in_order(range(20), prepare, depth=3) as futures:
-        first = next(futures)
-        release.set()
-        assert first.result() == 0
-    assert len(started) <= 4  # the first and three ahead; the 16 others never began
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        with prepared_in_order(range(20), prepare, depth=3) as futures:
+            next(futures)
+            time.sleep(0.05)  # the workers take items 0-2
+            raise RuntimeError("the caller failed")
+    assert sorted(started) == sorted(finished) == [0, 1, 2]
     assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
 
 
@@ -73,6 +80,45 @@ def test_depth_zero_prepares_each_item_in_the_callers_thread_when_it_is_taken():
     with prepared_in_order(range(3), prepare, depth=0) as futures:
         assert [f.result() for f in futures] == [0, 1, 2]
     assert threads == [threading.current_thread()] * 3
+
+
+def test_each_volume_is_announced_before_it_is_read_and_prepared(monkeypatch, tmp_path, lesion_case, dae_model):
+    """A user watching the progress sees the volume being worked on, not the previous one's score, while the
+    slow preparation (registration) of the next one runs."""
+    log = []
+    real_prepared_input = api._prepared_input
+
+    def prepared_input(path, preprocess):
+        log.append(f"prepare {Path(path).name}")
+        return real_prepared_input(path, preprocess)
+
+    monkeypatch.setattr(api, "_prepared_input", prepared_input)
+    inputs = []
+    for name in ("a.nii.gz", "b.nii.gz"):
+        shutil.copy(lesion_case["image_path"], tmp_path / name)
+        inputs.append(tmp_path / name)
+    detect_files(inputs, tmp_path / "out", dae_model,
+                 progress=lambda e: log.append(e["message"]) if e["event"] == "progress" else None)
+    assert [entry for entry in log if entry.startswith(("prepare", "a.nii.gz (", "b.nii.gz ("))] == [
+        "a.nii.gz (1/2)", "prepare a.nii.gz", "b.nii.gz (2/2)", "prepare b.nii.gz"]
+
+
+def test_a_volume_is_freed_before_the_next_one_is_prepared(monkeypatch, tmp_path, lesion_case, dae_model):
+    """One after the other, a batch holds one prepared volume (the input and its model-grid arrays) at a time."""
+    volumes, alive_when_preparing = [], []
+    real_prepared_input = api._prepared_input
+
+    def prepared_input(path, preprocess):
+        alive_when_preparing.append(sum(ref() is not None for ref in volumes))
+        volume = real_prepared_input(path, preprocess)
+        volumes.append(weakref.ref(volume))
+        return volume
+
+    monkeypatch.setattr(api, "_prepared_input", prepared_input)
+    inputs = [lesion_case["image_path"], lesion_case["healthy_path"], tmp_path / "third.nii.gz"]
+    shutil.copy(lesion_case["image_path"], inputs[2])
+    detect_files(inputs, tmp_path / "out", dae_model)
+    assert alive_when_preparing == [0, 0, 0]
 
 
 @pytest.fixture

@@ -98,8 +98,9 @@ def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_m
                                                                            prepare_ahead):
     """detect_files writes outputs on threads while the next volume is computed, and prepares the next volumes
     on threads while the network runs: every file must hold what detection gives for its own volume."""
-    paths = [lesion_case["image_path"], lesion_case["healthy_path"]]
-    written = detect_files(paths, tmp_path, dae_model, DetectOptions(prepare_ahead=prepare_ahead))
+    paths = [lesion_case["image_path"], lesion_case["healthy_path"], tmp_path / "third.nii.gz"]
+    shutil.copy(lesion_case["image_path"], paths[2])  # three volumes: two of them prepared ahead of the first
+    written = detect_files(paths, tmp_path / "out", dae_model, DetectOptions(prepare_ahead=prepare_ahead))
     for path in paths:
         expected = run_detection(read_image(path), dae_model, name=str(path)).result
         for kind in ("reconstruction", "anomaly_map", "anomaly_mask"):

@@ -180,7 +180,9 @@ def cohort_seconds_per_volume(volume: Path, folder: Path, model: LoadedModel, co
     cohort = [folder / f"subject{i:03d}.nii.gz" for i in range(count)]
     for path in cohort:
         shutil.copyfile(volume, path)
-    seconds = {}
+    detect_files(cohort[:2], folder / "out", model, DetectOptions(device=str(model.device),
+                                                                  prepare_ahead=max(depths)), overwrite=True)
+    seconds = {}  # after that warm-up (worker threads, page cache, cuDNN's choices), no depth runs cold
     for depth in depths:
         options = DetectOptions(device=str(model.device), prepare_ahead=depth)
         start = time.perf_counter()
