@@ -100,16 +100,18 @@ def test_detect_uncompressed_writes_the_same_volumes_raw(dae_model_path, lesion_
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="Windows sends no SIGTERM: it ends the process")
-def test_sigterm_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progress(tmp_path):
+@pytest.mark.parametrize("read_ahead", [[], ["--prepare-ahead", "2"]], ids=["one-after-the-other", "read-ahead"])
+def test_sigterm_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progress(tmp_path, read_ahead):
     """SIGTERM (kill, a cluster's time limit) used to end the process at once: the volume in progress left hidden
-    temporary files, and the one finished before it, still being written, lost its outputs."""
+    temporary files, and the one finished before it, still being written, lost its outputs. With read-ahead, the
+    volumes being prepared at that moment are waited for and give no outputs."""
     from conftest import brain_scans
 
     scans = brain_scans(tmp_path / "scans", "abcd", ".nii.gz")
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "MedAutoencoderLib", "detect", str(scans), "--output-dir",
-                                str(out), "--device", "cpu", "--progress", "json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                                str(out), "--device", "cpu", "--progress", "json", *read_ahead],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # each volume takes about a second on two cores: the next one is under way
         if "mL flagged" in line:
             process.send_signal(signal.SIGTERM)

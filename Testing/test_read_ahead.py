@@ -3,6 +3,7 @@ batch that stops at a failed volume while later volumes were already being prepa
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 import weakref
@@ -67,6 +68,29 @@ def test_stopping_early_cancels_what_has_not_started_and_waits_for_what_runs():
             time.sleep(0.05)  # the workers take items 0-2
             raise RuntimeError("the caller failed")
     assert sorted(started) == sorted(finished) == [0, 1, 2]
+    assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="Windows has no pthread_kill")
+def test_a_second_interrupt_while_waiting_for_the_workers_still_waits_for_them():
+    """Ctrl-C pressed again while a stopped batch waits for its running preparations: the wait goes on (no
+    thread outlives the batch), then the interrupt is raised."""
+    finished = []
+
+    def prepare(item: int) -> int:
+        time.sleep(0.6)
+        finished.append(item)
+        return item
+
+    # to the main thread, as a terminal's Ctrl-C: a signal raised in another thread would not wake its wait
+    second_interrupt = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        with prepared_in_order(range(5), prepare, depth=2) as futures:
+            next(futures)
+            second_interrupt.start()
+            raise RuntimeError("the first interrupt")  # the wait for items 0 and 1 begins at once
+    second_interrupt.join()
+    assert sorted(finished) == [0, 1]
     assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
 
 
