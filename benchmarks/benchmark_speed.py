@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -171,11 +172,11 @@ def standby_worker_seconds(volume: Path, out_dir: Path, device: str, repeats: in
 
 
 def cohort_seconds_per_volume(volume: Path, folder: Path, model: LoadedModel, count: int,
-                              depths: List[int]) -> Dict[int, float]:
-    """Seconds per volume of one ``detect`` batch over ``count`` copies of the volume, for each read-ahead depth
-    (volumes read and preprocessed in worker threads while the network runs; 0: one after the other)."""
-    import shutil
-
+                              depths: List[int]) -> Dict[int, Tuple[float, float]]:
+    """Wall and CPU (user + system, all threads) seconds per volume of one ``detect`` batch over ``count`` copies
+    of the volume, for each read-ahead depth (volumes read and preprocessed in worker threads while the network
+    runs; 0: one after the other). CPU over wall says how many cores the batch kept busy: what scheduling alone
+    could still gain."""
     folder.mkdir(parents=True, exist_ok=True)
     cohort = [folder / f"subject{i:03d}.nii.gz" for i in range(count)]
     for path in cohort:
@@ -185,9 +186,11 @@ def cohort_seconds_per_volume(volume: Path, folder: Path, model: LoadedModel, co
     seconds = {}  # after that warm-up (worker threads, page cache, cuDNN's choices), no depth runs cold
     for depth in depths:
         options = DetectOptions(device=str(model.device), prepare_ahead=depth)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), os.times()
         detect_files(cohort, folder / "out", model, options, overwrite=True)
-        seconds[depth] = (time.perf_counter() - start) / count
+        cpu_end = os.times()
+        cpu = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
+        seconds[depth] = ((time.perf_counter() - start) / count, cpu / count)
     return seconds
 
 
@@ -245,10 +248,11 @@ def main() -> None:
         for name, seconds in stage_seconds(volume, folder, model, args.repeats).items():
             report(f"  {name:<50}{seconds:>6.2f}")
         if args.cohort:
-            for depth, seconds in cohort_seconds_per_volume(volume, folder / "cohort", model, args.cohort,
-                                                            args.ahead).items():
-                report(f"batch of {args.cohort} volumes (one detect call), {depth} prepared ahead: {seconds:.2f} s "
-                       f"per volume, {statistics.median(plain) / seconds:.2f}x the plain pipeline's time per volume")
+            for depth, (wall, cpu) in cohort_seconds_per_volume(volume, folder / "cohort", model, args.cohort,
+                                                                args.ahead).items():
+                report(f"batch of {args.cohort} volumes (one detect call), {depth} prepared ahead: {wall:.2f} s per "
+                       f"volume ({statistics.median(plain) / wall:.2f}x the plain pipeline's time per volume); CPU "
+                       f"{cpu:.2f} s per volume, {cpu / wall:.2f} of {os.cpu_count()} cores busy")
         process_seconds = command_line_seconds(volume, folder / "cli", args.device, max(3, args.repeats // 3))
         report(f"one-volume command-line process (python -m MedAutoencoderLib detect, imports included): "
                f"median {statistics.median(process_seconds):.2f} s of {len(process_seconds)}")
