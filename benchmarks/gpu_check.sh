@@ -4,7 +4,12 @@
 # cohort (and the clear error when more processes than GPUs are started), and the synthetic evaluation in mixed
 # precision, to compare with the same cases in float32 on a CPU:
 #     python benchmarks/evaluate_anomalies.py --per-kind 2 --healthy 3 --device cpu
+# Through the device tool, carry .whl (the wheels of monai, nibabel, SimpleITK and isal for the machine's Python
+# 3.12) and run: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+# PYTHONPATH=/tmp/site bash benchmarks/gpu_check.sh   (about 9 minutes; the speed benchmark alone about 3)
 set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the library from this checkout, also in its subprocesses
+export PYTHONUNBUFFERED=1  # each figure reaches $OUT as it is printed, also when a later step fails
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 quiet() { grep -v -i warning || true; }
