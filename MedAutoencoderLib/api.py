@@ -209,6 +209,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
             tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
                          f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
+            del result  # its images (the writers hold what they still need) are not kept through the next volume
     for outputs in in_flight:
         outputs.wait()  # a failed write of the last volumes
     if failures:

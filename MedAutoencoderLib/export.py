@@ -12,6 +12,7 @@ is how the export is verified).
 """
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -113,21 +114,37 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
         import onnx  # noqa: F401  (torch.onnx needs it; fail with advice rather than deep inside torch)
     except ImportError:
         raise ConfigurationError("ONNX export needs the onnx package: pip install 'MedAutoencoderLib[onnx]'") from None
-    try:
-        torch.onnx.export(wrapper, (example,), str(out), input_names=["image"], output_names=["reconstruction"],
-                          dynamic_axes={"image": {0: "batch"}, "reconstruction": {0: "batch"}}, dynamo=False)
+    try:  # written under a temporary name: a failed export leaves an existing file (--overwrite) as it was
+        with replacing(out, suffix=".onnx") as temporary:
+            torch.onnx.export(wrapper, (example,), str(temporary), input_names=["image"],
+                              output_names=["reconstruction"],
+                              dynamic_axes={"image": {0: "batch"}, "reconstruction": {0: "batch"}}, dynamo=False)
+    except OSError:
+        raise
     except Exception as exc:  # the exporter fails in many ways for unsupported operators
-        out.unlink(missing_ok=True)
         raise ConfigurationError(f"ONNX export of this model failed ({str(exc).splitlines()[0][:200]}); "
                                  "use --format torchscript") from None
 
 
+def _program_on(program: "torch.export.ExportedProgram", device: torch.device) -> "torch.export.ExportedProgram":
+    """The program with its weights, constants and the devices written into its graph on ``device`` (a program's
+    ``module().to(device)`` moves parameters and buffers only)."""
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:
+        raise ConfigurationError(f"pt2 exports need torch 2.3 or newer (this is torch {torch.__version__}); "
+                                 "use --format torchscript") from None
+    return move_to_device_pass(program, device)
+
+
 def _export_program(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
-    """``torch.export`` with any batch size (the example's batch of 2 would otherwise be fixed in the program)."""
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.export.export(wrapper, (example,), dynamic_shapes={"x": {0: batch}})
-    with replacing(out, suffix=".pt2") as temporary:
-        torch.export.save(program, str(temporary))
+    """``torch.export`` with any batch size (the example's batch of 2 would otherwise be fixed in the program),
+    saved on the CPU so that it loads on a machine without the exporting GPU."""
+    program = torch.export.export(wrapper, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    archive = io.BytesIO()  # saved whole before it gets the user's name; any name (torch wants *.pt2 for files)
+    torch.export.save(_program_on(program, torch.device("cpu")), archive)
+    with replacing(out) as temporary:
+        temporary.write_bytes(archive.getvalue())
 
 
 def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscript",
@@ -171,7 +188,8 @@ def load_exported(path: Union[str, Path], device: str = "cpu") -> LoadedModel:
         raise ModelFileError(f"{meta}: not the sidecar of a TorchScript or pt2 export of this library")
     torch_device = resolve_device(device)
     if fmt == "pt2":
-        module = torch.export.load(str(path)).module().to(torch_device)
+        with open(path, "rb") as stream:
+            module = _program_on(torch.export.load(stream), torch_device).module()
     else:
         module = torch.jit.load(str(path), map_location=torch_device)
     return LoadedModel(network=ExportedNetwork(module).eval(), record=record_from_payload(payload, meta),

@@ -80,6 +80,8 @@ def prepared_in_order(items: Sequence[Item], prepare: Callable[[Item], Result],
     finally:
         handed_out.close()
         executor.shutdown(wait=False, cancel_futures=True)
-        _wait_for(list(submitted))
-        executor.shutdown(wait=True)  # their threads end as soon as their last preparation is done
-        queued.clear()
+        try:
+            _wait_for([*submitted, *queued])
+        finally:  # also when a second interrupt is raised after the wait
+            executor.shutdown(wait=True)  # their threads end as soon as their last preparation is done
+            queued.clear()

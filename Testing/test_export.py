@@ -81,6 +81,23 @@ def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_pat
     np.testing.assert_allclose(reconstruction, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_failed_onnx_export_leaves_the_file_it_was_to_replace_as_it_was(monkeypatch, vae_model_path, tmp_path,
+                                                                          capsys):
+    """The exporter fails on operators it cannot convert (none of this library's networks has one, so the failure
+    is injected); with --overwrite it used to delete the user's existing file first."""
+    out = tmp_path / "vae.onnx"
+    out.write_bytes(b"the user's earlier export")
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::something' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    assert main(["export", "--model", str(vae_model_path), "--out", str(out), "--format", "onnx", "--overwrite"]) == 1
+    assert "ONNX export of this model failed (Exporting the operator" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.onnx"]
+
+
 def test_the_sidecar_says_how_a_3d_model_tiles_a_volume(vae_model):
     """A deployment must tile a 3D model's input as the library does to reproduce its anomaly maps."""
     from MedAutoencoderLib.checkpoint import ModelRecord

@@ -75,21 +75,27 @@ def test_stopping_early_cancels_what_has_not_started_and_waits_for_what_runs():
 def test_a_second_interrupt_while_waiting_for_the_workers_still_waits_for_them():
     """Ctrl-C pressed again while a stopped batch waits for its running preparations: the wait goes on (no
     thread outlives the batch), then the interrupt is raised."""
-    finished = []
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    both_started, finished = threading.Barrier(3), []
 
     def prepare(item: int) -> int:
+        both_started.wait(timeout=5)
         time.sleep(0.6)
         finished.append(item)
         return item
 
     # to the main thread, as a terminal's Ctrl-C: a signal raised in another thread would not wake its wait
     second_interrupt = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
-    with pytest.raises(KeyboardInterrupt):
-        with prepared_in_order(range(5), prepare, depth=2) as futures:
-            next(futures)
-            second_interrupt.start()
-            raise RuntimeError("the first interrupt")  # the wait for items 0 and 1 begins at once
-    second_interrupt.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with prepared_in_order(range(5), prepare, depth=2) as futures:
+                next(futures)
+                both_started.wait(timeout=5)  # items 0 and 1 are being prepared
+                second_interrupt.start()
+                raise RuntimeError("the first interrupt")  # the wait for items 0 and 1 begins at once
+    finally:
+        second_interrupt.cancel()
+        signal.signal(signal.SIGINT, previous_handler)
     assert sorted(finished) == [0, 1]
     assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
 
