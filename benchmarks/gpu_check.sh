@@ -13,7 +13,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the library from this che
 export PYTHONUNBUFFERED=1  # each figure reaches $OUT as it is printed, also when a later step fails
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-quiet() { grep -v -i warning || true; }
+quiet() { grep --line-buffered -v -i warning || true; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
   python3 -c "import torch, SimpleITK, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())"
 } 2>&1 | tee "$out/gpu.txt"
