@@ -60,8 +60,7 @@ from MedAutoencoderLib.io import (
     require_new_file,
     require_writable_folder,
     volume_stem,
-    write_image,
-    write_text,
+    write_image_directly,
 )
 from MedAutoencoderLib.outputs import PendingOutputs, pending_path
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
@@ -175,6 +174,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         _refuse_compressed_format(targets)
     _refuse_shared_targets(targets)
     refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)  # the outputs are written straight under hidden names
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
     for reason in failures.values():
@@ -194,8 +194,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             try:  # the prepared volume is not kept in a variable: it is freed as soon as its detection is done
                 result = detect_prepared(next(prepared_volumes).result(), model, options,
                                          on_output=partial(_write_output, outputs, targets[path], compress)).result
-                outputs.submit(targets[path]["summary"],
-                               partial(write_text, text=json.dumps(result.summary, indent=2), overwrite=True))
+                outputs.submit(targets[path]["summary"], partial(Path.write_text,
+                                                                 data=json.dumps(result.summary, indent=2)))
             except BaseException as exc:
                 outputs.discard()
                 reason = _volume_failure(path, exc, i, len(paths), keep_going, tracker)
@@ -241,7 +241,7 @@ def _prepared_input(path: Path, preprocess: PreprocessConfig) -> PreparedVolume:
 def _write_output(outputs: PendingOutputs, targets: Dict[str, Path], compress: bool, kind: str,
                   image: sitk.Image) -> None:
     """Hand one output of a volume to the writers (the ``on_output`` of :func:`run_detection`)."""
-    outputs.submit(targets[kind], partial(write_image, image, compress=compress))
+    outputs.submit(targets[kind], partial(write_image_directly, image, compress=compress))
 
 
 def _volume_failure(path: Path, error: BaseException, index: int, count: int, keep_going: bool,

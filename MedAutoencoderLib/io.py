@@ -394,11 +394,18 @@ def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Pat
     0.45 s, writing it raw 0.02 s). A ``.nii.gz`` is compressed whatever ``compress`` says."""
     target = Path(path)
     with replacing(target, volume_suffix(target) or ".nrrd") as temporary:  # ITK picks the format by suffix
-        if volume_suffix(target) == ".nii.gz":
-            _write_gzipped_nifti(image, temporary)
-        else:
-            sitk.WriteImage(image, str(temporary), useCompression=compress)
+        write_image_directly(image, temporary, compress)
     return target
+
+
+def write_image_directly(image: sitk.Image, path: Path, compress: bool = True) -> None:
+    """:func:`write_image` without a temporary name of its own, for a ``path`` that is one already (a batch's
+    hidden output names, :mod:`~MedAutoencoderLib.outputs`): a second one inside it would make the names longer
+    than Windows' 260-character path limit sooner."""
+    if volume_suffix(path) == ".nii.gz":
+        _write_gzipped_nifti(image, path)
+    else:
+        sitk.WriteImage(image, str(path), useCompression=compress)
 
 
 def _write_gzipped_nifti(image: sitk.Image, path: Path) -> None:

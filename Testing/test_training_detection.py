@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import tiny_train_config, toy
-from MedAutoencoderLib.api import detect_files, load_model, run_detection
+from MedAutoencoderLib.api import OUTPUT_KINDS, detect_files, load_model, run_detection
 from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
 from MedAutoencoderLib.config import DetectionConfig, DetectOptions, ModelConfig
 from MedAutoencoderLib.errors import (Cancelled, ConfigurationError, InputImageError, ModelFileError,
@@ -234,3 +234,20 @@ def test_3d_patch_model_trains_and_detects_on_the_input_grid(toy_cohort, tmp_pat
     for output in (result.reconstruction, result.anomaly_map, result.anomaly_mask):
         assert same_grid(output, lesion_case["image"])
     assert float(sitk.GetArrayFromImage(result.anomaly_map).max()) > 0
+
+
+def test_a_batch_writes_each_output_straight_under_its_hidden_name_without_a_second_temporary(
+        monkeypatch, dae_model, lesion_case, tmp_path):
+    """Each output's hidden name (outputs.pending_path) is already a temporary one; a second temporary name
+    inside it made every name about 30 characters longer, which reaches Windows' 260-character limit sooner."""
+    from MedAutoencoderLib.outputs import pending_path
+
+    written_by_itk = []
+    real_write = sitk.WriteImage
+    monkeypatch.setattr(sitk, "WriteImage", lambda image, name, *args, **kwargs: (
+        written_by_itk.append(Path(name).name), real_write(image, name, *args, **kwargs))[1])
+    written = detect_files([lesion_case["image_path"]], tmp_path / "out", dae_model, output_format="nrrd")
+    outputs = {kind: Path(target) for kind, target in written[str(lesion_case["image_path"])].items()}
+    assert sorted(written_by_itk) == sorted(pending_path(outputs[kind]).name for kind in OUTPUT_KINDS)
+    assert pending_path(outputs["anomaly_map"]).name == f".{outputs['anomaly_map'].name}.pending.nrrd"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in outputs.values())
