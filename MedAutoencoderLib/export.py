@@ -153,6 +153,9 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
     if fmt not in EXPORT_FORMATS:
         raise ConfigurationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     out = Path(out)
+    if fmt == "pt2" and out.suffix != ".pt2":
+        raise ConfigurationError(f"{out}: a pt2 export's name must end in .pt2 (torch.export.load refuses other "
+                                 "names), e.g. model.pt2")
     meta = sidecar_path(out)
     protected = [model.path] if model.path else []
     require_new_file(out, _EXAMPLE_NAMES[fmt], overwrite, protected)

@@ -67,6 +67,8 @@ def test_pt2_export_detects_exactly_like_the_python_model(vae_model, vae_model_p
 
     assert_detects_like(load_exported(out), vae_model, lesion_case["image"])
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning) and "torch" in str(w.message)]
+    assert main(["export", "--model", str(vae_model_path), "--out", str(tmp_path / "vae.bin"), "--format", "pt2"]) == 1
+    assert not (tmp_path / "vae.bin").exists()
 
 
 def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_path, tmp_path):

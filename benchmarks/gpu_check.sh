@@ -18,7 +18,8 @@ quiet() { grep --line-buffered -v -i warning || true; }
   python3 -c "import torch, SimpleITK, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())"
 } 2>&1 | tee "$out/gpu.txt"
 timeout 300 python3 benchmarks/benchmark_speed.py --device cuda --repeats 3 --cohort 12 --ahead 0 4 8 2>&1 | quiet | tee "$out/speed_cuda.txt"
-[ "${1:-}" = speed ] && exit 0
+speed_status=${PIPESTATUS[0]}
+[ "${1:-}" = speed ] && exit "$speed_status"
 python3 - <<'PY'
 import numpy as np, SimpleITK as sitk, os
 from MedAutoencoderLib.synthetic import toy_volume
@@ -30,7 +31,7 @@ for n in 1 2; do
   echo "== torchrun --nproc_per_node $n on $(nvidia-smi -L | wc -l) GPU(s)"
   timeout 120 torchrun --standalone --nproc_per_node $n -m MedAutoencoderLib train --data /tmp/toy \
       --out /tmp/toy_ddp$n.pt --size 32 32 32 --spacing 1.5 1.5 1.5 --channels 8 16 --epochs 3 --device cuda \
-      --progress json --no-augment 2>&1 | quiet | grep -v '"step"'
+      --progress json --no-augment 2>&1 | quiet | grep --line-buffered -v '"step"'
   echo "exit status: ${PIPESTATUS[0]}"
   python3 -m MedAutoencoderLib info /tmp/toy_ddp$n.pt
 done 2>&1 | tee "$out/ddp_nccl.txt"
