@@ -5,9 +5,10 @@ SimpleITK work) before a network that takes 0.03 s on a GPU; done one after the 
 almost all the time. SimpleITK and NumPy release the GIL, so threads preparing the next volumes run on the cores
 that the current volume's network and scoring leave idle. Results are handed out in input order, each with its
 own failure at its own place, so a batch reports and stops exactly as one run volume by volume would. On a
-2-core machine it costs time (two batches of 6 volumes: 2.72 and 2.49 s per volume one after the other, 3.25 and
-2.70 with one volume ahead; the network and the registration then share the same two cores), so it is asked for
-(``detect --prepare-ahead N``), not the default.
+2-core machine it costs time (batches of 6 volumes in interleaved processes, medians of 3: 2.16 s per volume one
+after the other, 2.50 s with one volume ahead, as the network's and the registration's threads contend for the two
+cores; benchmarks/results/speed_cpu_2core.txt), so it is asked for (``detect --prepare-ahead N``), not the
+default.
 (``concurrent.futures.Executor.map`` submits every item at once: unbounded memory, and no way to cancel what
 has not started when the batch stops; MONAI's ``ThreadDataLoader`` is for training batches, not for this.)
 """
@@ -21,6 +22,7 @@ from typing import Callable, Deque, Iterable, Iterator, Optional, Sequence, Type
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
 
 def _run_now(prepare: Callable[[Item], Result], item: Item) -> "Future[Result]":
     """A finished future holding ``prepare(item)`` or its exception (no read-ahead: depth 0)."""
