@@ -193,8 +193,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             try:  # the prepared volume is not kept in a variable: it is freed as soon as its detection is done
                 result = detect_prepared(next(prepared_volumes).result(), model, options,
                                          on_output=partial(_write_output, outputs, targets[path], compress)).result
-                outputs.submit(targets[path]["summary"], partial(_write_summary,
-                                                                 text=json.dumps(result.summary, indent=2)))
+                outputs.submit(targets[path]["summary"], partial(Path.write_text,
+                                                                 data=json.dumps(result.summary, indent=2)))
             except BaseException as exc:
                 outputs.discard()
                 reason = _volume_failure(path, exc, i, len(paths), keep_going, tracker)
@@ -235,13 +235,6 @@ def _background_writers(targets: Dict[Path, Dict[str, Path]]) -> Iterator[Thread
 def _prepared_input(path: Path, preprocess: PreprocessConfig) -> PreparedVolume:
     """A batch's volume read and brought onto the model grid (run ahead of the network in worker threads)."""
     return prepare_volume(read_image(path), preprocess, name=str(path))
-
-
-def _write_summary(path: Path, text: str) -> None:
-    """A volume's summary, straight under its hidden name (:mod:`~MedAutoencoderLib.outputs`), the output folder
-    made when missing (as :func:`~MedAutoencoderLib.io.write_image_directly` makes it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def _write_output(outputs: PendingOutputs, targets: Dict[str, Path], compress: bool, kind: str,

@@ -141,7 +141,8 @@ def _export_program(wrapper: nn.Module, example: torch.Tensor, out: Path) -> Non
     """``torch.export`` with any batch size (the example's batch of 2 would otherwise be fixed in the program),
     saved on the CPU so that it loads on a machine without the exporting GPU."""
     program = torch.export.export(wrapper, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
-    archive = io.BytesIO()  # saved whole before it gets the user's name; any name (torch wants *.pt2 for files)
+    archive = io.BytesIO()  # saved whole before it gets the user's name (a file would carry its temporary name
+    # inside the archive)
     torch.export.save(_program_on(program, torch.device("cpu")), archive)
     with replacing(out) as temporary:
         temporary.write_bytes(archive.getvalue())

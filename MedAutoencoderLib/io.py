@@ -401,8 +401,7 @@ def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Pat
 def write_image_directly(image: sitk.Image, path: Path, compress: bool = True) -> None:
     """:func:`write_image` without a temporary name of its own, for a ``path`` that is one already (a batch's
     hidden output names, :mod:`~MedAutoencoderLib.outputs`): a second one inside it would make the names longer
-    than Windows' 260-character path limit sooner. The folder is made when missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    than Windows' 260-character path limit sooner."""
     if volume_suffix(path) == ".nii.gz":
         _write_gzipped_nifti(image, path)
     else:

@@ -43,7 +43,9 @@ class PendingOutputs:
         self._error: Optional[BaseException] = None
 
     def submit(self, target: Path, write: Callable[[Path], object]) -> None:
-        """Start ``write(path)`` on the writer for the file that will be ``target``."""
+        """Start ``write(path)`` on the writer for the file that will be ``target`` (its folder made when missing:
+        ``write`` writes straight to the hidden name)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
         future = self._writer.submit(write, pending_path(target))
         with self._lock:
             self._writes.append((future, target))
