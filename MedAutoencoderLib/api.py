@@ -51,7 +51,9 @@ from MedAutoencoderLib.errors import (
     is_out_of_memory,
 )
 from MedAutoencoderLib.inference import reconstruct
-from MedAutoencoderLib.io import (
+from MedAutoencoderLib.io import (  # OUTPUT_KINDS: also this module's, as it always was
+    OUTPUT_KINDS,
+    SUMMARY_SUFFIX,
     check_volume_header,
     find_volumes,
     output_path,
@@ -69,7 +71,6 @@ from MedAutoencoderLib.read_ahead import prepared_in_order
 from MedAutoencoderLib.training import StopRequest, Trainer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_brain_t1.pt"
-OUTPUT_KINDS = ("reconstruction", "anomaly_map", "anomaly_mask")
 
 
 @dataclass
@@ -307,7 +308,7 @@ def detection_targets(input_path: Path, output_dir: Union[str, Path],
     """The files :func:`detect_files` writes for ``input_path``: one per kind of :data:`OUTPUT_KINDS` and the
     summary (also for callers that check them before any work)."""
     return {**{kind: output_path(input_path, output_dir, kind, output_format) for kind in OUTPUT_KINDS},
-            "summary": Path(output_dir) / f"{volume_stem(input_path)}_summary.json"}
+            "summary": Path(output_dir) / f"{volume_stem(input_path)}{SUMMARY_SUFFIX}"}
 
 
 def _refuse_compressed_format(targets: Dict[Path, Dict[str, Path]]) -> None:

@@ -15,7 +15,7 @@ from typing import Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.errors import InputImageError, itk_reason
 
 _SAMPLING_SHARE = 0.05  # share of template voxels used by the metric at each level
 # The metric's random samples are drawn from this seed: ITK's default (0) seeds from the wall clock, which made every
@@ -296,7 +296,7 @@ def template_to_image_transform(image: sitk.Image, seed: int = DEFAULT_SEED) -> 
     try:
         similarity = _similarity(moving, scan_levels, seed)
     except RuntimeError as exc:
-        raise InputImageError(f"registration to the brain template failed ({str(exc).splitlines()[-1][:120]})") from None
+        raise InputImageError(f"registration to the brain template failed ({itk_reason(exc)})") from None
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(similarity.GetMatrix())
     affine.SetTranslation(similarity.GetTranslation())

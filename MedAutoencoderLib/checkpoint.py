@@ -72,6 +72,8 @@ def save_model(path: Path, network: nn.Module, record: ModelRecord,
 def read_model_file(path: Path) -> Dict[str, Any]:
     """The raw payload of a model file, with clear errors for missing, corrupt or foreign files."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; give the model file in it (a .pt file)")
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     try:

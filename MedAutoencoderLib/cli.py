@@ -365,15 +365,18 @@ def run_detect(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.api import load_model
-    from MedAutoencoderLib.evaluation import evaluate_model, format_report, pair_images_with_masks
-    from MedAutoencoderLib.io import require_new_file
+    from MedAutoencoderLib.evaluation import evaluate_model, finite_or_none, format_report, pair_images_with_masks
+    from MedAutoencoderLib.io import find_volumes, require_new_file
 
-    if args.json_out:  # now, not after the whole evaluation
-        require_new_file(args.json_out, "report.json", overwrite=args.overwrite)
-    model = load_model(args.model, device=args.device)
     pairs = pair_images_with_masks(args.images, args.masks)
+    if args.json_out:  # now, not after the whole evaluation; never over one of the scans (also with --overwrite)
+        scans = [path for pair in pairs for path in pair] + (find_volumes(args.healthy) if args.healthy else [])
+        require_new_file(args.json_out, "report.json", overwrite=args.overwrite,
+                         protected=[*scans, *([Path(args.model)] if args.model else [])])
+    model = load_model(args.model, device=args.device)
     options = DetectOptions(device=args.device, precision=args.precision)
-    report = evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress), options=options)
+    report = finite_or_none(evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress),
+                                           options=options))
     if args.json_out:
         write_text(Path(args.json_out), json.dumps(report, indent=2), overwrite=args.overwrite)
     print(format_report(report) if args.progress != "json" else json.dumps({"event": "report", **report}))
@@ -525,6 +528,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except Cancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:  # Ctrl-C: what it interrupted has cleaned up on the way here; no traceback
+        print("cancelled: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_CANCELLED
     except MedAutoencoderError as exc:
         return _report_error(str(exc), json_progress)

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from MedAutoencoderLib.detection import voxel_volume_ml
 from MedAutoencoderLib.evaluation import dice
 from MedAutoencoderLib.errors import ConfigurationError
 from MedAutoencoderLib.io import refuse_overwrite, require_writable_folder, write_image, write_text
@@ -91,8 +92,7 @@ def run_demo(output_dir: Path, model_path: Optional[str] = None, kind: str = "ma
     mask = sitk.ReadImage(outputs["anomaly_mask"])
     summary = json.loads(Path(outputs["summary"]).read_text())
     summary["lesion_kind"] = kind
-    summary["lesion_ml"] = round(float(sitk.GetArrayViewFromImage(truth).sum()) *
-                                 float(np.prod(truth.GetSpacing())) / 1000, 3)
+    summary["lesion_ml"] = round(float(sitk.GetArrayViewFromImage(truth).sum()) * voxel_volume_ml(truth), 3)
     summary["dice_vs_truth"] = round(dice(sitk.GetArrayViewFromImage(mask) > 0,
                                           sitk.GetArrayViewFromImage(truth) > 0), 4)
     write_text(Path(outputs["summary"]), json.dumps(summary, indent=2), overwrite=True)  # detect_files' own

@@ -131,9 +131,18 @@ def _component_labels(mask: sitk.Image, min_voxels: int = 0) -> sitk.Image:
                                  sortByObjectSize=True)
 
 
+def voxel_volume_ml(image: sitk.Image) -> float:
+    """Volume of one voxel of ``image`` in mL: the spacings' product scaled by the direction matrix's
+    determinant, which is 1 for perpendicular axes but less on a sheared grid (a NRRD's space directions may
+    be, as a gantry-tilted CT's are), where the spacings' product alone (or ITK's physical size) overstates
+    every volume."""
+    direction = np.array(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
+    return float(np.prod(image.GetSpacing())) * abs(float(np.linalg.det(direction))) / 1000.0
+
+
 def _labels_above(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
     above = sitk.Cast(sitk.Greater(anomaly_map, threshold), sitk.sitkUInt8)
-    voxel_ml = float(np.prod(anomaly_map.GetSpacing())) / 1000.0
+    voxel_ml = voxel_volume_ml(anomaly_map)
     min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
     return _component_labels(above, min_voxels)
 
@@ -151,12 +160,13 @@ def describe_components(mask: sitk.Image) -> List[Dict[str, Any]]:
 def _describe_labels(labels: sitk.Image) -> List[Dict[str, Any]]:
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(labels)
+    voxel_ml = voxel_volume_ml(labels)
     components = []
     for label in stats.GetLabels():
         lps = stats.GetCentroid(label)
         components.append({
             "voxels": int(stats.GetNumberOfPixels(label)),
-            "volume_ml": round(stats.GetPhysicalSize(label) / 1000.0, 4),
+            "volume_ml": round(stats.GetNumberOfPixels(label) * voxel_ml, 4),
             "centroid_lps_mm": [round(c, 2) for c in lps],
             "centroid_ras_mm": [round(-lps[0], 2), round(-lps[1], 2), round(lps[2], 2)],
         })

@@ -6,6 +6,8 @@ the Slicer module show it as it is instead of a traceback.
 """
 from __future__ import annotations
 
+import re
+
 
 class MedAutoencoderError(Exception):
     """Base class of errors whose message is meant for the user."""
@@ -78,3 +80,14 @@ def is_cuda_failure(error: BaseException) -> bool:
 
 class Cancelled(MedAutoencoderError):
     """The user asked the job to stop (signal or stop file)."""
+
+
+_ITK_ERROR_PREFIX = re.compile(r"^.*ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", re.DOTALL)
+
+
+def itk_reason(error: RuntimeError) -> str:
+    """What ITK said went wrong, without SimpleITK's source location and ITK's object address (``ITK ERROR:
+    MetaImageIO(0x55e2...): File cannot be read...``): the part of the message a user can act on."""
+    text = str(error).strip()
+    reason = _ITK_ERROR_PREFIX.sub("", text) if "ITK ERROR: " in text else (text.splitlines() or ["unknown reason"])[-1]
+    return " ".join(reason.split()) or "unknown reason"

@@ -24,7 +24,7 @@ from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
 
 from MedAutoencoderLib.config import DetectOptions
-from MedAutoencoderLib.detection import ScoredVolume, anomaly_score
+from MedAutoencoderLib.detection import ScoredVolume, anomaly_score, voxel_volume_ml
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io import find_volumes, read_image, read_mask, same_grid, volume_stem
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
@@ -112,9 +112,34 @@ def mask_on_grid(mask_path: Path, reference: sitk.Image) -> np.ndarray:
     resampled (nearest neighbour) through physical space: a copy stored flipped or shifted has the image's size
     and spacing but other voxels under each index."""
     mask = read_mask(mask_path)
-    if not same_grid(mask, reference):
-        mask = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayViewFromImage(mask) > 0
+    if same_grid(mask, reference):
+        return sitk.GetArrayViewFromImage(mask) > 0
+    labelled = bool(sitk.GetArrayViewFromImage(mask).any())
+    resampled = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    truth = sitk.GetArrayViewFromImage(resampled) > 0  # (a view does not keep its image alive: named, it is)
+    if labelled and not truth.any():  # silently a "lesioned" case without lesion, and NaN metrics
+        raise InputImageError(f"{mask_path}: none of its labelled voxels lies on its image's grid (size "
+                              f"{reference.GetSize()}, origin {_rounded(reference.GetOrigin())}; the mask's origin "
+                              f"is {_rounded(mask.GetOrigin())}): is it the mask of another scan, or is its "
+                              "position in the header wrong?")
+    return truth
+
+
+def _rounded(point: Sequence[float]) -> Tuple[float, ...]:
+    return tuple(round(float(v), 1) for v in point)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` (plain data) with NaN and infinite numbers as None: JSON has no NaN (Python writes a bare
+    ``NaN`` token that strict parsers, JavaScript's among them, refuse), and "not defined" is what they mean
+    here (no healthy case, no lesion, a perfect reconstruction's PSNR)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
 
 
 @dataclass
@@ -156,6 +181,8 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
     for i, (image_path, mask_path) in enumerate(cases):
         image = read_image(image_path)
         given_truth = mask_on_grid(mask_path, image) if mask_path else None  # a bad mask stops before detection
+        if given_truth is not None and not given_truth.any():
+            mask_path = None  # an all-zero ground truth: a healthy control (so the report counts it)
         run = run_detection(image, model, options, name=str(image_path))
         arrays = _case_arrays(run, given_truth)
         region, truth = arrays["region"], arrays["truth"] & arrays["region"]
@@ -170,7 +197,7 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
         if mask_path is not None:
             case["dice"] = dice(arrays["mask"] & region, truth)
             case["baseline_dice_z3"] = dice((arrays["baseline"] > _BASELINE_Z) & region, truth)
-            case["lesion_ml"] = float(truth.sum() * np.prod(image.GetSpacing()) / 1000)
+            case["lesion_ml"] = float(truth.sum() * voxel_volume_ml(image))
         per_case.append(case)
         sample_labels.append(int(mask_path is not None))
         tracker.emit("progress", i + 1, f"{image_path.name}: dice {case.get('dice', float('nan')):.3f}")
@@ -215,7 +242,11 @@ def format_report(report: Dict[str, Any]) -> str:
     lines = [f"{report['n_lesioned']} lesioned, {report['n_healthy']} healthy volume(s)",
              f"{'metric':<{width}}{'model':>10}{'|z| baseline':>14}"]
     for label, key in rows:
-        model_value = report["model"].get(key, float("nan"))
-        base_value = report["baseline_robust_z"].get(key, float("nan"))
+        model_value, base_value = (_number(report[method].get(key)) for method in ("model", "baseline_robust_z"))
         lines.append(f"{label:<{width}}{model_value:>10.4f}{base_value:>14.4f}")
     return "\n".join(lines)
+
+
+def _number(value: Optional[float]) -> float:
+    """A report's value for the table: None (not defined, see :func:`finite_or_none`) as nan."""
+    return float("nan") if value is None else value

@@ -26,6 +26,7 @@ from MedAutoencoderLib.errors import (
     OutputExistsError,
     OutputLocationError,
     is_out_of_memory,
+    itk_reason,
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -33,6 +34,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 _NON_FINITE = "contains NaN or infinite values; fix or mask them before use"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
+#: The volumes a detection writes for an input ``<stem>``: ``<stem>_<kind>``, beside ``<stem>_summary.json``.
+OUTPUT_KINDS = ("reconstruction", "anomaly_map", "anomaly_mask")
+SUMMARY_SUFFIX = "_summary.json"
 
 
 def volume_suffix(path: PathLike) -> str:
@@ -58,7 +62,34 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
             f"{folder}: folder holds {len(series)} DICOM series; point to a folder with a single series"
         )
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, for the check below
+    image = reader.Execute()
+    _require_even_slices(reader, image, folder)
+    return image
+
+
+_SLICE_GAP_TOLERANCE = 0.1  # of the median distance between neighbouring slices
+
+
+def _require_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along the slice normal (a missing slice, mostly): ITK
+    stacks them at one spacing anyway, with a mere warning, and every slice after the gap lands misplaced (by
+    5.7 mm in a 6 mm series missing one slice), and with it every output."""
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                              for i in range(image.GetSize()[2])]) @ normal
+    except (RuntimeError, ValueError):  # a slice without a usable position: nothing to compare
+        return
+    gaps = np.abs(np.diff(positions))
+    if gaps.size < 2:
+        return
+    typical = float(np.median(gaps))
+    if typical > 0 and np.abs(gaps - typical).max() <= _SLICE_GAP_TOLERANCE * typical:
+        return
+    raise InputImageError(f"{folder}: its slices are not evenly spaced (from {gaps.min():.3g} to {gaps.max():.3g} mm "
+                          f"apart, mostly {typical:.3g} mm): is a slice missing? Stacked at one spacing, the slices "
+                          "after the gap would be misplaced; complete the series")
 
 
 def check_volume(image: sitk.Image, name: str) -> sitk.Image:
@@ -84,11 +115,25 @@ def _require_volume_shape(dimension: int, size: Sequence[int], components: int, 
         raise InputImageError(f"{name}: size {tuple(size)} is a single slice, not a volume; a 3D volume is needed")
 
 
+def require_utf8_name(path: PathLike, error: type = InputImageError) -> None:
+    """Refuse a path that is not valid UTF-8 (a name made under another encoding, e.g. Latin-1 on Linux, comes to
+    Python with its undecodable bytes escaped): ITK cannot be given such a name, and aborted the whole process
+    with a C++ error instead."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise error(f"{shown}: its name is not valid UTF-8 (it was made under another character "
+                              "encoding), which ITK cannot open or write; rename it (or the folder)") from None
+
+
 def check_volume_header(path: PathLike) -> None:
     """Before a batch is worked through: a volume file is readable and shaped like a 3D scalar volume, from
     its header alone (milliseconds), so that a bad file among many is named before the first one is processed.
     Its voxels are checked when it is read; DICOM series folders only then."""
     p = Path(path)
+    require_utf8_name(p)
     if not p.exists():
         raise InputImageError(f"{p}: no such file or folder")
     if p.is_dir():
@@ -151,7 +196,21 @@ def check_volume_grid(image: sitk.Image, name: str) -> sitk.Image:
         raise InputImageError(f"{name}: is empty")
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise InputImageError(f"{name}: {_NON_FINITE}")
+    if values.dtype == np.float64:
+        _require_float32_range(values, name)
     return image
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _require_float32_range(values: np.ndarray, name: str) -> None:
+    """Every computation runs in float32, where values beyond about 3.4e38 become infinite: the registration
+    then ran for ever (a float64 scan multiplied by 1e37 held it for 11 minutes, deaf to Ctrl-C)."""
+    peak = max(float(values.max()), -float(values.min()))
+    if peak > _FLOAT32_MAX:
+        raise InputImageError(f"{name}: has values up to {peak:.3g} in magnitude, beyond the largest a float32 holds "
+                              f"({_FLOAT32_MAX:.3g}), in which everything is computed; rescale its intensities")
 
 
 def same_grid(image: sitk.Image, other: sitk.Image) -> bool:
@@ -178,6 +237,7 @@ def read_mask(path: PathLike) -> sitk.Image:
 
 def _read_volume(p: Path) -> sitk.Image:
     """The volume in a file or DICOM series folder, before any check of its content."""
+    require_utf8_name(p)
     if not p.exists():
         raise InputImageError(f"{p}: no such file or folder")
     if p.is_dir():
@@ -208,8 +268,34 @@ def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
         if is_out_of_memory(exc):  # the file is fine: the machine is full
             raise _no_memory_to_read(path) from None
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputImageError(f"{path}: cannot be read as a medical image ({first_line})") from None
+        reason = itk_reason(exc)
+        if path.is_file() and "No such file or directory" in reason:  # ITK's stale system error of a short read
+            raise InputImageError(f"{path}: cannot be read: its voxel data is incomplete or damaged") from None
+        if path.is_file() and "Unable to determine ImageIO reader" in reason:
+            raise InputImageError(f"{path}: {_unknown_format_reason(path)}") from None
+        raise InputImageError(f"{path}: cannot be read as a medical image ({reason})") from None
+
+
+_NIFTI2_HEADER_BYTES = 540
+
+
+def _unknown_format_reason(path: Path) -> str:
+    """Why no ITK reader takes a file: a NIfTI-2 header (ITK reads NIfTI-1 only), or content of no known format."""
+    try:
+        with (igzip.open if _is_gzipped(path) else open)(path, "rb") as stream:
+            start = stream.read(4)
+    except (EOFError, OSError, isal_zlib.error):
+        start = b""
+    if len(start) == 4 and _NIFTI2_HEADER_BYTES in (int.from_bytes(start, "little"), int.from_bytes(start, "big")):
+        return ("is a NIfTI-2 file, which ITK (and so this tool) cannot read; save it as NIfTI-1 (e.g. nibabel's "
+                "Nifti1Image; NIfTI-2 is only needed for volumes over 32767 voxels along an axis)")
+    return ("cannot be read as a medical image: its content is in no format ITK reads (NIfTI-1, NRRD, MetaImage; a "
+            "DICOM series as its folder)")
+
+
+def _is_gzipped(path: Path) -> bool:
+    with open(path, "rb") as raw:
+        return raw.read(2) == b"\x1f\x8b"
 
 
 def _no_memory_to_read(path: Path) -> OutOfMemoryError:
@@ -242,7 +328,8 @@ def _nifti_float_voxels(header: bytes) -> Tuple[Optional[np.dtype], int]:
 def _scan_nifti(path: Path) -> _NiftiScan:
     """Read the (decompressed) NIfTI file once: count its bytes and look for NaN or infinite float voxels.
     Raises InputImageError when the compressed data is corrupt."""
-    opener = igzip.open if path.name.lower().endswith(".gz") else open  # ISA-L: a third of zlib's time
+    # ISA-L: a third of zlib's time; an uncompressed NIfTI named .nii.gz is read by ITK alike
+    opener = igzip.open if _is_gzipped(path) else open
     non_finite = False
     try:
         with opener(path, "rb") as stream:
@@ -303,13 +390,23 @@ def _volumes_in(path: Path) -> Iterable[Path]:
     if path.is_file():
         return [path]
     # hidden files are not scans: macOS's "._scan.nii.gz" resource forks, our own ".x.partial" writes
-    files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p) and not p.name.startswith("."))
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and volume_suffix(p) and not p.name.startswith(".") and not is_detection_output(p))
     if files:
         return files
     subfolders = sorted(p for p in path.iterdir() if p.is_dir())
     if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
         return [path]
     return [p for p in subfolders if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))]
+
+
+def is_detection_output(path: Path) -> bool:
+    """Whether ``path`` is a volume an earlier detection wrote (``<stem>_<kind>`` of :data:`OUTPUT_KINDS` beside
+    its ``<stem>_summary.json``). A folder's scan skips them: detected into its own folder, a folder's second
+    detection took the first one's outputs for scans (and, with --overwrite, refused to replace them as inputs)."""
+    stem = volume_stem(path)
+    return any(stem.endswith(f"_{kind}") and (path.parent / f"{stem[:-len(kind) - 1]}{SUMMARY_SUFFIX}").is_file()
+               for kind in OUTPUT_KINDS)
 
 
 def output_path(input_path: PathLike, output_dir: PathLike, kind: str, fmt: str | None = None) -> Path:
@@ -362,6 +459,7 @@ def require_new_file(path: PathLike, example_name: str, overwrite: bool = False,
 
 def _require_writable_below(target: Path, folder: Path) -> None:
     """``target`` will be written in ``folder``: its nearest existing ancestor must be a folder we can write."""
+    require_utf8_name(target.absolute(), OutputLocationError)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise OutputLocationError(f"{target}: cannot be written: {existing} is a file, not a folder")

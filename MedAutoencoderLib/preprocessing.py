@@ -210,6 +210,25 @@ def _require_not_ct(values: np.ndarray) -> None:
                           f"otsu and pass it (--model){advice}")
 
 
+# A head is 130-250 mm across; a brain scan's field of view, whole or cut by a quarter, lies well within these.
+_HEAD_FIELD_OF_VIEW_MM = (50.0, 1000.0)
+
+
+def _require_head_sized(image: sitk.Image) -> None:
+    """Refuse a field of view no head fits (a wrong unit in the header: a NIfTI's spatial unit set to microns or
+    metres, ITK then scales its spacing by 1000): the registration failed on it deep inside ITK, or ran the
+    machine out of memory making a 2 mm copy of a field 240 m wide. (Brain models only: a user's own model
+    may be for anything.)"""
+    extent = np.array(image.GetSize()) * np.array(image.GetSpacing())
+    low, high = _HEAD_FIELD_OF_VIEW_MM
+    if extent.min() < low or extent.max() > high:
+        shown = " x ".join(f"{e:.3g}" for e in extent)
+        spacing = " x ".join(f"{s:.3g}" for s in image.GetSpacing())
+        raise InputImageError(f"its field of view, {shown} mm (voxels of {spacing} mm), is no head's (brain-template "
+                              f"models such as the bundled one take {low:g} to {high:g} mm along each axis): is "
+                              "the voxel spacing or its unit in the header wrong?")
+
+
 def model_grid(centre: np.ndarray, config: PreprocessConfig) -> sitk.Image:
     """Empty axis-aligned (LPS identity direction) grid of the model's size and spacing, centred on ``centre``."""
     size = [int(s) for s in config.size]
@@ -289,6 +308,7 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
         if config.foreground == "template":
             _require_not_ct(sitk.GetArrayViewFromImage(image))
             _require_darkest_background(sitk.GetArrayViewFromImage(image))
+            _require_head_sized(image)
         centre, template_to_image = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))

@@ -100,11 +100,16 @@ def test_detect_uncompressed_writes_the_same_volumes_raw(dae_model_path, lesion_
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="Windows sends no SIGTERM: it ends the process")
-@pytest.mark.parametrize("read_ahead", [[], ["--prepare-ahead", "2"]], ids=["one-after-the-other", "read-ahead"])
-def test_sigterm_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progress(tmp_path, read_ahead):
+@pytest.mark.parametrize("stop, said, read_ahead", [
+    (signal.SIGTERM, "cancelled: stopped by SIGTERM", []),
+    (signal.SIGTERM, "cancelled: stopped by SIGTERM", ["--prepare-ahead", "2"]),
+    (signal.SIGINT, "cancelled: interrupted (Ctrl-C)", []),
+], ids=["sigterm", "sigterm-read-ahead", "ctrl-c"])
+def test_stopped_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progress(tmp_path, stop, said, read_ahead):
     """SIGTERM (kill, a cluster's time limit) used to end the process at once: the volume in progress left hidden
     temporary files, and the one finished before it, still being written, lost its outputs. With read-ahead, the
-    volumes being prepared at that moment are waited for and give no outputs."""
+    volumes being prepared at that moment are waited for and give no outputs. Ctrl-C cleaned up alike but ended
+    in a traceback from wherever it landed (inside torch, mostly)."""
     from conftest import brain_scans
 
     scans = brain_scans(tmp_path / "scans", "abcd", ".nii.gz")
@@ -114,11 +119,11 @@ def test_sigterm_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progres
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # each volume takes about a second on two cores: the next one is under way
         if "mL flagged" in line:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop)
             break
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    assert "cancelled: stopped by SIGTERM" in err and "Traceback" not in err
+    assert said in err and "Traceback" not in err
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if n.startswith("a_")] == ["a_anomaly_map.nii.gz", "a_anomaly_mask.nii.gz",
                                                         "a_reconstruction.nii.gz", "a_summary.json"]
@@ -143,6 +148,22 @@ def test_detect_takes_folders_and_never_replaces_an_input_even_with_overwrite(da
     assert refused.returncode == 1
     assert "overwrite an input" in refused.stderr and "Traceback" not in refused.stderr
     assert users_file.read_bytes() == before and len(list(scans.iterdir())) == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows file names are Unicode: none is invalid UTF-8")
+def test_a_file_or_folder_name_that_is_not_utf8_is_a_clean_error(dae_model_path, lesion_case, tmp_path):
+    """ITK cannot be given such a name: the process aborted in C++ (exit 134), having made the output folder."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    latin1 = os.fsdecode(b"caf\xe9")  # "cafe" with its e-acute in Latin-1, as an old Linux system names files
+    shutil.copy(lesion_case["image_path"], scans / f"{latin1}.nii.gz")
+    done = cli("detect", scans, "--model", dae_model_path, "--output-dir", tmp_path / "out", "--device", "cpu")
+    assert done.returncode == 1 and "caf\\xe9.nii.gz: its name is not valid UTF-8" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    (scans / f"{latin1}.nii.gz").rename(scans / "cafe.nii.gz")
+    done = cli("detect", scans, "--model", dae_model_path, "--output-dir", tmp_path / latin1, "--device", "cpu")
+    assert done.returncode == 1 and "its name is not valid UTF-8" in done.stderr, done.stderr
+    assert not (tmp_path / latin1).exists()
 
 
 def test_detect_bad_input_is_a_clean_error(dae_model_path, tmp_path):
@@ -231,6 +252,16 @@ def test_evaluate_prints_model_and_baseline_columns(dae_model_path, lesion_case,
     report = json.loads(report_file.read_text())
     assert model_value == pytest.approx(report["model"]["auroc"], abs=1e-4)
     assert baseline_value == pytest.approx(report["baseline_robust_z"]["auroc"], abs=1e-4)
+
+
+def test_evaluate_never_writes_its_report_over_a_scan_even_with_overwrite(dae_model_path, lesion_case, tmp_path):
+    scan = tmp_path / "case_000.nii.gz"
+    shutil.copy(lesion_case["image_path"], scan)
+    before = scan.read_bytes()
+    done = cli("evaluate", "--model", dae_model_path, "--images", scan, "--masks", lesion_case["mask_path"],
+               "--json", scan, "--overwrite", "--progress", "none", "--device", "cpu")
+    assert done.returncode == 1 and "overwrite an input" in done.stderr and "Traceback" not in done.stderr
+    assert scan.read_bytes() == before
 
 
 def test_evaluate_refuses_an_existing_json_report_before_evaluating(dae_model_path, lesion_case, tmp_path):

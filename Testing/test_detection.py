@@ -70,6 +70,22 @@ def test_components_report_volume_and_centroid_in_lps_and_ras():
                                                          abs=0.01)
 
 
+def test_volumes_on_a_sheared_grid_are_not_overstated():
+    """A sheared grid (a NRRD's space directions at 73 degrees, as a gantry-tilted CT's) holds less than the
+    spacings' product per voxel: ITK's physical size overstated every component and the smallest one kept."""
+    array = np.zeros((20, 20, 20), np.uint8)
+    array[10:15, 10:15, 10:15] = 1
+    image = sitk.Cast(_image(array), sitk.sitkUInt8)
+    shear = 0.3
+    sheared = np.array([[1, shear, 0], [0, 1, 0], [0, 0, 1]], float)
+    image.SetDirection((sheared / np.linalg.norm(sheared, axis=0)).ravel().tolist())  # unit columns, not perpendicular
+    spacing_product_ml = 125 * np.prod(image.GetSpacing()) / 1000
+    (component,) = describe_components(image)
+    assert component["volume_ml"] == pytest.approx(spacing_product_ml / np.hypot(1, shear), abs=1e-4)
+    between = spacing_product_ml / np.hypot(1, shear) * 1.02  # above the true volume, below the product
+    assert sitk.GetArrayFromImage(threshold_mask(sitk.Cast(image, sitk.sitkFloat32), 0.5, between)).sum() == 0
+
+
 @pytest.fixture(scope="module")
 def subject_with_brain():
     template = load_template()

@@ -13,6 +13,7 @@ from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.evaluation import (
     dice,
     evaluate_model,
+    finite_or_none,
     format_report,
     mask_on_grid,
     pair_images_with_masks,
@@ -115,6 +116,30 @@ def test_masks_are_checked_like_images_before_any_detection_but_may_hold_one_val
     healthy_truth = tmp_path / "healthy_mask.nii.gz"
     sitk.WriteImage(lesion_case["truth"] * 0, str(healthy_truth))
     assert not mask_on_grid(healthy_truth, lesion_case["image"]).any()
+
+
+def test_a_mask_whose_labels_lie_off_the_image_is_refused_and_an_all_zero_one_is_a_healthy_control(
+        dae_model, lesion_case, tmp_path):
+    """A mask shifted off its image (another scan's, or a wrong origin) gave a "lesioned" case without lesion and
+    NaN metrics, silently; an all-zero mask counted as lesioned too."""
+    moved = sitk.Image(lesion_case["truth"])
+    moved.SetOrigin([1000.0, -239.0, 0.0])
+    moved_path = tmp_path / "moved_mask.nii.gz"
+    sitk.WriteImage(moved, str(moved_path))
+    with pytest.raises(InputImageError, match="moved_mask.nii.gz: none of its labelled voxels lies on its image"):
+        mask_on_grid(moved_path, lesion_case["image"])
+    zero_path = tmp_path / "zero_mask.nii.gz"
+    sitk.WriteImage(lesion_case["truth"] * 0, str(zero_path))
+    report = evaluate_model(dae_model, [(lesion_case["image_path"], zero_path)])
+    assert report["n_lesioned"] == 0 and report["n_healthy"] == 1 and not report["cases"][0]["lesioned"]
+
+
+def test_undefined_report_values_become_json_null():
+    report = {"model": {"auroc": float("nan"), "dice": 0.5}, "cases": [{"psnr": float("inf")}], "n": 1}
+    assert finite_or_none(report) == {"model": {"auroc": None, "dice": 0.5}, "cases": [{"psnr": None}], "n": 1}
+    table = format_report({"n_lesioned": 0, "n_healthy": 1, "model": {"auroc": None},
+                           "baseline_robust_z": {"auroc": None}})
+    assert "nan" in next(line for line in table.splitlines() if line.startswith("voxel AUROC"))
 
 
 def test_the_threshold_sweep_row_says_it_removes_no_components():

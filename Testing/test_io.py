@@ -95,7 +95,8 @@ def test_truncated_file_is_refused(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(data[: int(len(data) * 0.6)])
     message = _expect_error(path)
-    assert "truncated" in message or "cannot be read" in message
+    assert "truncated" in message or "incomplete or damaged" in message
+    assert "No such file" not in message  # ITK's stale system error for a short read of a file that is there
 
 
 @pytest.mark.parametrize("header", ["case.mhd", "case.nhdr"])
@@ -118,7 +119,21 @@ def test_a_detached_header_without_its_whole_voxel_file_is_named_by_the_header_c
 def test_garbage_file_is_refused(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(b"this is not an image\n" * 50)
-    _expect_error(path, "cannot be read")
+    _expect_error(path, "cannot be read", "in no format ITK reads")
+
+
+@pytest.mark.parametrize("name", ["n2.nii", "n2.nii.gz"])
+def test_a_nifti2_file_is_named_as_such(tmp_path, name):
+    """ITK reads NIfTI-1 only and said "Unable to determine ImageIO reader"."""
+    header = bytearray(544)  # NIfTI-2: sizeof_hdr 540, magic "n+2", 3D float32 8x8x8, voxels from byte 544
+    header[0:4] = (540).to_bytes(4, "little")
+    header[4:12] = b"n+2\0\r\n\x1a\n"
+    header[12:14], header[14:16] = (16).to_bytes(2, "little"), (32).to_bytes(2, "little")  # datatype, bitpix
+    header[16:48] = np.array([3, 8, 8, 8], "<i8").tobytes()  # dim[0..3]
+    header[168:176] = np.array([544], "<i8").tobytes()  # vox_offset
+    data = bytes(header) + np.random.default_rng(0).random(512, np.float32).tobytes()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    _expect_error(tmp_path / name, "is a NIfTI-2 file", "save it as NIfTI-1")
 
 
 def test_missing_file_is_refused(tmp_path):
@@ -168,6 +183,33 @@ def test_dicom_series_folder_reads_the_same_volume(tmp_path):
     assert find_volumes([tmp_path]) == [tmp_path / "series"]
 
 
+def test_a_dicom_series_missing_a_slice_is_refused_not_stacked_at_one_spacing(tmp_path):
+    """ITK only warned ("Non uniform sampling or missing slices detected") and stacked the slices at one spacing:
+    every slice after the gap, and so every output, was misplaced."""
+    image = sitk.Cast(toy(5, spacing=(1.0, 1.1, 1.3)), sitk.sitkInt16)
+    _write_dicom_series(image, tmp_path / "series")
+    (tmp_path / "series" / "slice_020.dcm").unlink()
+    with pytest.raises(InputImageError, match="series: its slices are not evenly spaced .* is a slice missing"):
+        read_image(tmp_path / "series")
+
+
+def test_an_uncompressed_nifti_named_nii_gz_is_read(tmp_path):
+    """ITK reads it; the voxel scan beside the read called it truncated or corrupt."""
+    image = toy(2)
+    raw = _write(image, tmp_path / "plain.nii")
+    misnamed = tmp_path / "plain.nii.gz"
+    raw.rename(misnamed)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(misnamed)), sitk.GetArrayFromImage(image))
+
+
+def test_float64_values_beyond_the_float32_range_are_refused(tmp_path):
+    """Everything is computed in float32, where they become infinite: the registration then never ended."""
+    array = sitk.GetArrayFromImage(toy(3)).astype(np.float64) * 1e37
+    _expect_error(_write(sitk.GetImageFromArray(array), tmp_path / "huge.nrrd"), "beyond the largest a float32")
+    _write(sitk.GetImageFromArray(array / 1e32), tmp_path / "large.nrrd")
+    read_image(tmp_path / "large.nrrd")  # large, but within float32
+
+
 def test_find_volumes_expands_folders_and_globs(tmp_path):
     image = toy(6)
     for name in ("b.nrrd", "a.nii.gz", "c.mha"):
@@ -202,6 +244,18 @@ def test_find_volumes_takes_bracketed_names_literally_and_skips_hidden_files(tmp
     (tmp_path / ".half.partial.nii.gz").write_bytes(b"an interrupted write")
     assert find_volumes([tmp_path / "sub[01].nii.gz"]) == [tmp_path / "sub[01].nii.gz"]
     assert find_volumes([tmp_path]) == [tmp_path / "sub[01].nii.gz"]
+
+
+def test_a_folder_scan_skips_an_earlier_detections_outputs_but_not_scans_named_alike(tmp_path):
+    """Detected into its own folder, a folder's second detection took the first one's outputs for scans (with
+    --overwrite it then refused to replace them, as inputs): it could never run twice."""
+    image = toy(6)
+    for name in ("a.nii.gz", "a_reconstruction.nii.gz", "a_anomaly_map.nii.gz", "a_anomaly_mask.nii.gz",
+                 "b_reconstruction.nrrd"):  # b's has no summary beside it: the user's own scan
+        _write(image, tmp_path / name)
+    (tmp_path / "a_summary.json").write_text("{}")
+    assert find_volumes([tmp_path]) == [tmp_path / "a.nii.gz", tmp_path / "b_reconstruction.nrrd"]
+    assert find_volumes([tmp_path / "a_anomaly_map.nii.gz"]) == [tmp_path / "a_anomaly_map.nii.gz"]  # named: taken
 
 
 def test_output_path_naming(tmp_path):

@@ -154,6 +154,19 @@ def test_a_brain_normalised_inside_its_mask_with_its_background_at_zero_is_refus
     prepare_volume(sitk.GetImageFromArray(values), PreprocessConfig(size=(32, 32, 32)))  # Otsu foreground
 
 
+@pytest.mark.parametrize("spacing, unit", [((0.001, 0.001, 0.001), "microns"), ((1.0, 1.0, 0.001), "one axis"),
+                                           ((1000.0, 1000.0, 1000.0), "metres")])
+def test_a_field_of_view_no_head_fits_is_refused_by_the_brain_model(spacing, unit):
+    """A NIfTI's spatial unit set to microns or metres (ITK scales the spacing by it): the registration failed
+    deep inside ITK (BinShrink: "InputImage is too small"), or a 2 mm copy of a field 240 m wide ran the machine
+    out of memory, which was reported as such."""
+    head = sitk.GetImageFromArray(np.zeros((155, 240, 240), np.float32))
+    head[60:180, 60:180, 20:135] = 100.0  # not reached: the field of view is checked before the registration
+    head.SetSpacing(spacing)
+    with pytest.raises(InputImageError, match=r"units.nii.gz: its field of view, .* mm .* is no head's"):
+        prepare_volume(head, PreprocessConfig(foreground="template"), name="units.nii.gz")
+
+
 def test_invalid_preprocessing_settings_are_refused():
     from MedAutoencoderLib.errors import ConfigurationError
 

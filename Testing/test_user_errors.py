@@ -287,6 +287,11 @@ def test_info_reports_a_damaged_model_file_like_loading_does(capsys, tmp_path, d
     assert code == 1 and f"damaged.pt: {message}" in err and "Traceback" not in err
 
 
+def test_a_folder_given_as_the_model_is_named_as_a_folder(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "info", str(tmp_path))
+    assert code == 1 and f"{tmp_path}: is a folder; give the model file in it" in err  # was "model file not found"
+
+
 def test_info_prints_a_threshold_without_its_calibration_details(capsys, tmp_path, dae_model_path):
     payload = torch.load(dae_model_path, weights_only=True)
     payload["calibration"] = {"threshold": 0.25}
