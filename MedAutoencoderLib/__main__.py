@@ -1,7 +1,13 @@
 """``python -m MedAutoencoderLib``: the command line (see :mod:`MedAutoencoderLib.cli`), in a process of its own,
 so the allocator is set for it (:mod:`MedAutoencoderLib.allocator`)."""
+import sys
+
 from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
-from MedAutoencoderLib.cli import main
 
 keep_freed_memory_for_reuse()
+try:
+    from MedAutoencoderLib.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch, MONAI and SimpleITK load: nothing was done, nothing to show
+    print("cancelled: interrupted (Ctrl-C)", file=sys.stderr)
+    raise SystemExit(130) from None  # the command line's exit status when cancelled (jobs.EXIT_CANCELLED)
 raise SystemExit(main())

@@ -78,8 +78,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="time budget; the best model so far is kept")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="features per level")
-    p.add_argument("--latent-channels", type=int, default=8, help="code width (ae, sparse, vae)")
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="features per level (the dae: its U-Net's first width, doubled per level)")
+    p.add_argument("--latent-channels", type=int, default=8, help="code width (ae, sparse, vae, aae)")
     p.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="mse", help="reconstruction loss")
     p.add_argument("--noise", choices=("coarse", "gaussian"), default="coarse", help="dae corruption")
     p.add_argument("--noise-std", type=float, default=0.2)
@@ -254,9 +254,10 @@ def _add_export(sub) -> None:
                                    "preprocessing, detection settings and threshold for deployment.")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.ts, model.pt2 or model.onnx")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript",
-                   help="torchscript (default; deprecated from torch 2.13 on), pt2 (torch.export, its successor: "
-                        "torch.export.load(file).module()) or onnx")
+    p.add_argument("--format", choices=EXPORT_FORMATS,
+                   help="torchscript (deprecated from torch 2.13 on), pt2 (torch.export, its successor: "
+                        "torch.export.load(file).module()) or onnx; default: as the --out name says (.pt2, .onnx), "
+                        "else torchscript")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -505,7 +506,7 @@ def run_export(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.export import export_model
 
     written = export_model(load_model(args.model, device="cpu"), args.out, args.format, args.overwrite)
-    print(f"wrote {written['module']} ({args.format}) and {written['sidecar']}")
+    print(f"wrote {written['module']} ({written['format']}) and {written['sidecar']}")
     return 0
 
 

@@ -61,8 +61,8 @@ class PreprocessConfig:
             raise ConfigurationError(f"foreground must be 'otsu' or 'template', not {self.foreground!r}")
         if self.normalization not in ("percentile", "zscore"):
             raise ConfigurationError(f"normalization must be 'percentile' or 'zscore', not {self.normalization!r}")
-        if len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ConfigurationError(f"spacing must be three positive numbers (mm), got {self.spacing}")
+        if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
+            raise ConfigurationError(f"spacing must be three positive finite numbers (mm), got {self.spacing}")
         if len(self.size) != 3 or min(self.size) < 8:
             raise ConfigurationError(f"size must be three integers >= 8, got {self.size}")
 
@@ -100,10 +100,14 @@ class ModelConfig:
         if self.noise not in ("coarse", "gaussian"):
             raise ConfigurationError(f"noise must be 'coarse' or 'gaussian', not {self.noise!r}")
         _require_at_least(1, latent_channels=self.latent_channels, smallest_channel_count=min(self.channels))
-        negative = [name for name in ("sparsity_weight", "kl_weight", "noise_std", "adversarial_weight")
-                    if getattr(self, name) < 0]
-        if negative:
-            raise ConfigurationError(f"{', '.join(negative)} must not be negative")
+        # NaN passed "not negative" and ended as "training diverged (loss nan); lower --learning-rate"
+        invalid = [name for name in ("sparsity_weight", "kl_weight", "noise_std", "adversarial_weight")
+                   if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0)]
+        if invalid:
+            raise ConfigurationError(f"{', '.join(invalid)} must be finite and >= 0, got "
+                                     f"{', '.join(str(getattr(self, name)) for name in invalid)}")
+        if not 0 < self.sparsity_target < 1:  # the KL sparsity penalty's Bernoulli rate
+            raise ConfigurationError(f"sparsity_target must be between 0 and 1, got {self.sparsity_target}")
 
     @property
     def levels(self) -> int:
@@ -121,6 +125,24 @@ class ModelConfig:
         if self.name == "dae":
             return "the DAE's U-Net, which always has 4 levels"
         return f"a network with {self.levels} levels (one per --channels value)"
+
+    def ignored_settings(self) -> List[str]:
+        """Settings changed from their defaults that this model type does not use, each as the command-line
+        option and the models that do use it: a --kl-weight given to an ae was stored and silently ignored."""
+        default = ModelConfig()
+        used_by = {"latent_channels": ("ae", "sparse", "vae", "aae"), "kl_weight": ("vae",),
+                   "sparsity": ("sparse",), "adversarial_weight": ("aae",), "noise": ("dae",),
+                   "noise_std": ("dae",)}
+        ignored = [f"--{name.replace('_', '-')} (used by {', '.join(models)} models only)"
+                   for name, models in used_by.items()
+                   if self.name not in models and getattr(self, name) != getattr(default, name)]
+        if self.spatial_dims == 2 and tuple(self.patch_size) != default.patch_size:
+            ignored.append("--patch-size (used by 3D models only)")
+        base = self.channels[0]
+        if self.name == "dae" and tuple(self.channels) != tuple(base * 2 ** i for i in range(len(self.channels))):
+            ignored.append(f"--channels after the first (the DAE's U-Net widths are {base}, {base}, {2 * base}, "
+                           f"{4 * base}, {8 * base}, from the first value)")
+        return ignored
 
 
 @dataclass
@@ -212,14 +234,16 @@ class TrainConfig:
             raise ConfigurationError("no training data given (files, folders or glob patterns)")
         if self.epochs < 1:
             raise ConfigurationError(f"epochs must be at least 1, got {self.epochs}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigurationError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigurationError(f"max_minutes must be a positive finite number, got {self.max_minutes}")
+        if not 0 <= self.seed <= _MAX_SEED:  # numpy's limit: beyond it a traceback from deep inside numpy
+            raise ConfigurationError(f"seed must be in 0..{_MAX_SEED}, got {self.seed}")
         if not 0 <= self.validation_fraction < 1:
             raise ConfigurationError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         _require_at_least(1, batch_size=self.batch_size, patience=self.patience)
         _require_at_least(0, workers=self.num_workers)
-        if not self.learning_rate > 0:
-            raise ConfigurationError(f"learning rate must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigurationError(f"learning rate must be a positive finite number, got {self.learning_rate}")
         self.model.validate()
         self.preprocess.validate()
         self.detection.validate()
@@ -247,6 +271,9 @@ class TrainConfig:
             raise ConfigurationError(
                 f"{what} size {grid} leaves a bottleneck of a single voxel after {self.model.levels} halvings: raise "
                 f"{option} to {2 * factor} or more along an axis, or give fewer --channels values")
+
+
+_MAX_SEED = 2 ** 32 - 1
 
 
 def _require_at_least(minimum: int, **values: int) -> None:

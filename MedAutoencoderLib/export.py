@@ -16,7 +16,7 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from MedAutoencoderLib.inference import WINDOW_BLEND, WINDOW_OVERLAP
 from MedAutoencoderLib.io import refuse_overwrite, replacing, require_new_file, write_text
 
 _EXAMPLE_NAMES = {"torchscript": "model.ts", "pt2": "model.pt2", "onnx": "model.onnx"}
+# The names each format's files usually have: a name of one format's is refused for another's (an ONNX export
+# named .ts, a TorchScript one named .onnx, opened by onnxruntime: "INVALID_PROTOBUF").
+_FORMAT_SUFFIXES = {"torchscript": (".ts", ".pt", ".pth", ".torchscript"), "pt2": (".pt2",), "onnx": (".onnx",)}
 _LOADABLE_FORMATS = ("torchscript", "pt2")
 SIDECAR_FORMAT = "MedAutoencoder-export"
 
@@ -148,18 +151,33 @@ def _export_program(wrapper: nn.Module, example: torch.Tensor, out: Path) -> Non
         temporary.write_bytes(archive.getvalue())
 
 
-def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscript",
-                 overwrite: bool = False) -> Dict[str, str]:
-    """Write the exported network to ``out`` and its sidecar to ``out.json``; returns both paths."""
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigurationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
-    out = Path(out)
-    if fmt == "pt2" and out.suffix != ".pt2":
+def export_format(out: Union[str, Path], fmt: Optional[str] = None) -> str:
+    """The format to export to ``out`` in: ``fmt``, or the one its name says (``.pt2``, ``.onnx``; else
+    TorchScript). A name that says another format than ``fmt`` is refused, as is a pt2 export not named
+    ``.pt2`` (``torch.export.load`` refuses other names)."""
+    suffix = Path(out).suffix.lower()
+    named = next((name for name, suffixes in _FORMAT_SUFFIXES.items() if suffix in suffixes), None)
+    chosen = fmt or (named if named in ("pt2", "onnx") else "torchscript")
+    if chosen not in EXPORT_FORMATS:
+        raise ConfigurationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {chosen!r}")
+    if named is not None and named != chosen:
+        raise ConfigurationError(f"{out}: the name says {named} ({suffix}) but the format asked for is {chosen}; "
+                                 f"name it e.g. {_EXAMPLE_NAMES[chosen]}")
+    if chosen == "pt2" and suffix != ".pt2":
         raise ConfigurationError(f"{out}: a pt2 export's name must end in .pt2 (torch.export.load refuses other "
                                  "names), e.g. model.pt2")
-    meta = sidecar_path(out)
+    return chosen
+
+
+def export_model(model: LoadedModel, out: Union[str, Path], fmt: Optional[str] = None,
+                 overwrite: bool = False) -> Dict[str, str]:
+    """Write the exported network to ``out`` and its sidecar to ``out.json`` in ``fmt`` (by default the format
+    the name says, :func:`export_format`); returns both paths and the format."""
+    fmt = export_format(out, fmt)
     protected = [model.path] if model.path else []
-    require_new_file(out, _EXAMPLE_NAMES[fmt], overwrite, protected)
+    require_new_file(out, _EXAMPLE_NAMES[fmt], overwrite, protected)  # (as given: "new/" names a folder)
+    out = Path(out)
+    meta = sidecar_path(out)
     refuse_overwrite([meta], protected=protected, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ReconstructionOnly(model.network).eval()
@@ -176,7 +194,7 @@ def export_model(model: LoadedModel, out: Union[str, Path], fmt: str = "torchscr
         else:
             _export_onnx(wrapper, example, out)
     write_text(meta, json.dumps(sidecar(model.record, model.path, fmt), indent=2), overwrite=True)
-    return {"module": str(out), "sidecar": str(meta)}
+    return {"module": str(out), "sidecar": str(meta), "format": fmt}
 
 
 def load_exported(path: Union[str, Path], device: str = "cpu") -> LoadedModel:

@@ -22,6 +22,17 @@ from MedAutoencoderLib.latent import code_shape, decode_codes, encode_slices, re
 from MedAutoencoderLib.preprocessing import prepare_volume
 
 
+_MAX_NIFTI_SLICES = 32767  # NIfTI-1 stores each dimension as a 16-bit integer
+
+
+def _require_stackable(count: int, what: str) -> None:
+    """Before any decoding: the slices must fit the NIfTI stack they are written as (ITK failed on writing them,
+    after all the work, with a traceback)."""
+    if count > _MAX_NIFTI_SLICES:
+        raise ConfigurationError(f"{count} {what} do not fit one NIfTI volume (at most {_MAX_NIFTI_SLICES} slices); "
+                                 "ask for fewer")
+
+
 def sample_prior(model: LoadedModel, n: int, seed: int = 0) -> np.ndarray:
     """``n`` slices ``(n, y, x)`` decoded from codes drawn from the VAE's prior N(0, I)."""
     if model.record.model.name != "vae":
@@ -29,6 +40,7 @@ def sample_prior(model: LoadedModel, n: int, seed: int = 0) -> np.ndarray:
                                  f"{model.record.model.name} model, whose codes have no prior to draw from")
     if n < 1:
         raise ConfigurationError(f"the number of samples must be at least 1, got {n}")
+    _require_stackable(n, "samples")
     require_decoder(model, "sampling")
     generator = torch.Generator().manual_seed(seed)
     return decode_codes(model, torch.randn((n, *code_shape(model)), generator=generator))
@@ -49,6 +61,7 @@ def interpolate(model: LoadedModel, first: sitk.Image, second: sitk.Image, steps
     require_decoder(model, "interpolation")
     if steps < 2:
         raise ConfigurationError(f"interpolation needs at least 2 steps, got {steps}")
+    _require_stackable(steps, "interpolation steps")
     start = central_slice_code(model, first, names[0])
     end = central_slice_code(model, second, names[1])
     weights = torch.linspace(0.0, 1.0, steps).view(-1, 1, 1, 1)

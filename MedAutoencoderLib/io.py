@@ -56,6 +56,10 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
+        volumes = [p for p in folder.iterdir() if p.is_file() and volume_suffix(p)]
+        if volumes:  # where one volume is asked for (interpolate's two), a folder of them is no DICOM series
+            raise InputImageError(f"{folder}: is a folder of {len(volumes)} volume file(s), not one volume; give "
+                                  f"one of its files (e.g. {volumes[0]})")
         raise InputImageError(f"{folder}: folder holds no volume files and no DICOM series")
     if len(series) > 1:
         raise InputImageError(
@@ -429,6 +433,8 @@ def refuse_overwrite(paths: Iterable[Path], protected: Iterable[Path] = (), over
         if path.is_dir():
             raise OutputExistsError(f"{path}: a folder has this output's name; rename it or choose another output "
                                     "folder")
+        if path.exists() and not path.is_file():  # replaced by a rename, a device (/dev/null) became a file
+            raise OutputExistsError(f"{path}: is not a regular file (a device, pipe or socket); choose a file name")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
@@ -446,6 +452,9 @@ def require_writable_file(path: PathLike, example_name: str) -> None:
     if target.is_dir():
         raise OutputLocationError(f"{target}: is an existing folder; give the name of the file to write "
                                   f"(e.g. {target / example_name})")
+    if os.fspath(path).endswith(("/", os.sep)):  # Path drops the slash: "new/" was written as a file "new"
+        raise OutputLocationError(f"{os.fspath(path)}: ends in a slash, so it names a folder; give the name of the "
+                                  f"file to write (e.g. {target / example_name})")
     _require_writable_below(target, target.absolute().parent)
 
 

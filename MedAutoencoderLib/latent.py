@@ -24,11 +24,12 @@ def require_2d(model: LoadedModel, task: str) -> None:
 
 
 def require_decoder(model: LoadedModel, task: str) -> nn.Module:
-    """The network, if it can decode a code on its own (ae, sparse, vae; the DAE's U-Net needs its skips)."""
+    """The network, if it can decode a code on its own (ae, sparse, vae, aae; the DAE's U-Net needs its skips)."""
     require_2d(model, task)
     if not hasattr(model.network, "decode"):
-        raise ConfigurationError(f"{model.path}: {task} needs a model with a decoder for codes (ae, sparse or "
-                                 f"vae); a {model.record.model.name} U-Net decodes only with its skip connections")
+        raise ConfigurationError(f"{model.path}: {task} needs a model with a decoder for codes (ae, sparse, vae "
+                                 f"or aae); a {model.record.model.name} U-Net decodes only with its skip "
+                                 "connections")
     return model.network
 
 

@@ -142,6 +142,10 @@ class AdversarialAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.autoencoder.encode(x)
 
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """The generator's decoder (interpolation between codes; there is no prior to sample from)."""
+        return self.autoencoder.decode(code)
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.autoencoder(x)
 

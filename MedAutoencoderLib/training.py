@@ -38,7 +38,13 @@ from MedAutoencoderLib.distributed import (
     process_group,
     training_device,
 )
-from MedAutoencoderLib.errors import Cancelled, ConfigurationError, InputImageError, OutputExistsError
+from MedAutoencoderLib.errors import (
+    Cancelled,
+    ConfigurationError,
+    InputImageError,
+    MedAutoencoderError,
+    OutputExistsError,
+)
 from MedAutoencoderLib.io import find_volumes, read_image, require_new_file
 from MedAutoencoderLib.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
 from MedAutoencoderLib.networks import build_network, generator_and_critic
@@ -59,6 +65,7 @@ class TrainingState:
     epochs_without_improvement: int = 0
     history: List[Dict[str, float]] = field(default_factory=list)
     stop_reason: str = ""
+    saved_epoch: int = 0  # the epoch whose model this run last saved to --out (0: none yet)
 
 
 @dataclass
@@ -106,7 +113,7 @@ class Trainer:
         """Refuse, before any work, an --out that cannot be written (a folder, a read-only place), that is one of
         the training volumes (with --overwrite too: that would replace the user's data), or an existing file
         without --overwrite (unless it is the model being resumed)."""
-        require_new_file(self.out, "model.pt", overwrite=True, protected=inputs)  # an existing one: below
+        require_new_file(self.config.out, "model.pt", overwrite=True, protected=inputs)  # an existing one: below
         resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):
             raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
@@ -155,7 +162,11 @@ class Trainer:
     def _restore_training_state(self, payload: Dict[str, Any], path: Path) -> None:
         saved = payload.get("training_state")
         if not saved:
-            raise ConfigurationError(f"{path}: holds no training state (not saved by a training run); cannot resume")
+            raise ConfigurationError(f"{path}: holds no training state (not saved by a training run; calibrate "
+                                     "writes none either: resume from the model it calibrated); cannot resume")
+        if saved["epoch"] >= self.config.epochs:  # else nothing is trained, and the run ends without a word
+            raise ConfigurationError(f"{path}: has trained {saved['epoch']} epoch(s) already, and --epochs counts "
+                                     f"them too: give more than {saved['epoch']} to train on")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self._anneal_over(self.config.epochs)
@@ -335,8 +346,18 @@ class Trainer:
             self.state.epochs_without_improvement = 0
             if self.context.is_main:
                 save_model(self.out, self.network, self._record(), self._training_state())
+                self.state.saved_epoch = self.state.epoch
         else:
             self.state.epochs_without_improvement += 1
+
+    def _saying_what_was_saved(self, error: MedAutoencoderError) -> MedAutoencoderError:
+        """``error`` (a run that failed midway: diverged, out of memory) saying what it left at --out: the best
+        model of its epochs so far, uncalibrated, in place of what was there (--overwrite)."""
+        if isinstance(error, Cancelled) or not (self.context.is_main and self.state.saved_epoch):
+            return error
+        return type(error)(f"{error}. The best model before it (epoch {self.state.saved_epoch}, its threshold not "
+                           f"calibrated) is in {self.out}: resume from it (--resume {self.out}) or calibrate it "
+                           "(calibrate)")
 
     def _stop_reason(self) -> str:
         """Why the run should end after this epoch ("" to go on); rank 0's answer holds for all ranks."""
@@ -395,6 +416,8 @@ class Trainer:
             why = "a single healthy volume" if len(paths) == 1 else "no volume held out (--validation-fraction 0)"
             tracker.emit("log", 0, f"warning: {why}, so the threshold is calibrated on the training volumes "
                                    "themselves and will be too low; give more healthy volumes to hold some out")
+        for option in [] if self.config.resume else self.config.model.ignored_settings():
+            tracker.emit("log", 0, f"warning: {option}: this {self.config.model.name} model ignores it")
         self._build()
         if self.config.resume:
             tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
@@ -417,7 +440,10 @@ class Trainer:
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
             save_model(self.out, self.network, self._record(), self._training_state())
-        self._loop(train_loader, val_loader, tracker)
+        try:
+            self._loop(train_loader, val_loader, tracker)
+        except MedAutoencoderError as exc:
+            raise self._saying_what_was_saved(exc) from None
         leave_together(self.context)  # before rank 0 calibrates alone, which may outlast the group's timeout
         if not self.context.is_main:
             return self.out

@@ -4,6 +4,8 @@ sidecars give the same anomaly map as the Python model, and the ONNX graph the s
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ import torch
 
 from MedAutoencoderLib.api import load_model, run_detection
 from MedAutoencoderLib.cli import main
-from MedAutoencoderLib.export import load_exported
+from MedAutoencoderLib.errors import ConfigurationError
+from MedAutoencoderLib.export import export_format, load_exported
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +72,31 @@ def test_pt2_export_detects_exactly_like_the_python_model(vae_model, vae_model_p
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning) and "torch" in str(w.message)]
     assert main(["export", "--model", str(vae_model_path), "--out", str(tmp_path / "vae.bin"), "--format", "pt2"]) == 1
     assert not (tmp_path / "vae.bin").exists()
+
+
+@pytest.mark.parametrize("name, fmt, expected", [
+    ("m.pt2", None, "pt2"), ("m.onnx", None, "onnx"), ("m.ts", None, "torchscript"), ("m.bin", None, "torchscript"),
+    ("m.bin", "onnx", "onnx"), ("m.ONNX", "onnx", "onnx"),
+    ("m.onnx", "torchscript", "the name says onnx (.onnx) but the format asked for is torchscript"),
+    ("m.pt2", "torchscript", "the name says pt2"), ("m.ts", "onnx", "the name says torchscript (.ts)"),
+    ("m.bin", "pt2", "a pt2 export's name must end in .pt2"),
+])
+def test_the_export_format_follows_the_name_and_a_name_of_another_format_is_refused(name, fmt, expected):
+    """The format was torchscript unless --format said otherwise, whatever the name: model.onnx held TorchScript
+    (onnxruntime: INVALID_PROTOBUF), and --format onnx wrote ONNX into a .ts file."""
+    if " " not in expected:
+        assert export_format(name, fmt) == expected
+    else:
+        with pytest.raises(ConfigurationError, match=re.escape(f"{name}: {expected}")):
+            export_format(name, fmt)
+
+
+def test_export_writes_the_format_its_name_says_and_refuses_a_folder_name(vae_model_path, tmp_path, capsys):
+    assert main(["export", "--model", str(vae_model_path), "--out", str(tmp_path / "vae.onnx")]) == 0
+    assert "(onnx)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "vae.onnx.json").read_text())["export"]["format"] == "onnx"
+    assert main(["export", "--model", str(vae_model_path), "--out", f"{tmp_path / 'new'}{os.sep}"]) == 1
+    assert "ends in a slash, so it names a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_onnx_export_reconstructs_like_the_python_model(vae_model, vae_model_path, tmp_path):

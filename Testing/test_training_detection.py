@@ -179,6 +179,30 @@ def test_resume_continues_the_epoch_count(ae_model_path, toy_cohort, tmp_path):
     assert after["training"]["history"][:2] == before["training"]["history"]
 
 
+def test_resuming_with_no_more_epochs_than_done_is_refused(ae_model_path, toy_cohort, tmp_path):
+    """It trained nothing and ended without a word."""
+    config = tiny_train_config([toy_cohort], tmp_path / "again.pt", "ae", epochs=2, resume=str(ae_model_path))
+    with pytest.raises(ConfigurationError, match="has trained 2 epoch.s. already, and --epochs counts them too"):
+        Trainer(config).run()
+    assert not (tmp_path / "again.pt").exists()
+
+
+def test_a_run_failing_midway_says_which_model_it_left_at_out(toy_cohort, tmp_path, monkeypatch):
+    """A run that diverged (or ran out of memory) after an epoch had saved its best model left that uncalibrated
+    model at --out, in place of the one --overwrite replaced, without a word."""
+    check_finite = Trainer._check_finite
+
+    def diverge_in_epoch_two(trainer, loss):  # the real check, given a NaN loss once epoch 1 is done
+        check_finite(trainer, torch.tensor(float("nan")) if trainer.state.epoch >= 1 else loss)
+
+    monkeypatch.setattr(Trainer, "_check_finite", diverge_in_epoch_two)
+    out = tmp_path / "m.pt"
+    with pytest.raises(ConfigurationError, match=r"training diverged at epoch 2 .*The best model before it \(epoch 1, "
+                                                 r"its threshold not calibrated\) is in .*m.pt: resume from it"):
+        Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=3)).run()
+    assert read_model_file(out)["training"]["epochs"] == 1 and not read_model_file(out).get("calibration")
+
+
 def test_existing_output_is_refused_and_left_unchanged(toy_cohort, tmp_path, ae_model_path):
     out = tmp_path / "existing.pt"
     shutil.copy(ae_model_path, out)

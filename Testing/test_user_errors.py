@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -195,9 +197,22 @@ def test_a_negative_threshold_is_refused_on_the_command_line_and_in_the_api(caps
 @pytest.mark.parametrize("overrides, message", [
     ({"batch_size": 0}, "batch size must be at least 1"),
     ({"num_workers": -1}, "workers must be at least 0"),
-    ({"learning_rate": 0.0}, "learning rate must be positive"),
+    ({"learning_rate": 0.0}, "learning rate must be a positive finite number"),
+    # NaN and infinity passed the checks: a time budget silently off, "training diverged; lower --learning-rate",
+    # or a traceback from numpy or ITK
+    ({"learning_rate": math.inf}, "learning rate must be a positive finite number, got inf"),
+    ({"max_minutes": math.nan}, "max_minutes must be a positive finite number, got nan"),
+    ({"seed": -1}, r"seed must be in 0..4294967295, got -1"),
+    ({"seed": 2 ** 32}, r"seed must be in 0..4294967295"),
+    ({"preprocess": PreprocessConfig(size=(32, 32, 32), spacing=(math.nan, 2.0, 2.0))},
+     "spacing must be three positive finite numbers"),
+    ({"model": ModelConfig(name="vae", channels=(8, 16), kl_weight=math.nan)},
+     "kl_weight must be finite and >= 0, got nan"),
+    ({"model": ModelConfig(name="dae", channels=(8, 16), noise_std=math.inf)},
+     "noise_std must be finite and >= 0, got inf"),
     ({"model": ModelConfig(name="ae", channels=(8, 16), latent_channels=0)}, "latent channels must be at least 1"),
-    ({"model": ModelConfig(name="vae", channels=(8, 16), kl_weight=-1.0)}, "kl_weight must not be negative"),
+    ({"model": ModelConfig(name="vae", channels=(8, 16), kl_weight=-1.0)},
+     "kl_weight must be finite and >= 0, got -1.0"),
     ({"model": ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(64, 64, 64))},
      "exceeds the model grid"),
     ({"model": ModelConfig(name="ae", spatial_dims=3, patch_size=(16, 16, 16))},
@@ -214,6 +229,25 @@ def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_coh
     config = dataclasses.replace(tiny_train_config([toy_cohort], tmp_path / "m.pt"), **overrides)
     with pytest.raises(ConfigurationError, match=message):
         config.validate()
+
+
+def test_options_the_chosen_model_does_not_use_are_named_in_a_warning(capsys, tmp_path, toy_cohort):
+    """They were stored in the model file and silently ignored (--kl-weight on an ae, widths after the first on
+    a dae)."""
+    assert ModelConfig(name="ae", kl_weight=5.0, noise="gaussian", adversarial_weight=3.0).ignored_settings() == [
+        "--kl-weight (used by vae models only)", "--adversarial-weight (used by aae models only)",
+        "--noise (used by dae models only)"]
+    assert ModelConfig(name="dae", channels=(8, 16, 32)).ignored_settings() == []  # the widths it uses
+    assert "--latent-channels" in ModelConfig(name="dae", latent_channels=64).ignored_settings()[0]
+    assert ModelConfig().ignored_settings() == [] and ModelConfig(name="vae", spatial_dims=3).ignored_settings() == []
+    code, out, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(tmp_path / "m.pt"),
+                             *TINY_TRAIN, *TINY_GRID, "--model", "dae", "--channels", "8", "16", "64",
+                             "--kl-weight", "5", "--progress", "json")  # (given last, they win)
+    assert code == 0, err
+    logs = [json.loads(line)["message"] for line in out.splitlines() if json.loads(line)["event"] == "log"]
+    assert "warning: --kl-weight (used by vae models only): this dae model ignores it" in logs
+    assert any(m.startswith("warning: --channels after the first (the DAE's U-Net widths are 8, 8, 16, 32, 64")
+               for m in logs)
 
 
 def test_a_bottleneck_thin_along_one_axis_only_is_accepted_and_trains(tmp_path, toy_cohort):
@@ -410,18 +444,28 @@ def unwritable_folder(tmp_path):
     ("existing folder", "is an existing folder; give the name of the file to write"),
     ("unwritable folder", "cannot write into"),
     ("under a file", "is a file, not a folder"),
+    ("new folder", "ends in a slash, so it names a folder"),  # was written as a file named "new"
+    pytest.param("pipe", "is not a regular file", marks=pytest.mark.skipif(not hasattr(os, "mkfifo"),
+                                                                           reason="no named pipes")),
 ])
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(capsys, tmp_path, toy_cohort, unwritable_folder,
                                                                   where, message):
+    """A pipe or device (as root, /dev/null) was replaced by a regular file with --overwrite."""
     (tmp_path / "existing").mkdir()
     (tmp_path / "a_file").write_text("mine")
+    if where == "pipe":
+        os.mkfifo(tmp_path / "fifo")
     out = {"existing folder": tmp_path / "existing", "unwritable folder": unwritable_folder / "m.pt",
-           "under a file": tmp_path / "a_file" / "m.pt"}[where]
+           "under a file": tmp_path / "a_file" / "m.pt", "new folder": f"{tmp_path / 'new'}{os.sep}",
+           "pipe": tmp_path / "fifo"}[where]
     code, out_text, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(out), "--overwrite",
                                   *TINY_TRAIN, *TINY_GRID, "--progress", "json")
     assert code == 1 and err.startswith(f"error: {out}: ") and message in err and "Traceback" not in err
     assert [json.loads(line)["event"] for line in out_text.strip().splitlines()] == ["error"]
     assert (tmp_path / "a_file").read_text() == "mine" and not any((tmp_path / "existing").iterdir())
+    assert not (tmp_path / "new").exists()
+    if where == "pipe":
+        assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
 
 
 def test_a_model_file_that_cannot_be_saved_is_a_clear_error_naming_it(unwritable_folder, ae_model_path):
