@@ -66,6 +66,7 @@ class TrainingState:
     history: List[Dict[str, float]] = field(default_factory=list)
     stop_reason: str = ""
     saved_epoch: int = 0  # the epoch whose model this run last saved to --out (0: none yet)
+    earlier_seconds: float = 0.0  # training time of the runs this one resumes
 
 
 @dataclass
@@ -174,7 +175,8 @@ class Trainer:
             self.critic.optimizer.load_state_dict(saved["critic_optimizer"])
         self.state = TrainingState(epoch=saved["epoch"], best_val_loss=saved["best_val_loss"],
                                    epochs_without_improvement=saved["epochs_without_improvement"],
-                                   history=list(payload["training"].get("history", [])))
+                                   history=list(payload["training"].get("history", [])),
+                                   earlier_seconds=float(payload["training"].get("seconds") or 0.0))
 
     # -- loop -----------------------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -324,7 +326,8 @@ class Trainer:
                            training={**self.data_summary, "history": self.state.history,
                                      "epochs": self.state.epoch, "best_val_loss": self.state.best_val_loss,
                                      "stop_reason": self.state.stop_reason, "device": str(self.device),
-                                     "seconds": round(time.monotonic() - self.started, 1),
+                                     "seconds": round(self.state.earlier_seconds + time.monotonic() - self.started,
+                                                      1),  # all runs' (a resumed one's too), as the epochs are
                                      "seed": self.config.seed, "batch_size": self.config.batch_size,
                                      "processes": self.context.world_size,
                                      "learning_rate": self.config.learning_rate})

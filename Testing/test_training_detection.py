@@ -179,6 +179,17 @@ def test_resume_continues_the_epoch_count(ae_model_path, toy_cohort, tmp_path):
     assert after["training"]["history"][:2] == before["training"]["history"]
 
 
+def test_a_resumed_run_records_the_training_time_of_all_its_runs(ae_model_path, toy_cohort, tmp_path):
+    """It recorded the last run's seconds beside all runs' epochs."""
+    payload = torch.load(ae_model_path, weights_only=True)
+    payload["training"]["seconds"] = 1000.0
+    earlier = tmp_path / "earlier.pt"
+    torch.save(payload, earlier)
+    out = tmp_path / "resumed.pt"
+    Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=3, resume=str(earlier))).run()
+    assert 1000.0 < read_model_file(out)["training"]["seconds"] < 1000.0 + 600
+
+
 def test_resuming_with_no_more_epochs_than_done_is_refused(ae_model_path, toy_cohort, tmp_path):
     """It trained nothing and ended without a word."""
     config = tiny_train_config([toy_cohort], tmp_path / "again.pt", "ae", epochs=2, resume=str(ae_model_path))
