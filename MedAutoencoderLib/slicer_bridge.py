@@ -25,8 +25,12 @@ ROLE_ATTRIBUTE = "MedAutoencoder.Role"
 #: Node reference role from an output node to the input volume it was computed from (MRML renumbers references
 #: when a scene is imported, so an imported scene's outputs never point at another patient's volume).
 INPUT_REFERENCE = "MedAutoencoderInput"
-#: Node attribute holding an output node's own ID when it was made: a copy of the node (which copies attributes
-#: and references) gets another ID, so it is recognised as the user's and never overwritten.
+#: Node reference role from an output node to itself, set when it is made: a copy of the node (which copies
+#: attributes and references) still refers to the original, so it is recognised as the user's and never
+#: overwritten; an imported scene's renumbering updates it with the node's ID (an attribute holding the ID, as
+#: used before, kept the old ID: a rerun then duplicated the outputs).
+SELF_REFERENCE = "MedAutoencoderSelf"
+#: The attribute that did this before (scenes saved then are still recognised).
 OWN_ID_ATTRIBUTE = "MedAutoencoder.OutputNodeID"
 
 ROLE_RECONSTRUCTION = "reconstruction"
@@ -210,9 +214,15 @@ def find_output_node(input_node, role: str, class_name: str):
     name = output_node_name(input_node, role)
     for node in input_node.GetScene().GetNodesByClass(class_name):
         if (node.GetAttribute(ROLE_ATTRIBUTE) == role and node.GetNodeReferenceID(INPUT_REFERENCE) == input_node.GetID()
-                and node.GetAttribute(OWN_ID_ATTRIBUTE) == node.GetID() and node.GetName() == name):
+                and _made_as_itself(node) and node.GetName() == name):
             return node
     return None
+
+
+def _made_as_itself(node) -> bool:
+    """Whether ``node`` is the output node made by this module, not a copy of one (see :data:`SELF_REFERENCE`)."""
+    own = node.GetNodeReferenceID(SELF_REFERENCE) or node.GetAttribute(OWN_ID_ATTRIBUTE)
+    return own == node.GetID()
 
 
 def get_or_create_output_node(input_node, role: str, class_name: str):
@@ -224,7 +234,7 @@ def get_or_create_output_node(input_node, role: str, class_name: str):
     if node is None:
         node = input_node.GetScene().AddNewNodeByClass(class_name, output_node_name(input_node, role))
         node.SetAttribute(ROLE_ATTRIBUTE, role)
-        node.SetAttribute(OWN_ID_ATTRIBUTE, node.GetID())
+        node.SetNodeReferenceID(SELF_REFERENCE, node.GetID())
         node.SetNodeReferenceID(INPUT_REFERENCE, input_node.GetID())
     node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
     return node

@@ -398,19 +398,29 @@ def test_outputs_the_user_renamed_or_copied_are_never_overwritten(scene, input_n
 def test_an_imported_scenes_outputs_stay_with_their_own_input(scene, input_node, tmp_path):
     """Imported nodes are renumbered; an output must follow its input's new ID, not take another volume's."""
     first = slicer_bridge.apply_detection_result(input_node, result_on_grid(slicer_bridge.volume_node_to_sitk(input_node)))
+    first_map_id = first.anomaly_map.GetID()
+    voxels = np.array(slicer_util.arrayFromVolume(input_node), copy=True)
     scene.SetURL(str(tmp_path / "a.mrml"))
     assert scene.Commit()
     scene.Clear(0)
-    other = slicer_util.addVolumeFromArray(np.random.default_rng(3).normal(50, 5, SHAPE_KJI).astype(np.float32),
-                                           ijk_to_ras_array(), "patient B")
+    volumes = [slicer_util.addVolumeFromArray(np.random.default_rng(3).normal(50, 5, SHAPE_KJI).astype(np.float32),
+                                              ijk_to_ras_array(), name) for name in ("patient B", "C", "D", "E")]
+    other = volumes[0]  # the four take the IDs of the saved input and its three output volumes
     scene.SetURL(str(tmp_path / "a.mrml"))
     scene.Import()
     imported_map = next(n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
                         if n.GetName() == first.anomaly_map.GetName())
     imported_input = next(n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode") if n.GetName() == "patient T1")
+    assert imported_map.GetID() != first_map_id  # renumbered
     assert imported_map.GetNodeReferenceID(slicer_bridge.INPUT_REFERENCE) == imported_input.GetID()
     result = slicer_bridge.apply_detection_result(other, result_on_grid(slicer_bridge.volume_node_to_sitk(other)))
     assert result.anomaly_map is not imported_map and result.anomaly_map.GetName() == "patient B_anomaly_map"
+    # run again on the imported input: its renumbered outputs are reused (they were duplicated under equal names)
+    slicer_util.updateVolumeFromArray(imported_input, voxels)  # (the scene was saved without its voxel files)
+    count = scene.GetNumberOfNodes()
+    again = slicer_bridge.apply_detection_result(imported_input, result_on_grid(
+        slicer_bridge.volume_node_to_sitk(imported_input)))
+    assert again.anomaly_map is imported_map and scene.GetNumberOfNodes() == count
 
 
 def test_unreadable_worker_outputs_are_a_clear_error(tmp_path):
