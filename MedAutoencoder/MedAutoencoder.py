@@ -8,6 +8,7 @@ application: the parameter node, the GUI, dependency installation, timers and vi
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -49,6 +50,17 @@ def _makeLibraryImportable() -> None:
 
 
 _makeLibraryImportable()
+
+
+@contextlib.contextmanager
+def _removedOnFailure(temporaryDirectory: str):
+    """A job's folder removed when starting the job fails (a volume refused, the worker not started): it may
+    already hold copies of the scene's volumes, which must not stay behind in Slicer's temporary folder."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(temporaryDirectory, ignore_errors=True)
+        raise
 
 #: Where the module's documentation lives (the README section about the Slicer module).
 DOCUMENTATION_URL = "https://github.com/medautoencoder/MedAutoencoder#3d-slicer-module"
@@ -168,9 +180,10 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the application closes: stop a running worker so that it does not outlive Slicer."""
+        """Called when the application closes: stop a running worker so that it does not outlive Slicer, and
+        remove its copies of the scene's volumes (the timer that would have removed them no longer runs)."""
         if self._job is not None:
-            self._job.kill()
+            self._job.discard()
         self.logic.stopDetectionWorker()
         self.removeObservers()
 
@@ -189,6 +202,8 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None and not self._job.done and self._job.inputVolume is not None:
+            self._job.cancel()  # a detection's input leaves with the scene: its result would only be an error
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -199,8 +214,10 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Use the scene's parameter node and preselect the first volume to save the user a click."""
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            from MedAutoencoderLib.slicer_bridge import default_input_volume
+
+            firstVolumeNode = default_input_volume(slicer.mrmlScene)
+            if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: Optional[MedAutoencoderParameterNode]) -> None:
@@ -504,6 +521,13 @@ class MedAutoencoderJob:
         """Kill the worker's process tree (no-op when it has ended)."""
         self.worker.cancel()
 
+    def discard(self) -> None:
+        """Kill the worker and remove its temporary files now, without a result (Slicer is closing)."""
+        self._timer.stop()
+        self.kill()
+        self.done = True
+        shutil.rmtree(self._temporaryDirectory, ignore_errors=True)
+
     def wait(self) -> None:
         """Block until the job has ended, keeping Slicer responsive (console scripting)."""
         while not self.done:
@@ -625,7 +649,9 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         from MedAutoencoderLib import jobs, slicer_bridge
 
         temporaryDirectory = self._newTemporaryDirectory()
-        inputPath = slicer_bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
+        with _removedOnFailure(temporaryDirectory):
+            inputPath = slicer_bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory,
+                                                                                       "input.nrrd"))
         arguments = jobs.detect_arguments([inputPath], os.path.join(temporaryDirectory, "outputs"),
                                           model_path=modelPath, threshold=threshold, device=device)
 
@@ -637,13 +663,14 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
             result = slicer_bridge.read_worker_outputs(next(iter(outputs.values())))
             return slicer_bridge.apply_detection_result(volumeNode, result).as_dict()
 
-        standby = self._standby(device)
-        if standby.busy:  # a script started a second detection meanwhile
-            python, useStartupEnvironment = jobs.python_launcher()
-            worker = self._startWorker(jobs.cli_command(python, arguments), device, useStartupEnvironment)
-        else:
-            logging.info("MedAutoencoder: detection in the standby worker: %s", " ".join(arguments))
-            worker = standby.run(arguments)
+        with _removedOnFailure(temporaryDirectory):
+            standby = self._standby(device)
+            if standby.busy:  # a script started a second detection meanwhile
+                python, useStartupEnvironment = jobs.python_launcher()
+                worker = self._startWorker(jobs.cli_command(python, arguments), device, useStartupEnvironment)
+            else:
+                logging.info("MedAutoencoder: detection in the standby worker: %s", " ".join(arguments))
+                worker = standby.run(arguments)
         return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode,
                                  nodeNamesByFile={inputPath: volumeNode.GetName()})
 
@@ -723,13 +750,14 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         outputPath = outputPath or self.newModelPath()
         temporaryDirectory = self._newTemporaryDirectory()
         paths, nodeNamesByFile = [], {}
-        for index, item in enumerate(data):
-            if isinstance(item, str):
-                paths.append(item)
-            else:
-                paths.append(slicer_bridge.write_volume_for_worker(
-                    item, os.path.join(temporaryDirectory, f"training_{index:03d}.nrrd")))
-                nodeNamesByFile[paths[-1]] = item.GetName()
+        with _removedOnFailure(temporaryDirectory):  # a refused volume: no copy of the others stays behind
+            for index, item in enumerate(data):
+                if isinstance(item, str):
+                    paths.append(item)
+                else:
+                    paths.append(slicer_bridge.write_volume_for_worker(
+                        item, os.path.join(temporaryDirectory, f"training_{index:03d}.nrrd")))
+                    nodeNamesByFile[paths[-1]] = item.GetName()
         stopFile = os.path.join(temporaryDirectory, "stop")
         python, useStartupEnvironment = jobs.python_launcher()
         command = jobs.train_command(python, paths, modelType, outputPath, epochs=epochs, max_minutes=maxMinutes,
@@ -745,7 +773,8 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                 return outputPath
             return None
 
-        worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
+        with _removedOnFailure(temporaryDirectory):
+            worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
         return MedAutoencoderJob(worker, finish, temporaryDirectory, nodeNamesByFile=nodeNamesByFile)
 
     # ---- shared

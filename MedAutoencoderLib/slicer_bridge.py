@@ -42,8 +42,12 @@ ROLE_MASK_COLORS = "anomaly_mask_colors"
 #: Segment ID used for the anomaly segment; fixed so re-running replaces the same segment.
 ANOMALY_SEGMENT_ID = "anomaly"
 ANOMALY_COLOR = (1.0, 0.2, 0.2)
-#: Colour node shown for the anomaly map (one of Slicer's default colour tables).
-ANOMALY_MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeRainbow"
+#: Colour node shown for the anomaly map (one of Slicer's default colour nodes): a heat scale, dark for low values
+#: and bright for strong anomalies. (Rainbow, used before, runs from red to purple: the healthy nine tenths of a
+#: brain were tinted red, "hot", and the strongest anomalies purple.)
+ANOMALY_MAP_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
+#: Map values below this share of the detection threshold are not shown (transparent over the input).
+ANOMALY_MAP_SHOWN_FROM = 0.5
 #: Tolerance (mm, and unitless for directions) when checking that a result lies on the input's grid.
 GEOMETRY_TOLERANCE = 1e-4
 
@@ -108,6 +112,9 @@ def _require_scalar_volume(volume_node) -> None:
         raise InputImageError(f"'{volume_node.GetName()}' is not a scalar volume ({volume_node.GetClassName()}).")
     if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InputImageError(f"'{volume_node.GetName()}' is a labelmap (segment labels), not an image.")
+    if volume_node.IsA("vtkMRMLTensorVolumeNode"):  # DTI: a scalar-volume subclass whose voxels are tensors
+        raise InputImageError(f"'{volume_node.GetName()}' holds tensors ({volume_node.GetClassName()}), not an "
+                              "image; choose a scalar volume (e.g. a scalar map computed from it)")
     image_data = volume_node.GetImageData()
     if image_data is None or image_data.GetNumberOfPoints() == 0:
         raise InputImageError(f"Volume '{volume_node.GetName()}' has no voxels.")
@@ -200,6 +207,16 @@ def check_on_input_grid(image: sitk.Image, input_node, what: str) -> None:
 # Output nodes: create once, update on every run
 
 
+def default_input_volume(scene):
+    """The volume the module preselects as input: the first plain scalar volume that is not one of this module's
+    outputs (the first node of the class included labelmaps, vector and tensor volumes, which the input selector
+    does not list, and earlier anomaly maps), or None."""
+    for node in scene.GetNodesByClass("vtkMRMLScalarVolumeNode"):
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and node.GetAttribute(ROLE_ATTRIBUTE) is None:
+            return node
+    return None
+
+
 def output_node_name(input_node, role: str) -> str:
     """Outputs are named after the input so the user sees at once what belongs to what."""
     return f"{input_node.GetName()}_{role}"
@@ -268,12 +285,17 @@ def anomaly_mask_color_node(scene):
 
 
 def show_anomaly_map_colors(map_node, threshold: Optional[float]) -> None:
-    """Colour the anomaly map with a fixed range so that the threshold sits in the middle of the scale."""
+    """Colour the anomaly map with a fixed range so that the threshold sits in the middle of the scale, and leave
+    values under :data:`ANOMALY_MAP_SHOWN_FROM` of the threshold transparent, so that the input shows through
+    wherever nothing is anomalous."""
     display = map_node.GetDisplayNode()
     display.SetAndObserveColorNodeID(ANOMALY_MAP_COLOR_NODE_ID)
     display.AutoWindowLevelOff()
     high = 2.0 * threshold if threshold and threshold > 0 else float(np.max(_voxels(map_node))) or 1.0
     display.SetWindowLevelMinMax(0.0, high)
+    display.AutoThresholdOff()
+    display.SetThreshold(ANOMALY_MAP_SHOWN_FROM * high / 2.0, float(np.finfo(np.float32).max))
+    display.ApplyThresholdOn()
 
 
 def _voxels(volume_node) -> np.ndarray:
@@ -319,7 +341,25 @@ def apply_detection_result(input_node, result) -> DetectionNodes:
                                "vtkMRMLLabelMapVolumeNode")
     mask.GetDisplayNode().SetAndObserveColorNodeID(anomaly_mask_color_node(input_node.GetScene()).GetID())
     segmentation = update_anomaly_segmentation(input_node, mask)
+    place_beside_input(input_node, (reconstruction, anomaly_map, mask, segmentation))
     return DetectionNodes(reconstruction, anomaly_map, mask, segmentation, summary)
+
+
+def place_beside_input(input_node, nodes) -> None:
+    """Put outputs where the input is in the Data module's tree (a DICOM-loaded scan's study), as MONAIAuto3DSeg
+    does with its segmentation: Slicer puts new nodes at the scene's top level, outside the study, where DICOM
+    export of the segmentation does not find its series. An output the user has moved elsewhere stays there."""
+    hierarchy = input_node.GetScene().GetSubjectHierarchyNode()
+    input_item = hierarchy.GetItemByDataNode(input_node) if hierarchy else 0
+    if not input_item:
+        return
+    parent = hierarchy.GetItemParent(input_item)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if not item:
+            hierarchy.CreateItem(parent, node)
+        elif hierarchy.GetItemParent(item) == hierarchy.GetSceneItemID():
+            hierarchy.SetItemParent(item, parent)
 
 
 # --------------------------------------------------------------------------------------------------

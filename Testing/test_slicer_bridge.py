@@ -214,6 +214,12 @@ def test_display_setup_of_map_and_mask(input_node):
     assert not map_display.GetAutoWindowLevel()
     assert map_display.GetWindowLevelMin() == pytest.approx(0.0)
     assert map_display.GetWindowLevelMax() == pytest.approx(1.6)
+    scale = map_display.GetColorNode().GetScalarsToColors()  # dark for low values, bright for high ones
+    low_rgb, high_rgb = [0.0] * 3, [0.0] * 3  # (Rainbow, used before: red for low, purple for high)
+    scale.GetColor(scale.GetRange()[0], low_rgb)
+    scale.GetColor(scale.GetRange()[1], high_rgb)
+    assert sum(low_rgb) < 0.1 and sum(high_rgb) > 2.9
+    assert map_display.GetApplyThreshold() and map_display.GetLowerThreshold() == pytest.approx(0.4)  # half of 0.8
     colors = nodes.anomaly_mask.GetDisplayNode().GetColorNode()
     assert colors.GetNumberOfColors() == 2 and colors.GetColorName(1) == "anomaly"
 
@@ -374,6 +380,49 @@ def test_bad_voxels_and_labelmaps_are_refused_naming_the_node(scene, input_node,
                                             "vtkMRMLLabelMapVolumeNode")
     with pytest.raises(slicer_bridge.InputImageError, match="'tumour labels' is a labelmap"):
         slicer_bridge.volume_node_to_sitk(labels)
+
+
+def test_a_tensor_volume_is_refused_naming_the_node(scene):
+    """A DTI volume is a scalar-volume subclass with one (tensor) component: it failed inside SimpleITK."""
+    tensors = scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "brain DTI")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 4, 4)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    tensors.SetAndObserveImageData(image)
+    with pytest.raises(slicer_bridge.InputImageError, match="'brain DTI' holds tensors"):
+        slicer_bridge.volume_node_to_sitk(tensors)
+
+
+def test_the_preselected_input_is_a_plain_scalar_volume_and_no_output(scene, input_node):
+    """The first node of the class could be an RGB photo (a vector volume, which the input selector does not
+    list) or an earlier run's anomaly map."""
+    scene.RemoveNode(input_node)
+    slicer_util.addVolumeFromArray(np.zeros((4, 4, 4, 3), np.uint8), np.eye(4), "photo", "vtkMRMLVectorVolumeNode")
+    slicer_util.addVolumeFromArray(np.ones(SHAPE_KJI, np.uint8), np.eye(4), "labels", "vtkMRMLLabelMapVolumeNode")
+    assert slicer_bridge.default_input_volume(scene) is None
+    scan = slicer_util.addVolumeFromArray(np.random.default_rng(1).normal(100, 20, SHAPE_KJI).astype(np.float32),
+                                          ijk_to_ras_array(), "scan")
+    nodes = slicer_bridge.apply_detection_result(scan, result_on_grid(slicer_bridge.volume_node_to_sitk(scan)))
+    scene.RemoveNode(scan)
+    assert nodes.anomaly_map.GetScene() is scene and slicer_bridge.default_input_volume(scene) is None
+    later = slicer_util.addVolumeFromArray(np.zeros(SHAPE_KJI, np.float32), np.eye(4), "later scan")
+    assert slicer_bridge.default_input_volume(scene) is later
+
+
+def test_outputs_go_into_the_inputs_study_unless_the_user_moved_them(scene, input_node):
+    """New nodes land at the scene's top level, outside a DICOM-loaded scan's study (DICOM export of the
+    segmentation then does not find its series)."""
+    hierarchy = scene.GetSubjectHierarchyNode()
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient"), "study")
+    hierarchy.CreateItem(study, input_node)  # (slicer-core makes no items by itself, as Slicer's plugins do)
+    image = slicer_bridge.volume_node_to_sitk(input_node)
+    nodes = slicer_bridge.apply_detection_result(input_node, result_on_grid(image))
+    outputs = [nodes.reconstruction, nodes.anomaly_map, nodes.anomaly_mask, nodes.segmentation]
+    assert [hierarchy.GetItemParent(hierarchy.GetItemByDataNode(n)) for n in outputs] == [study] * 4
+    elsewhere = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "my folder")
+    hierarchy.SetItemParent(hierarchy.GetItemByDataNode(nodes.anomaly_map), elsewhere)
+    slicer_bridge.apply_detection_result(input_node, result_on_grid(image))
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(nodes.anomaly_map)) == elsewhere
 
 
 def test_outputs_the_user_renamed_or_copied_are_never_overwritten(scene, input_node):
