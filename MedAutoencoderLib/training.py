@@ -17,6 +17,7 @@ discriminator's verdict on the reconstruction, the discriminator takes a step on
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ def split_volumes(paths: Sequence[Path], fraction: float, seed: int) -> Tuple[Li
     return [p for p in paths if p not in val], val
 
 
+def unfinished_model_path(out: Path) -> Path:
+    """Where a run that replaces an existing model (--overwrite) keeps its best model until it ends."""
+    return out.with_name(f"{out.stem}.unfinished{out.suffix or '.pt'}")
+
+
 class Trainer:
     """One training run; ``run()`` returns the path of the written model file."""
 
@@ -102,6 +108,7 @@ class Trainer:
         config.validate()
         self.config = config
         self.out = Path(config.out)
+        self.checkpoint = self.out  # where the best model so far is saved (see _check_output)
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
         self.context = context_from_environment()
@@ -119,6 +126,11 @@ class Trainer:
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):
             raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
                                     "or choose another --out")
+        if self.out.exists() and not resuming_in_place:
+            # the model --overwrite replaces stays as it is until this run ends (finished or cancelled, with
+            # its threshold calibrated): a run that fails or is killed midway leaves it, and its own best model
+            # beside it
+            self.checkpoint = unfinished_model_path(self.out)
 
     def _build(self) -> None:
         seed_everything(self.config.seed)
@@ -348,7 +360,7 @@ class Trainer:
             self.state.best_val_loss = val_loss
             self.state.epochs_without_improvement = 0
             if self.context.is_main:
-                save_model(self.out, self.network, self._record(), self._training_state())
+                save_model(self.checkpoint, self.network, self._record(), self._training_state())
                 self.state.saved_epoch = self.state.epoch
         else:
             self.state.epochs_without_improvement += 1
@@ -358,9 +370,10 @@ class Trainer:
         model of its epochs so far, uncalibrated, in place of what was there (--overwrite)."""
         if isinstance(error, Cancelled) or not (self.context.is_main and self.state.saved_epoch):
             return error
+        kept = f"; {self.out} is as it was" if self.checkpoint != self.out else ""
         return type(error)(f"{error}. The best model before it (epoch {self.state.saved_epoch}, its threshold not "
-                           f"calibrated) is in {self.out}: resume from it (--resume {self.out}) or calibrate it "
-                           "(calibrate)")
+                           f"calibrated) is in {self.checkpoint}: resume from it (--resume {self.checkpoint}) or "
+                           f"calibrate it (calibrate){kept}")
 
     def _stop_reason(self) -> str:
         """Why the run should end after this epoch ("" to go on); rank 0's answer holds for all ranks."""
@@ -392,7 +405,7 @@ class Trainer:
 
     # -- end ------------------------------------------------------------------------------------------------
     def _calibrate(self, healthy: Sequence[PreparedVolume], tracker: ProgressTracker) -> Dict[str, Any]:
-        best = read_model_file(self.out)
+        best = read_model_file(self.checkpoint)
         self.network.load_state_dict(best["state_dict"])
         tracker.emit("log", self.state.epoch, f"calibrating the threshold on {len(healthy)} healthy volume(s)")
         scored = [reconstruct_and_score(self.network, v, self.config.model, self.config.detection, self.device)[1]
@@ -442,7 +455,7 @@ class Trainer:
         if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
-            save_model(self.out, self.network, self._record(), self._training_state())
+            save_model(self.checkpoint, self.network, self._record(), self._training_state())
         try:
             self._loop(train_loader, val_loader, tracker)
         except MedAutoencoderError as exc:
@@ -451,7 +464,9 @@ class Trainer:
         if not self.context.is_main:
             return self.out
         calibration = self._calibrate(val_volumes, tracker)
-        save_model(self.out, self.network, self._record(calibration), self._training_state())
+        save_model(self.checkpoint, self.network, self._record(calibration), self._training_state())
+        if self.checkpoint != self.out:
+            os.replace(self.checkpoint, self.out)  # in one step: the model it replaces, or this run's
         if self.state.stop_reason == "cancelled":
             tracker.emit("cancelled", self.state.epoch, f"cancelled; best model so far saved to {self.out}",
                          outputs={"model": str(self.out)})

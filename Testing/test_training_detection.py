@@ -198,20 +198,34 @@ def test_resuming_with_no_more_epochs_than_done_is_refused(ae_model_path, toy_co
     assert not (tmp_path / "again.pt").exists()
 
 
-def test_a_run_failing_midway_says_which_model_it_left_at_out(toy_cohort, tmp_path, monkeypatch):
-    """A run that diverged (or ran out of memory) after an epoch had saved its best model left that uncalibrated
-    model at --out, in place of the one --overwrite replaced, without a word."""
+def test_a_run_failing_midway_says_which_model_it_left_and_keeps_the_one_it_was_to_replace(
+        toy_cohort, tmp_path, monkeypatch, ae_model_path):
+    """A run that diverged (or ran out of memory, or was killed) after an epoch had saved its best model left that
+    uncalibrated model at --out, in place of the one --overwrite was to replace, without a word."""
     check_finite = Trainer._check_finite
 
     def diverge_in_epoch_two(trainer, loss):  # the real check, given a NaN loss once epoch 1 is done
         check_finite(trainer, torch.tensor(float("nan")) if trainer.state.epoch >= 1 else loss)
 
     monkeypatch.setattr(Trainer, "_check_finite", diverge_in_epoch_two)
-    out = tmp_path / "m.pt"
+    new = tmp_path / "new.pt"
     with pytest.raises(ConfigurationError, match=r"training diverged at epoch 2 .*The best model before it \(epoch 1, "
-                                                 r"its threshold not calibrated\) is in .*m.pt: resume from it"):
-        Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=3)).run()
-    assert read_model_file(out)["training"]["epochs"] == 1 and not read_model_file(out).get("calibration")
+                                                 r"its threshold not calibrated\) is in .*new.pt: resume from it"):
+        Trainer(tiny_train_config([toy_cohort], new, "ae", epochs=3)).run()
+    assert read_model_file(new)["training"]["epochs"] == 1 and not read_model_file(new).get("calibration")
+
+    mine = tmp_path / "mine.pt"
+    shutil.copy(ae_model_path, mine)
+    before = mine.read_bytes()
+    with pytest.raises(ConfigurationError, match=r"is in .*mine.unfinished.pt: resume from it .*mine.pt is as it was"):
+        Trainer(tiny_train_config([toy_cohort], mine, "ae", epochs=3, overwrite=True)).run()
+    assert mine.read_bytes() == before
+    assert read_model_file(tmp_path / "mine.unfinished.pt")["training"]["epochs"] == 1
+
+    monkeypatch.setattr(Trainer, "_check_finite", check_finite)  # a run that ends replaces it, and leaves nothing
+    Trainer(tiny_train_config([toy_cohort], mine, "ae", epochs=1, overwrite=True)).run()
+    assert mine.read_bytes() != before and read_model_file(mine)["calibration"]["threshold"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.pt", "new.pt"]
 
 
 def test_existing_output_is_refused_and_left_unchanged(toy_cohort, tmp_path, ae_model_path):
