@@ -8,7 +8,6 @@ import contextlib
 import json
 import sys
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -68,6 +67,7 @@ from MedAutoencoderLib.outputs import PendingOutputs, pending_path
 from MedAutoencoderLib.preprocessing import PreparedVolume, prepare_volume
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.read_ahead import prepared_in_order
+from MedAutoencoderLib.threads import WaitingThreadPool
 from MedAutoencoderLib.training import StopRequest, Trainer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_brain_t1.pt"
@@ -219,13 +219,13 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
 
 
 @contextlib.contextmanager
-def _background_writers(targets: Dict[Path, Dict[str, Path]]) -> Iterator[ThreadPoolExecutor]:
+def _background_writers(targets: Dict[Path, Dict[str, Path]]) -> Iterator[WaitingThreadPool]:
     """Writer threads for a batch's outputs: each output is written as soon as it exists (compression releases
     the GIL) while the scores and the next volume are computed. On the way out, also when the batch is
     interrupted, every write has ended and every volume done has its files' names; a temporary file left by a
     write that an interruption (Ctrl-C, SIGTERM) cut off from its volume is removed, none stays hidden."""
     try:
-        with ThreadPoolExecutor(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
+        with WaitingThreadPool(max_workers=len(OUTPUT_KINDS) + 1, thread_name_prefix="write") as writer:
             yield writer
     finally:
         for group in targets.values():

@@ -10,7 +10,6 @@ import glob
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -28,6 +27,7 @@ from MedAutoencoderLib.errors import (
     is_out_of_memory,
     itk_reason,
 )
+from MedAutoencoderLib.threads import WaitingThreadPool
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -248,7 +248,7 @@ def _read_volume(p: Path) -> sitk.Image:
         return _read(_read_dicom_series, p)
     if volume_suffix(p) not in (".nii", ".nii.gz"):
         return _read(lambda q: sitk.ReadImage(str(q)), p)
-    with ThreadPoolExecutor(max_workers=1) as side:
+    with WaitingThreadPool(max_workers=1) as side:
         # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage) and
         # turns NaN and infinite voxels into zeros, so the file is scanned beside the read, on the other core:
         # its bytes are counted and compared with the header's, its float voxels checked

@@ -15,10 +15,11 @@ has not started when the batch stops; MONAI's ``ThreadDataLoader`` is for traini
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Callable, Deque, Iterable, Iterator, Optional, Sequence, TypeVar
+from concurrent.futures import Future
+from typing import Callable, Deque, Iterator, Sequence, TypeVar
+
+from MedAutoencoderLib.threads import WaitingThreadPool
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -34,23 +35,6 @@ def _run_now(prepare: Callable[[Item], Result], item: Item) -> "Future[Result]":
     return future
 
 
-def _wait_for(futures: Iterable["Future[Result]"]) -> None:
-    """Wait until every future is done, also when a second interrupt (Ctrl-C twice, SIGTERM after Ctrl-C) arrives
-    meanwhile: the wait is resumed and the first such interrupt raised after it. (The executor's own wait joins
-    its threads, and on Python 3.11 an interrupted ``Thread.join`` marks a running thread as ended, bpo-45274, so
-    that a second join returns at once while it still runs.)"""
-    pending = [future for future in futures if not future.done()]  # wait() never counts a cancelled one as done
-    interrupt: Optional[BaseException] = None
-    while pending:
-        try:
-            wait(pending)
-        except BaseException as exc:  # resumed, then raised below
-            interrupt = interrupt or exc
-        pending = [future for future in pending if not future.done()]
-    if interrupt is not None:
-        raise interrupt
-
-
 @contextlib.contextmanager
 def prepared_in_order(items: Sequence[Item], prepare: Callable[[Item], Result],
                       depth: int) -> Iterator[Iterator["Future[Result]"]]:
@@ -63,14 +47,12 @@ def prepared_in_order(items: Sequence[Item], prepare: Callable[[Item], Result],
     if depth <= 0:
         yield (_run_now(prepare, item) for item in items)
         return
-    executor = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="prepare")
+    executor = WaitingThreadPool(max_workers=depth, thread_name_prefix="prepare")
     queued: Deque["Future[Result]"] = deque()
-    submitted: "weakref.WeakSet[Future[Result]]" = weakref.WeakSet()  # those running are held by the executor
 
     def futures() -> Iterator["Future[Result]"]:
         for item in items:
             queued.append(executor.submit(prepare, item))
-            submitted.add(queued[-1])
             if len(queued) > depth:  # the one handed out, and depth more ahead of it
                 yield queued.popleft()
         while queued:
@@ -81,9 +63,7 @@ def prepared_in_order(items: Sequence[Item], prepare: Callable[[Item], Result],
         yield handed_out
     finally:
         handed_out.close()
-        executor.shutdown(wait=False, cancel_futures=True)
-        try:
-            _wait_for([*submitted, *queued])
-        finally:  # also when a second interrupt is raised after the wait
-            executor.shutdown(wait=True)  # their threads end as soon as their last preparation is done
+        try:  # a second interrupt meanwhile is raised after the wait (MedAutoencoderLib.threads)
+            executor.shutdown(wait=True, cancel_futures=True)
+        finally:
             queued.clear()
