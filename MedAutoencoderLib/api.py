@@ -376,10 +376,11 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
     return target
 
 
-def describe_model(model_path: Union[str, Path]) -> Dict[str, object]:
-    """The model card of a file: type, data, preprocessing, threshold and metrics, as plain data. The file is
-    checked as :func:`load_model` checks it (weights included), so a damaged one gives the same error."""
-    path = Path(model_path)
+def describe_model(model_path: Union[str, Path, None] = None) -> Dict[str, object]:
+    """The model card of a file (``None``: the bundled default model): type, data, preprocessing, threshold and
+    metrics, as plain data. The file is checked as :func:`load_model` checks it (weights included), so a damaged
+    one gives the same error."""
+    path = Path(model_path) if model_path is not None else DEFAULT_MODEL
     payload = read_model_file(path)
     record = record_from_payload(payload, path)
     network = network_from_payload(payload, record, path)

@@ -161,7 +161,7 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a model card")
-    p.add_argument("model", help="model file")
+    p.add_argument("model", nargs="?", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
@@ -193,12 +193,12 @@ def _add_demo(sub) -> None:
 def _add_features(sub) -> None:
     p = sub.add_parser("features", help="write latent codes of volumes for downstream tasks",
                        description="One row per volume (mean of its slices' codes, each average-pooled per channel; "
-                                   "a VAE's mean) and with --per-slice one row per slice; column 'slice' is -1 for "
-                                   "a volume's row.")
+                                   "a VAE's mean) and with --per-slice one row per slice it averages (those "
+                                   "training uses: enough foreground); column 'slice' is -1 for a volume's row.")
     p.add_argument("inputs", nargs="+", help="volume files, folders or glob patterns")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--out", required=True, help="feature table to write (.csv or .npy)")
-    p.add_argument("--per-slice", action="store_true", help="add one row per axial slice (2D models)")
+    p.add_argument("--per-slice", action="store_true", help="add one row per axial slice averaged into the volume's row (2D models)")
     p.add_argument("--format", choices=("csv", "npy"), help="table format (default: from --out's suffix)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _device(p)
@@ -238,9 +238,9 @@ def _add_interpolate(sub) -> None:
     p = sub.add_parser("interpolate", help="decode a straight line between the codes of two volumes",
                        description="Linear interpolation between the codes (a VAE's means) of the central axial "
                                    "foreground slice of two volumes; writes interpolation.nii.gz and "
-                                   "interpolation.png. Needs a 2D ae, sparse or vae model.")
+                                   "interpolation.png. Needs a 2D ae, sparse, vae or aae model.")
     p.add_argument("inputs", nargs=2, metavar="VOLUME", help="the two volumes")
-    p.add_argument("--model", required=True, help="model file (2D ae, sparse or vae)")
+    p.add_argument("--model", required=True, help="model file (2D ae, sparse, vae or aae)")
     p.add_argument("--steps", type=int, default=8, help="slices from the first to the second, both included")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

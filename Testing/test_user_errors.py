@@ -321,6 +321,12 @@ def test_info_reports_a_damaged_model_file_like_loading_does(capsys, tmp_path, d
     assert code == 1 and f"damaged.pt: {message}" in err and "Traceback" not in err
 
 
+def test_info_without_a_model_describes_the_bundled_one(capsys):
+    code, out, err = run_cli(capsys, "info")  # the README said so; it required a path
+    assert code == 0, err
+    assert "default_brain_t1.pt" in out and "threshold: 0.148" in out
+
+
 def test_a_folder_given_as_the_model_is_named_as_a_folder(capsys, tmp_path):
     code, _, err = run_cli(capsys, "info", str(tmp_path))
     assert code == 1 and f"{tmp_path}: is a folder; give the model file in it" in err  # was "model file not found"
