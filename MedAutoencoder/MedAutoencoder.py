@@ -654,6 +654,7 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                                                                                        "input.nrrd"))
         arguments = jobs.detect_arguments([inputPath], os.path.join(temporaryDirectory, "outputs"),
                                           model_path=modelPath, threshold=threshold, device=device)
+        geometryAtStart = slicer_bridge.world_geometry(volumeNode)
 
         def finish(outputs):
             if outputs is None:
@@ -661,7 +662,7 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
             if not slicer.mrmlScene.IsNodePresent(volumeNode):
                 raise RuntimeError(_("The input volume was removed from the scene while the detection ran."))
             result = slicer_bridge.read_worker_outputs(next(iter(outputs.values())))
-            return slicer_bridge.apply_detection_result(volumeNode, result).as_dict()
+            return slicer_bridge.apply_detection_result(volumeNode, result, geometryAtStart).as_dict()
 
         with _removedOnFailure(temporaryDirectory):
             standby = self._standby(device)

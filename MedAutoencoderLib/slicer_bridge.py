@@ -327,12 +327,26 @@ def update_anomaly_segmentation(input_node, mask_node):
     return segmentation_node
 
 
-def apply_detection_result(input_node, result) -> DetectionNodes:
+def world_geometry(volume_node) -> tuple:
+    """Where a volume node's voxels are shown: spacing, origin and direction (LPS), its transforms applied."""
+    return _geometry_lps(volume_node)
+
+
+def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple] = None) -> DetectionNodes:
     """Write a detection result (``api.DetectionResult`` or anything with the same fields) into the scene.
 
     Creates or updates ``<input>_reconstruction``, ``<input>_anomaly_map``, ``<input>_anomaly_mask`` (a
     labelmap with its own colour table) and ``<input>_anomaly_segmentation``. The input node is not modified.
+    ``geometry_at_start`` (:func:`world_geometry` when the detection was started in a worker): a result of a
+    volume that has been moved since (its transform edited meanwhile) is refused as such, not as a result off the
+    input's grid.
     """
+    if geometry_at_start is not None and not np.allclose(
+            np.concatenate([np.ravel(v) for v in world_geometry(input_node)]),
+            np.concatenate([np.ravel(v) for v in geometry_at_start]), atol=GEOMETRY_TOLERANCE):
+        raise MedAutoencoderError(f"The input '{input_node.GetName()}' was moved (its transform changed) while the "
+                                  "detection ran, so its result no longer lies where the volume is; run the "
+                                  "detection again.")
     reconstruction = write_output_volume(input_node, ROLE_RECONSTRUCTION, result.reconstruction)
     anomaly_map = write_output_volume(input_node, ROLE_ANOMALY_MAP, sitk.Cast(result.anomaly_map, sitk.sitkFloat32))
     summary = dict(result.summary or {})

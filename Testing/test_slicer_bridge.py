@@ -382,6 +382,23 @@ def test_bad_voxels_and_labelmaps_are_refused_naming_the_node(scene, input_node,
         slicer_bridge.volume_node_to_sitk(labels)
 
 
+def test_a_result_of_a_volume_moved_while_it_ran_is_refused_as_such(scene, input_node):
+    """The user nudged the input's transform during a background detection: the result was refused as "not on
+    the grid of the input (origin differs)", which says nothing of what happened."""
+    image = slicer_bridge.volume_node_to_sitk(input_node)
+    at_start = slicer_bridge.world_geometry(input_node)
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 2.0)  # 2 mm to the right
+    input_node.GetParentTransformNode().SetMatrixTransformToParent(matrix)
+    with pytest.raises(slicer_bridge.MedAutoencoderError, match="'patient T1' was moved .* while the detection ran"):
+        slicer_bridge.apply_detection_result(input_node, result_on_grid(image), at_start)
+    assert not [n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode") if n.GetAttribute(
+        slicer_bridge.ROLE_ATTRIBUTE)]  # nothing written
+    matrix.SetElement(0, 3, 0.0)  # moved back: the result stands
+    input_node.GetParentTransformNode().SetMatrixTransformToParent(matrix)
+    slicer_bridge.apply_detection_result(input_node, result_on_grid(image), at_start)
+
+
 def test_a_tensor_volume_is_refused_naming_the_node(scene):
     """A DTI volume is a scalar-volume subclass with one (tensor) component: it failed inside SimpleITK."""
     tensors = scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "brain DTI")
