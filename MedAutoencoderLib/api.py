@@ -207,6 +207,8 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
             if len(in_flight) > 1:
                 in_flight.pop(0).wait()  # outputs of two volumes in flight at most: memory stays bounded
             written[str(path)] = {kind: str(target) for kind, target in targets[path].items()}
+            for warning in result.summary.get("warnings", []):
+                tracker.emit("log", i + 1, f"warning: {warning}")
             tracker.emit("progress", i + 1, f"{path.name}: score {result.summary['anomaly_score']:.4f}, "
                          f"{result.summary['anomalous_volume_ml']:.2f} mL flagged")
             del result  # its images (the writers hold what they still need) are not kept through the next volume

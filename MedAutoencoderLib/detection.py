@@ -19,6 +19,7 @@ from torch import nn
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.inference import reconstruct
+from MedAutoencoderLib.io import GEOMETRY_WARNING_KEY
 from MedAutoencoderLib.median import in_plane_median
 from MedAutoencoderLib.preprocessing import PreparedVolume, erode_mask
 
@@ -194,5 +195,7 @@ def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image,
         "n_components": len(components),
         "components": components,
     }
+    if prepared.source.HasMetaDataKey(GEOMETRY_WARNING_KEY):
+        summary["warnings"] = [prepared.source.GetMetaData(GEOMETRY_WARNING_KEY)]
     return DetectionResult(reconstruction=reconstruction_image, anomaly_map=anomaly_map,
                            anomaly_mask=mask, summary=summary)

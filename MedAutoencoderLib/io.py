@@ -263,7 +263,37 @@ def _read_volume(p: Path) -> sitk.Image:
         _check_nifti_complete(p, image, scan.result().bytes_present)
     if scan.result().non_finite:
         raise InputImageError(f"{p}: {_NON_FINITE}")
+    _note_sform_disagreement(image, scan.result().header, p)
     return image
+
+
+#: Metadata key of a warning about a volume's geometry, carried with the image into the detection's summary.
+GEOMETRY_WARNING_KEY = "MedAutoencoder.geometry_warning"
+_SFORM_TOLERANCE_MM = 0.5
+
+
+def _note_sform_disagreement(image: sitk.Image, header: bytes, path: Path) -> None:
+    """Warn (in the image's metadata, see :data:`GEOMETRY_WARNING_KEY`) when a NIfTI's sform places the voxels
+    elsewhere than ITK does: with both a qform and an sform, ITK uses the qform (also when the sform is sheared),
+    FSL and nibabel the sform, so outputs (written with ITK's placement in both) would overlay the input in ITK and
+    3D Slicer but appear shifted against it there. Not refused: for this tool's own use the two agree."""
+    if len(header) < _NIFTI1_HEADER_BYTES or image.GetDimension() != 3:
+        return
+    order = next((o for o in "<>" if np.frombuffer(header[:4], f"{o}i4")[0] == _NIFTI1_HEADER_BYTES), None)
+    if order is None or int(np.frombuffer(header[254:256], f"{order}i2")[0]) <= 0:  # no sform
+        return
+    sform = np.vstack([np.frombuffer(header[280:328], f"{order}f4").reshape(3, 4).astype(float), [0, 0, 0, 1]])
+    size = np.array(image.GetSize())
+    corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    itk_ras = np.array([lps_to_ras @ np.array(image.TransformContinuousIndexToPhysicalPoint(c[:3].tolist()))
+                        for c in corners])
+    apart = float(np.linalg.norm((corners @ sform.T)[:, :3] - itk_ras, axis=1).max())
+    if apart > _SFORM_TOLERANCE_MM:
+        image.SetMetaData(GEOMETRY_WARNING_KEY, (
+            f"{path}: its header's sform places the volume up to {apart:.1f} mm from the qform that ITK (and so this "
+            "tool and 3D Slicer) uses; FSL and nibabel use the sform, so there the outputs appear shifted against "
+            "the input. Make the two agree (e.g. fslorient -copyqform2sform, or nibabel's set_sform)"))
 
 
 def _read(reader: Callable[[Path], sitk.Image], path: Path) -> sitk.Image:
@@ -310,6 +340,7 @@ def _no_memory_to_read(path: Path) -> OutOfMemoryError:
 class _NiftiScan:
     bytes_present: int  # of the decompressed file
     non_finite: bool  # a float voxel is NaN or infinite
+    header: bytes = b""
 
 
 _NIFTI1_HEADER_BYTES = 348
@@ -348,7 +379,7 @@ def _scan_nifti(path: Path) -> _NiftiScan:
                     non_finite = not np.isfinite(voxels).all()
     except (EOFError, OSError, isal_zlib.error):
         raise InputImageError(f"{path}: is truncated or corrupt (the compressed data ends early)") from None
-    return _NiftiScan(bytes_present=present, non_finite=non_finite)
+    return _NiftiScan(bytes_present=present, non_finite=non_finite, header=header)
 
 
 def _check_nifti_complete(path: Path, image: sitk.Image, present: int) -> None:

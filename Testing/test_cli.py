@@ -166,6 +166,22 @@ def test_a_file_or_folder_name_that_is_not_utf8_is_a_clean_error(dae_model_path,
     assert not (tmp_path / latin1).exists()
 
 
+def test_a_nifti_whose_sform_disagrees_with_itk_is_detected_with_a_warning_in_the_log_and_summary(
+        dae_model_path, lesion_case, tmp_path):
+    from test_io import _with_sform_moved
+
+    scan = tmp_path / "scan.nii"
+    sitk.WriteImage(lesion_case["image"], str(scan))
+    _with_sform_moved(scan, 10.0)
+    done = cli("detect", scan, "--model", dae_model_path, "--output-dir", tmp_path / "out", "--device", "cpu",
+               "--progress", "json")
+    assert done.returncode == 0, done.stderr
+    logs = [json.loads(line)["message"] for line in done.stdout.splitlines() if '"log"' in line]
+    assert any(m.startswith("warning: ") and "sform places the volume up to 10.0 mm" in m for m in logs), logs
+    summary = json.loads((tmp_path / "out" / "scan_summary.json").read_text())
+    assert "FSL and nibabel use the sform" in summary["warnings"][0]
+
+
 def test_detect_bad_input_is_a_clean_error(dae_model_path, tmp_path):
     flat = tmp_path / "flat_slice.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 20)).astype(np.float32)), str(flat))

@@ -202,6 +202,30 @@ def test_an_uncompressed_nifti_named_nii_gz_is_read(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(misnamed)), sitk.GetArrayFromImage(image))
 
 
+def _with_sform_moved(path: Path, shift_mm: float) -> Path:
+    """The uncompressed NIfTI at ``path`` with its sform's x translation moved (ITK writes sform = qform) and its
+    code "aligned to another file", as registration tools write it (ITK then places the volume by the qform)."""
+    header = bytearray(path.read_bytes())
+    header[254:256] = np.array([2], "<i2").tobytes()
+    srow_x = np.frombuffer(bytes(header[280:296]), "<f4").copy()
+    srow_x[3] += shift_mm
+    header[280:296] = srow_x.tobytes()
+    path.write_bytes(bytes(header))
+    return path
+
+
+def test_a_nifti_whose_sform_places_it_elsewhere_than_itk_does_carries_a_warning(tmp_path):
+    """ITK places such a volume by its qform, FSL and nibabel by its sform: outputs (ITK's placement in both)
+    then appear shifted against the input there, which nothing said."""
+    from MedAutoencoderLib.io import GEOMETRY_WARNING_KEY
+
+    same = read_image(_write(toy(4), tmp_path / "same.nii"))
+    assert not same.HasMetaDataKey(GEOMETRY_WARNING_KEY)
+    moved = read_image(_with_sform_moved(_write(toy(4), tmp_path / "moved.nii"), 10.0))
+    assert "moved.nii: its header's sform places the volume up to 10.0 mm from the qform" in moved.GetMetaData(
+        GEOMETRY_WARNING_KEY)
+
+
 def test_float64_values_beyond_the_float32_range_are_refused(tmp_path):
     """Everything is computed in float32, where they become infinite: the registration then never ended."""
     array = sitk.GetArrayFromImage(toy(3)).astype(np.float64) * 1e37
