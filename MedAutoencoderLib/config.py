@@ -139,7 +139,9 @@ class ModelConfig:
         if self.spatial_dims == 2 and tuple(self.patch_size) != default.patch_size:
             ignored.append("--patch-size (used by 3D models only)")
         base = self.channels[0]
-        if self.name == "dae" and tuple(self.channels) != tuple(base * 2 ** i for i in range(len(self.channels))):
+        used = (base, base, 2 * base, 4 * base, 8 * base)
+        doubling = tuple(base * 2 ** i for i in range(len(self.channels)))
+        if self.name == "dae" and tuple(self.channels) not in (doubling, used[:len(self.channels)]):
             ignored.append(f"--channels after the first (the DAE's U-Net widths are {base}, {base}, {2 * base}, "
                            f"{4 * base}, {8 * base}, from the first value)")
         return ignored

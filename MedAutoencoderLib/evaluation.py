@@ -114,15 +114,31 @@ def mask_on_grid(mask_path: Path, reference: sitk.Image) -> np.ndarray:
     mask = read_mask(mask_path)
     if same_grid(mask, reference):
         return sitk.GetArrayViewFromImage(mask) > 0
-    labelled = bool(sitk.GetArrayViewFromImage(mask).any())
     resampled = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     truth = sitk.GetArrayViewFromImage(resampled) > 0  # (a view does not keep its image alive: named, it is)
-    if labelled and not truth.any():  # silently a "lesioned" case without lesion, and NaN metrics
+    if not truth.any() and _labels_lie_outside(mask, reference):  # silently a "lesioned" case without lesion
         raise InputImageError(f"{mask_path}: none of its labelled voxels lies on its image's grid (size "
                               f"{reference.GetSize()}, origin {_rounded(reference.GetOrigin())}; the mask's origin "
                               f"is {_rounded(mask.GetOrigin())}): is it the mask of another scan, or is its "
                               "position in the header wrong?")
     return truth
+
+
+def _labels_lie_outside(mask: sitk.Image, reference: sitk.Image) -> bool:
+    """Whether ``mask`` has labelled voxels and none of their centres lies within ``reference``'s extent (a
+    lesion smaller than the reference's voxels may vanish in the resampling while lying inside it)."""
+    index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if index_zyx.size == 0:
+        return False
+    points = np.array(mask.GetOrigin()) + index_zyx[:, ::-1] @ _index_to_physical(mask).T
+    index = np.linalg.solve(_index_to_physical(reference), (points - np.array(reference.GetOrigin())).T).T
+    inside = np.all((index >= -0.5) & (index <= np.array(reference.GetSize()) - 0.5), axis=1)
+    return not inside.any()
+
+
+def _index_to_physical(image: sitk.Image) -> np.ndarray:
+    """The matrix taking a voxel index (x, y, z) to its physical offset from the origin."""
+    return np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
 
 
 def _rounded(point: Sequence[float]) -> Tuple[float, ...]:

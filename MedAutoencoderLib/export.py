@@ -163,7 +163,7 @@ def export_format(out: Union[str, Path], fmt: Optional[str] = None) -> str:
     if named is not None and named != chosen:
         raise ConfigurationError(f"{out}: the name says {named} ({suffix}) but the format asked for is {chosen}; "
                                  f"name it e.g. {_EXAMPLE_NAMES[chosen]}")
-    if chosen == "pt2" and suffix != ".pt2":
+    if chosen == "pt2" and Path(out).suffix != ".pt2":  # (case included: torch.export.load refuses ".PT2")
         raise ConfigurationError(f"{out}: a pt2 export's name must end in .pt2 (torch.export.load refuses other "
                                  "names), e.g. model.pt2")
     return chosen

@@ -72,13 +72,17 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return image
 
 
-_SLICE_GAP_TOLERANCE = 0.1  # of the median distance between neighbouring slices
+# Of the median distance between neighbouring slices: a missing slice makes one gap twice that (or a repeated
+# position one of 0), while positions stored rounded (0.6 and 0.7 mm for 0.625 mm slices) stay well within it.
+_SLICE_GAP_TOLERANCE = 0.5
 
 
 def _require_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
     """Refuse a series whose slices are not evenly spaced along the slice normal (a missing slice, mostly): ITK
     stacks them at one spacing anyway, with a mere warning, and every slice after the gap lands misplaced (by
     5.7 mm in a 6 mm series missing one slice), and with it every output."""
+    if image.GetDimension() != 3 or len(reader.GetFileNames()) != image.GetSize()[2]:
+        return  # a multi-frame file (its frames' positions are not per file): nothing to compare here
     normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
     try:
         positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
@@ -91,6 +95,9 @@ def _require_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, fold
     typical = float(np.median(gaps))
     if typical > 0 and np.abs(gaps - typical).max() <= _SLICE_GAP_TOLERANCE * typical:
         return
+    if typical == 0:
+        raise InputImageError(f"{folder}: most of its slices share one position: several images per position (echoes, "
+                              "time points) cannot be stacked into one volume; put one volume's slices in the folder")
     raise InputImageError(f"{folder}: its slices are not evenly spaced (from {gaps.min():.3g} to {gaps.max():.3g} mm "
                           f"apart, mostly {typical:.3g} mm): is a slice missing? Stacked at one spacing, the slices "
                           "after the gap would be misplaced; complete the series")
@@ -142,10 +149,7 @@ def check_volume_header(path: PathLike) -> None:
         raise InputImageError(f"{p}: no such file or folder")
     if p.is_dir():
         return
-    voxel_file = _detached_voxel_file(p)
-    if voxel_file is not None and not voxel_file.path.is_file():
-        raise InputImageError(f"{p}: its voxel file {voxel_file.path.name}, named in the header, is missing; keep "
-                              "the two files together")
+    voxel_file = _require_voxel_file(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     _read(lambda _: reader.ReadImageInformation(), p)
@@ -157,6 +161,16 @@ def check_volume_header(path: PathLike) -> None:
         if present < expected:
             raise InputImageError(f"{p}: its voxel file {voxel_file.path.name} is cut short ({present} of the "
                                   f"{expected} bytes the header describes)")
+
+
+def _require_voxel_file(header: Path) -> Optional["_VoxelFile"]:
+    """The voxel file a detached header names (see :func:`_detached_voxel_file`), refused when it is missing (ITK
+    says "No such file or directory" about the header it did find)."""
+    voxel_file = _detached_voxel_file(header)
+    if voxel_file is not None and not voxel_file.path.is_file():
+        raise InputImageError(f"{header}: its voxel file {voxel_file.path.name}, named in the header, is missing; "
+                              "keep the two files together")
+    return voxel_file
 
 
 @dataclass(frozen=True)
@@ -247,6 +261,7 @@ def _read_volume(p: Path) -> sitk.Image:
     if p.is_dir():
         return _read(_read_dicom_series, p)
     if volume_suffix(p) not in (".nii", ".nii.gz"):
+        _require_voxel_file(p)
         return _read(lambda q: sitk.ReadImage(str(q)), p)
     with WaitingThreadPool(max_workers=1) as side:
         # ITK reads a truncated NIfTI file without complaint (missing voxels come back as zeros or garbage) and

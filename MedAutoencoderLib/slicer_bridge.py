@@ -362,7 +362,8 @@ def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple
 def place_beside_input(input_node, nodes) -> None:
     """Put outputs where the input is in the Data module's tree (a DICOM-loaded scan's study), as MONAIAuto3DSeg
     does with its segmentation: Slicer puts new nodes at the scene's top level, outside the study, where DICOM
-    export of the segmentation does not find its series. An output the user has moved elsewhere stays there."""
+    export of the segmentation does not find its series. An output the user has moved into a folder stays there
+    (one moved to the top level is taken for a new one and moved into the study again)."""
     hierarchy = input_node.GetScene().GetSubjectHierarchyNode()
     input_item = hierarchy.GetItemByDataNode(input_node) if hierarchy else 0
     if not input_item:

@@ -128,6 +128,14 @@ def test_a_mask_whose_labels_lie_off_the_image_is_refused_and_an_all_zero_one_is
     sitk.WriteImage(moved, str(moved_path))
     with pytest.raises(InputImageError, match="moved_mask.nii.gz: none of its labelled voxels lies on its image"):
         mask_on_grid(moved_path, lesion_case["image"])
+    fine = sitk.Image([4 * n for n in lesion_case["image"].GetSize()], sitk.sitkUInt8)  # a quarter of each voxel
+    fine.SetSpacing([s / 4 for s in lesion_case["image"].GetSpacing()])
+    fine.SetDirection(lesion_case["image"].GetDirection())
+    fine.SetOrigin(lesion_case["image"].TransformContinuousIndexToPhysicalPoint([-0.375] * 3))
+    fine[41, 41, 41] = 1  # one fine voxel between the image's voxel centres: lost in the resampling, yet inside
+    fine_path = tmp_path / "fine_mask.nii.gz"
+    sitk.WriteImage(fine, str(fine_path))
+    assert not mask_on_grid(fine_path, lesion_case["image"]).any()  # not refused as another scan's mask
     zero_path = tmp_path / "zero_mask.nii.gz"
     sitk.WriteImage(lesion_case["truth"] * 0, str(zero_path))
     report = evaluate_model(dae_model, [(lesion_case["image_path"], zero_path)])

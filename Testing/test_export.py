@@ -80,6 +80,7 @@ def test_pt2_export_detects_exactly_like_the_python_model(vae_model, vae_model_p
     ("m.onnx", "torchscript", "the name says onnx (.onnx) but the format asked for is torchscript"),
     ("m.pt2", "torchscript", "the name says pt2"), ("m.ts", "onnx", "the name says torchscript (.ts)"),
     ("m.bin", "pt2", "a pt2 export's name must end in .pt2"),
+    ("m.PT2", None, "a pt2 export's name must end in .pt2"),  # torch.export.load's check is case-sensitive
 ])
 def test_the_export_format_follows_the_name_and_a_name_of_another_format_is_refused(name, fmt, expected):
     """The format was torchscript unless --format said otherwise, whatever the name: model.onnx held TorchScript

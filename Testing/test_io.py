@@ -114,6 +114,9 @@ def test_a_detached_header_without_its_whole_voxel_file_is_named_by_the_header_c
     with pytest.raises(InputImageError, match=f"{header}: its voxel file {voxels.name}, named in the header, is "
                                               "missing"):
         check_volume_header(path)
+    with pytest.raises(InputImageError, match=f"{header}: its voxel file {voxels.name}, named in the header, is "
+                                              "missing"):  # also when read directly (evaluate, interpolate)
+        read_image(path)
 
 
 def test_garbage_file_is_refused(tmp_path):
@@ -191,6 +194,27 @@ def test_a_dicom_series_missing_a_slice_is_refused_not_stacked_at_one_spacing(tm
     (tmp_path / "series" / "slice_020.dcm").unlink()
     with pytest.raises(InputImageError, match="series: its slices are not evenly spaced .* is a slice missing"):
         read_image(tmp_path / "series")
+
+
+def test_a_dicom_series_with_rounded_positions_and_a_multi_frame_file_are_read(tmp_path):
+    """From a review of the check above: thin slices whose positions are stored rounded (gaps of 0.6 and 0.7 mm
+    for 0.625 mm) were refused, and a single multi-frame file (read as 4D) failed with a traceback."""
+    image = sitk.Cast(toy(5, spacing=(1.0, 1.0, 0.625)), sitk.sitkInt16)
+    _write_dicom_series(image, tmp_path / "thin")
+    for path in sorted((tmp_path / "thin").iterdir()):  # positions written to one decimal, as some scanners do
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        slice_image = reader.Execute()
+        position = [float(v) for v in slice_image.GetMetaData("0020|0032").split("\\")]
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.1f}" for v in position))
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(path))
+        writer.Execute(slice_image)
+    assert read_image(tmp_path / "thin").GetSize() == image.GetSize()
+    (tmp_path / "frames").mkdir()
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkUInt16), str(tmp_path / "frames" / "all.dcm"))  # every slice in one
+    assert sitk.GetArrayFromImage(read_image(tmp_path / "frames")).shape == sitk.GetArrayFromImage(image).shape
 
 
 def test_an_uncompressed_nifti_named_nii_gz_is_read(tmp_path):

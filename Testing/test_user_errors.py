@@ -238,6 +238,7 @@ def test_options_the_chosen_model_does_not_use_are_named_in_a_warning(capsys, tm
         "--kl-weight (used by vae models only)", "--adversarial-weight (used by aae models only)",
         "--noise (used by dae models only)"]
     assert ModelConfig(name="dae", channels=(8, 16, 32)).ignored_settings() == []  # the widths it uses
+    assert ModelConfig(name="dae", channels=(16, 16, 32, 64, 128)).ignored_settings() == []  # exactly them
     assert "--latent-channels" in ModelConfig(name="dae", latent_channels=64).ignored_settings()[0]
     assert ModelConfig().ignored_settings() == [] and ModelConfig(name="vae", spatial_dims=3).ignored_settings() == []
     code, out, err = run_cli(capsys, "train", "--data", str(toy_cohort), "--out", str(tmp_path / "m.pt"),
