@@ -191,7 +191,8 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
     healthy_paths = find_volumes(healthy) if healthy else []
     cases = [(image, mask) for image, mask in pairs] + [(p, None) for p in healthy_paths]
     tracker = ProgressTracker(progress, total=len(cases))
-    tracker.emit("start", 0, f"evaluating on {len(pairs)} lesioned and {len(healthy_paths)} healthy volume(s)")
+    tracker.emit("start", 0, f"evaluating on {len(pairs)} volume(s) with ground truth and {len(healthy_paths)} "
+                             "healthy control(s)")
     model_pool, baseline_pool = PooledScores(), PooledScores()
     per_case, sample_labels = [], []
     for i, (image_path, mask_path) in enumerate(cases):

@@ -463,7 +463,10 @@ class Trainer:
         leave_together(self.context)  # before rank 0 calibrates alone, which may outlast the group's timeout
         if not self.context.is_main:
             return self.out
-        calibration = self._calibrate(val_volumes, tracker)
+        try:
+            calibration = self._calibrate(val_volumes, tracker)
+        except MedAutoencoderError as exc:  # out of memory scoring the held-out volumes, say
+            raise self._saying_what_was_saved(exc) from None
         save_model(self.checkpoint, self.network, self._record(calibration), self._training_state())
         if self.checkpoint != self.out:
             os.replace(self.checkpoint, self.out)  # in one step: the model it replaces, or this run's

@@ -190,6 +190,25 @@ def test_a_resumed_run_records_the_training_time_of_all_its_runs(ae_model_path, 
     assert 1000.0 < read_model_file(out)["training"]["seconds"] < 1000.0 + 600
 
 
+def test_a_calibration_that_fails_after_training_says_where_the_model_is(toy_cohort, tmp_path, monkeypatch,
+                                                                         ae_model_path):
+    """The error of a calibration that failed (the held-out volumes out of memory, say) did not mention the
+    trained model kept in <name>.unfinished.pt beside the untouched --out."""
+    from MedAutoencoderLib import training
+    from MedAutoencoderLib.errors import OutOfMemoryError
+
+    def out_of_memory(*args, **kwargs):
+        raise OutOfMemoryError("the GPU ran out of memory scoring a held-out volume")
+
+    monkeypatch.setattr(training, "reconstruct_and_score", out_of_memory)
+    mine = tmp_path / "mine.pt"
+    shutil.copy(ae_model_path, mine)
+    with pytest.raises(OutOfMemoryError, match=r"ran out of memory .*The best model before it \(epoch 1, .* is in "
+                                               r".*mine.unfinished.pt: .*mine.pt is as it was"):
+        Trainer(tiny_train_config([toy_cohort], mine, "ae", epochs=1, overwrite=True)).run()
+    assert mine.read_bytes() == ae_model_path.read_bytes()
+
+
 def test_resuming_with_no_more_epochs_than_done_is_refused(ae_model_path, toy_cohort, tmp_path):
     """It trained nothing and ended without a word."""
     config = tiny_train_config([toy_cohort], tmp_path / "again.pt", "ae", epochs=2, resume=str(ae_model_path))
