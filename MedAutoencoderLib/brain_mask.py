@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAutoencoderLib.errors import InputImageError, itk_reason
+from MedAutoencoderLib.io import inside_grid, physical_points
 
 _SAMPLING_SHARE = 0.05  # share of template voxels used by the metric at each level
 # The metric's random samples are drawn from this seed: ITK's default (0) seeds from the wall clock, which made every
@@ -260,8 +261,7 @@ def _template_brain_points() -> np.ndarray:
     """Physical points (LPS, mm) of every 4th voxel along each axis of the template's brain mask, (N, 3)."""
     _, mask = _template_and_mask()
     index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask)[::4, ::4, ::4] > 0) * 4
-    direction = np.array(mask.GetDirection()).reshape(3, 3)
-    return np.array(mask.GetOrigin()) + (index_zyx[:, ::-1] * np.array(mask.GetSpacing())) @ direction.T
+    return physical_points(mask, index_zyx[:, ::-1])
 
 
 def brain_share_outside_view(image: sitk.Image, template_to_image: sitk.AffineTransform) -> float:
@@ -269,10 +269,7 @@ def brain_share_outside_view(image: sitk.Image, template_to_image: sitk.AffineTr
     matrix = np.array(template_to_image.GetMatrix()).reshape(3, 3)
     centre = np.array(template_to_image.GetCenter())
     placed = (_template_brain_points() - centre) @ matrix.T + centre + np.array(template_to_image.GetTranslation())
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    index = np.linalg.solve(direction, (placed - np.array(image.GetOrigin())).T).T / np.array(image.GetSpacing())
-    inside = np.all((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5), axis=1)
-    return 1.0 - float(inside.mean())
+    return 1.0 - float(inside_grid(image, placed).mean())
 
 
 def _require_brain_in_view(image: sitk.Image, template_to_image: sitk.AffineTransform) -> None:

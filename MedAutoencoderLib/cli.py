@@ -78,7 +78,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="time budget; the best model so far is kept")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="features per level (the dae: its U-Net's first width, doubled per level)")
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
+                   help="features per level (the dae: its U-Net's first width, doubled per level)")
     p.add_argument("--latent-channels", type=int, default=8, help="code width (ae, sparse, vae, aae)")
     p.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="mse", help="reconstruction loss")
     p.add_argument("--noise", choices=("coarse", "gaussian"), default="coarse", help="dae corruption")
@@ -198,7 +199,8 @@ def _add_features(sub) -> None:
     p.add_argument("inputs", nargs="+", help="volume files, folders or glob patterns")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--out", required=True, help="feature table to write (.csv or .npy)")
-    p.add_argument("--per-slice", action="store_true", help="add one row per axial slice averaged into the volume's row (2D models)")
+    p.add_argument("--per-slice", action="store_true",
+                   help="add one row per axial slice averaged into the volume's row (2D models)")
     p.add_argument("--format", choices=("csv", "npy"), help="table format (default: from --out's suffix)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _device(p)

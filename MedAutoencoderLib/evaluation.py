@@ -26,7 +26,15 @@ from monai.metrics.regression import compute_ssim_and_cs
 from MedAutoencoderLib.config import DetectOptions
 from MedAutoencoderLib.detection import ScoredVolume, anomaly_score, voxel_volume_ml
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.io import find_volumes, read_image, read_mask, same_grid, volume_stem
+from MedAutoencoderLib.io import (
+    find_volumes,
+    inside_grid,
+    physical_points,
+    read_image,
+    read_mask,
+    same_grid,
+    volume_stem,
+)
 from MedAutoencoderLib.progress import ProgressCallback, ProgressTracker
 
 _MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_labels", "_gt", "_lesion", "_segmentation")
@@ -128,17 +136,7 @@ def _labels_lie_outside(mask: sitk.Image, reference: sitk.Image) -> bool:
     """Whether ``mask`` has labelled voxels and none of their centres lies within ``reference``'s extent (a
     lesion smaller than the reference's voxels may vanish in the resampling while lying inside it)."""
     index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
-    if index_zyx.size == 0:
-        return False
-    points = np.array(mask.GetOrigin()) + index_zyx[:, ::-1] @ _index_to_physical(mask).T
-    index = np.linalg.solve(_index_to_physical(reference), (points - np.array(reference.GetOrigin())).T).T
-    inside = np.all((index >= -0.5) & (index <= np.array(reference.GetSize()) - 0.5), axis=1)
-    return not inside.any()
-
-
-def _index_to_physical(image: sitk.Image) -> np.ndarray:
-    """The matrix taking a voxel index (x, y, z) to its physical offset from the origin."""
-    return np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    return index_zyx.size > 0 and not inside_grid(reference, physical_points(mask, index_zyx[:, ::-1])).any()
 
 
 def _rounded(point: Sequence[float]) -> Tuple[float, ...]:

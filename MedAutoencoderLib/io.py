@@ -135,8 +135,8 @@ def require_utf8_name(path: PathLike, error: type = InputImageError) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(text).decode("utf-8", "backslashreplace")
-        raise error(f"{shown}: its name is not valid UTF-8 (it was made under another character "
-                              "encoding), which ITK cannot open or write; rename it (or the folder)") from None
+        raise error(f"{shown}: its name is not valid UTF-8 (it was made under another character encoding), which "
+                    "ITK cannot open or write; rename it (or the folder)") from None
 
 
 def check_volume_header(path: PathLike) -> None:
@@ -231,6 +231,19 @@ def _require_float32_range(values: np.ndarray, name: str) -> None:
                               f"({_FLOAT32_MAX:.3g}), in which everything is computed; rescale its intensities")
 
 
+def physical_points(image: sitk.Image, index_xyz: np.ndarray) -> np.ndarray:
+    """Physical points (LPS, mm) of voxel indices ``(N, 3)`` (x, y, z order; fractional ones too) of ``image``."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return np.array(image.GetOrigin()) + (index_xyz * np.array(image.GetSpacing())) @ direction.T
+
+
+def inside_grid(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+    """Which physical points ``(N, 3)`` lie within ``image``'s voxels (up to half a voxel beyond the centres)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    index = np.linalg.solve(direction, (points - np.array(image.GetOrigin())).T).T / np.array(image.GetSpacing())
+    return np.all((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5), axis=1)
+
+
 def same_grid(image: sitk.Image, other: sitk.Image) -> bool:
     """Whether two volumes share size, spacing, origin and direction, i.e. voxel (i, j, k) of one lies where
     voxel (i, j, k) of the other does (equal size and spacing alone do not: a flipped copy has both)."""
@@ -292,18 +305,14 @@ def _note_sform_disagreement(image: sitk.Image, header: bytes, path: Path) -> No
     elsewhere than ITK does: with both a qform and an sform, ITK uses the qform (also when the sform is sheared),
     FSL and nibabel the sform, so outputs (written with ITK's placement in both) would overlay the input in ITK and
     3D Slicer but appear shifted against it there. Not refused: for this tool's own use the two agree."""
-    if len(header) < _NIFTI1_HEADER_BYTES or image.GetDimension() != 3:
-        return
-    order = next((o for o in "<>" if np.frombuffer(header[:4], f"{o}i4")[0] == _NIFTI1_HEADER_BYTES), None)
-    if order is None or int(np.frombuffer(header[254:256], f"{order}i2")[0]) <= 0:  # no sform
-        return
-    sform = np.vstack([np.frombuffer(header[280:328], f"{order}f4").reshape(3, 4).astype(float), [0, 0, 0, 1]])
+    order = _nifti1_byte_order(header)
+    if order is None or image.GetDimension() != 3 or int(np.frombuffer(header[254:256], f"{order}i2")[0]) <= 0:
+        return  # (no sform)
+    sform = np.frombuffer(header[280:328], f"{order}f4").reshape(3, 4).astype(float)  # index to RAS
     size = np.array(image.GetSize())
-    corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    itk_ras = np.array([lps_to_ras @ np.array(image.TransformContinuousIndexToPhysicalPoint(c[:3].tolist()))
-                        for c in corners])
-    apart = float(np.linalg.norm((corners @ sform.T)[:, :3] - itk_ras, axis=1).max())
+    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    itk_ras = physical_points(image, corners) * np.array([-1.0, -1.0, 1.0])  # LPS to RAS
+    apart = float(np.linalg.norm(corners @ sform[:, :3].T + sform[:, 3] - itk_ras, axis=1).max())
     if apart > _SFORM_TOLERANCE_MM:
         image.SetMetaData(GEOMETRY_WARNING_KEY, (
             f"{path}: its header's sform places the volume up to {apart:.1f} mm from the qform that ITK (and so this "
@@ -362,12 +371,17 @@ _NIFTI1_HEADER_BYTES = 348
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64 voxels
 
 
+def _nifti1_byte_order(header: bytes) -> Optional[str]:
+    """NumPy's byte-order mark ("<" or ">") of a whole NIfTI-1 header, or None when ``header`` is not one."""
+    if len(header) < _NIFTI1_HEADER_BYTES:
+        return None
+    return next((o for o in "<>" if np.frombuffer(header[:4], f"{o}i4")[0] == _NIFTI1_HEADER_BYTES), None)
+
+
 def _nifti_float_voxels(header: bytes) -> Tuple[Optional[np.dtype], int]:
     """The voxels' float dtype (None for integer types, which cannot hold NaN) and the data's offset, from a
     NIfTI-1 header in either byte order (ITK reads no NIfTI-2); (None, 0) when it is not one."""
-    if len(header) < _NIFTI1_HEADER_BYTES:
-        return None, 0
-    order = next((o for o in "<>" if np.frombuffer(header[:4], f"{o}i4")[0] == 348), None)
+    order = _nifti1_byte_order(header)
     if order is None:
         return None, 0
     float_type = _NIFTI_FLOAT_TYPES.get(int(np.frombuffer(header[70:72], f"{order}i2")[0]))

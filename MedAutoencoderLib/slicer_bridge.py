@@ -123,7 +123,7 @@ def _require_scalar_volume(volume_node) -> None:
                               "only single-component (scalar) volumes can be analysed.")
 
 
-def _geometry_lps(volume_node):
+def world_geometry(volume_node) -> tuple:
     """Spacing, origin and row-major direction of a node in world coordinates (:func:`_ijk_to_world`), in
     ITK's LPS convention.
 
@@ -148,7 +148,7 @@ def volume_node_to_sitk(volume_node) -> sitk.Image:
     _require_scalar_volume(volume_node)
     voxels = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)  # (K, J, I) like SimpleITK
     image = sitk.GetImageFromArray(voxels)
-    spacing, origin, direction = _geometry_lps(volume_node)
+    spacing, origin, direction = world_geometry(volume_node)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
@@ -195,7 +195,7 @@ def check_on_input_grid(image: sitk.Image, input_node, what: str) -> None:
     if tuple(image.GetSize()) != size:
         raise MedAutoencoderError(f"The {what} has size {image.GetSize()} but the input "
                                   f"'{input_node.GetName()}' has size {size}.")
-    expected = dict(zip(("spacing", "origin", "direction"), _geometry_lps(input_node)))
+    expected = dict(zip(("spacing", "origin", "direction"), world_geometry(input_node)))
     actual = {"spacing": image.GetSpacing(), "origin": image.GetOrigin(), "direction": image.GetDirection()}
     for name, value in expected.items():
         if not np.allclose(actual[name], value, atol=GEOMETRY_TOLERANCE):
@@ -327,11 +327,6 @@ def update_anomaly_segmentation(input_node, mask_node):
     return segmentation_node
 
 
-def world_geometry(volume_node) -> tuple:
-    """Where a volume node's voxels are shown: spacing, origin and direction (LPS), its transforms applied."""
-    return _geometry_lps(volume_node)
-
-
 def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple] = None) -> DetectionNodes:
     """Write a detection result (``api.DetectionResult`` or anything with the same fields) into the scene.
 
@@ -341,9 +336,9 @@ def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple
     volume that has been moved since (its transform edited meanwhile) is refused as such, not as a result off the
     input's grid.
     """
-    if geometry_at_start is not None and not np.allclose(
-            np.concatenate([np.ravel(v) for v in world_geometry(input_node)]),
-            np.concatenate([np.ravel(v) for v in geometry_at_start]), atol=GEOMETRY_TOLERANCE):
+    if geometry_at_start is not None and not all(
+            np.allclose(now, then, atol=GEOMETRY_TOLERANCE)
+            for now, then in zip(world_geometry(input_node), geometry_at_start)):
         raise MedAutoencoderError(f"The input '{input_node.GetName()}' was moved (its transform changed) while the "
                                   "detection ran, so its result no longer lies where the volume is; run the "
                                   "detection again.")

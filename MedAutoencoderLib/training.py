@@ -456,16 +456,13 @@ class Trainer:
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
             save_model(self.checkpoint, self.network, self._record(), self._training_state())
-        try:
+        try:  # diverged, or out of memory training or scoring the held-out volumes
             self._loop(train_loader, val_loader, tracker)
-        except MedAutoencoderError as exc:
-            raise self._saying_what_was_saved(exc) from None
-        leave_together(self.context)  # before rank 0 calibrates alone, which may outlast the group's timeout
-        if not self.context.is_main:
-            return self.out
-        try:
+            leave_together(self.context)  # before rank 0 calibrates alone, which may outlast the group's timeout
+            if not self.context.is_main:
+                return self.out
             calibration = self._calibrate(val_volumes, tracker)
-        except MedAutoencoderError as exc:  # out of memory scoring the held-out volumes, say
+        except MedAutoencoderError as exc:
             raise self._saying_what_was_saved(exc) from None
         save_model(self.checkpoint, self.network, self._record(calibration), self._training_state())
         if self.checkpoint != self.out:
