@@ -2,20 +2,17 @@
 
 The heavy lifting is in ``MedAutoencoderLib`` (the same library as the command line). Detection and training run
 by default as a separate process of the library's command line so that Slicer never freezes; the MRML work
-(volume <-> image conversion, output nodes) is in ``MedAutoencoderLib.slicer_bridge`` and the worker process
-handling in ``MedAutoencoderLib.jobs``, both testable without Slicer. This file holds what needs the running
+(volume <-> image conversion, output nodes) is in ``MedAutoencoderLib.slicer.bridge`` and the worker process
+handling in ``MedAutoencoderLib.worker.jobs``, both testable without Slicer. This file holds what needs the running
 application: the parameter node, the GUI, dependency installation, timers and views.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
-from typing import Annotated, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Dict, List, Optional
 
 import qt
 import vtk
@@ -51,28 +48,16 @@ def _makeLibraryImportable() -> None:
 
 _makeLibraryImportable()
 
+if TYPE_CHECKING:
+    from MedAutoencoderLib.slicer.job import MedAutoencoderJob
 
-@contextlib.contextmanager
-def _removedOnFailure(temporaryDirectory: str):
-    """A job's folder removed when starting the job fails (a volume refused, the worker not started): it may
-    already hold copies of the scene's volumes, which must not stay behind in Slicer's temporary folder."""
-    try:
-        yield
-    except BaseException:
-        shutil.rmtree(temporaryDirectory, ignore_errors=True)
-        raise
 
 #: Where the module's documentation lives (the README section about the Slicer module).
 DOCUMENTATION_URL = "https://github.com/medautoencoder/MedAutoencoder#3d-slicer-module"
-#: Device choices shown to the user; ``MedAutoencoderLib.jobs.DEVICE_CHOICES`` maps them to the CLI's.
+#: Device choices shown to the user; ``MedAutoencoderLib.worker.jobs.DEVICE_CHOICES`` maps them to the CLI's.
 DEVICES = ["auto", "cpu", "gpu"]
 MODEL_TYPES = ["dae", "ae", "sparse", "vae", "aae"]
 TRAINING_SOURCES = ["scene volumes", "folder"]
-#: How long a training worker gets after Cancel to finish its step, calibrate the best model and save it before it
-#: is killed (calibration runs the model over the held-out volumes: seconds to a minute on a CPU).
-TRAINING_STOP_GRACE_MS = 120000
-#: How often the main thread collects worker output.
-POLL_INTERVAL_MS = 100
 #: Slicer before 5.12 (no ``slicer.packaging.pip_ensure``): what to install for each missing package of
 #: requirements.txt; --no-deps keeps the PyTorch extension's torch.
 PIP_INSTALL_ARGUMENTS = {"monai": "--no-deps monai>=1.4", "scipy": "scipy", "isal": "isal>=1.6"}
@@ -214,7 +199,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Use the scene's parameter node and preselect the first volume to save the user a click."""
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            from MedAutoencoderLib.slicer_bridge import default_input_volume
+            from MedAutoencoderLib.slicer.bridge import default_input_volume
 
             firstVolumeNode = default_input_volume(slicer.mrmlScene)
             if firstVolumeNode:
@@ -392,7 +377,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def _onJobEvent(self, event: dict) -> None:
-        from MedAutoencoderLib import jobs
+        from MedAutoencoderLib.worker import jobs
 
         if event.get("fraction") is not None:
             self.ui.progressBar.setValue(int(round(100 * float(event["fraction"]))))
@@ -433,112 +418,39 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# Background job followed from the main thread
-#
-
-
-class MedAutoencoderJob:
-    """A worker process of the library's CLI, followed from Slicer's main thread with a QTimer.
-
-    ``MedAutoencoderLib.jobs.WorkerJob`` (a process of its own) or ``MedAutoencoderLib.standby.ServedJob`` (a
-    detection sent to the standby worker) reads the worker's output on a thread; the timer here moves the events
-    to the main thread (where Qt and MRML may be touched), turns the outputs into a result with ``finish`` when
-    the worker succeeded, and always removes the job's temporary files.
-    """
-
-    def __init__(self, worker, finish: Callable[[Optional[dict]], object], temporaryDirectory: str,
-                 inputVolume=None, nodeNamesByFile: Optional[Dict[str, str]] = None) -> None:
-        self.worker = worker
-        self.inputVolume = inputVolume
-        self._nodeNamesByFile = nodeNamesByFile or {}
-        self.result = None
-        self.error: Optional[str] = None
-        self.done = False
-        self.onEvent: Optional[Callable[[dict], None]] = None
-        self.onFinished: Optional[Callable[[MedAutoencoderJob], None]] = None
-        self._finish = finish
-        self._temporaryDirectory = temporaryDirectory
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self._poll)
-        self._timer.start()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.worker.was_cancelled
-
-    @property
-    def recentOutput(self) -> str:
-        return self.worker.recent_output()
-
-    def _poll(self) -> None:
-        if self.done:
-            return
-        finished = self.worker.finished  # read before draining so that no last line is missed
-        for event in self.worker.poll_events():
-            if self.onEvent:
-                self.onEvent(event)
-        if finished:
-            self._complete()
-
-    def _complete(self) -> None:
-        self._timer.stop()
-        self.done = True
-        try:
-            if self.worker.succeeded:
-                self.result = self._finish(self.worker.outputs)
-                if self.result is None:
-                    self.error = _("The worker process ended without reporting its outputs.")
-            elif self.cancelled:
-                self.result = self._finish(None)  # training keeps its last good checkpoint; detection nothing
-            else:
-                self.error = self._withNodeNames(self.worker.error_message) or _(
-                    "The worker process ended with exit code {code}.").format(code=self.worker.returncode)
-        except Exception as error:  # reading the outputs failed: report it like a worker error
-            logging.exception("MedAutoencoder: could not use the worker's outputs")
-            self.error = str(error)
-        finally:
-            shutil.rmtree(self._temporaryDirectory, ignore_errors=True)
-        if self.onFinished:
-            self.onFinished(self)
-
-    def _withNodeNames(self, message: Optional[str]) -> Optional[str]:
-        """The worker names the temporary files it was given; the user knows the volumes by their node names."""
-        for path, name in self._nodeNamesByFile.items():
-            for spelling in {path, os.path.normpath(path)}:  # the worker prints paths with the system's separators
-                message = message.replace(spelling, f"'{name}'") if message else message
-        return message
-
-    def cancel(self) -> None:
-        """Ask the worker to stop; training gets time to save its checkpoint before the process tree is killed."""
-        self.worker.request_stop()
-        if self.worker.stop_file:
-            qt.QTimer.singleShot(TRAINING_STOP_GRACE_MS, self.kill)
-        else:
-            self.kill()
-
-    def kill(self) -> None:
-        """Kill the worker's process tree (no-op when it has ended)."""
-        self.worker.cancel()
-
-    def discard(self) -> None:
-        """Kill the worker and remove its temporary files now, without a result (Slicer is closing)."""
-        self._timer.stop()
-        self.kill()
-        self.done = True
-        shutil.rmtree(self._temporaryDirectory, ignore_errors=True)
-
-    def wait(self) -> None:
-        """Block until the job has ended, keeping Slicer responsive (console scripting)."""
-        while not self.done:
-            self._poll()
-            slicer.app.processEvents()
-            time.sleep(POLL_INTERVAL_MS / 1000.0)
-
-
-#
 # MedAutoencoderLogic
 #
+
+
+class _QtEventLoop:
+    """The main thread's timers for the library's jobs (``MedAutoencoderLib.slicer.job.EventLoop``)."""
+
+    def every(self, milliseconds: int, callback: Callable[[], None]) -> Callable[[], None]:
+        timer = qt.QTimer()
+        timer.setInterval(milliseconds)
+        timer.connect("timeout()", callback)
+        timer.start()
+        return timer.stop
+
+    def later(self, milliseconds: int, callback: Callable[[], None]) -> None:
+        qt.QTimer.singleShot(milliseconds, callback)
+
+    def process_events(self) -> None:
+        slicer.app.processEvents()
+
+
+#: The standby detection worker of this Slicer session, shared by every logic object (scripts, the self-test and
+#: the widget each make one); set on first use.
+_STANDBY = None
+
+
+def _sharedStandby():
+    global _STANDBY
+    if _STANDBY is None:
+        from MedAutoencoderLib.slicer.job import SharedStandby
+
+        _STANDBY = SharedStandby()
+    return _STANDBY
 
 
 class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
@@ -550,11 +462,6 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         nodes = logic.detectAnomalies(slicer.util.getNode("MRHead"))
         modelPath = logic.train([slicer.util.getNode("healthy1"), slicer.util.getNode("healthy2")], epochs=5)
     """
-
-    #: The standby detection worker of this Slicer session and the launcher and environment it was started
-    #: with, shared by every logic object (scripts, the self-test and the widget each make one).
-    _standbyWorker = None
-    _standbyWorkerKey = None
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -627,7 +534,9 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         ``inProcess`` the work runs in Slicer's own process, otherwise in a worker process.
         """
         if inProcess:
-            from MedAutoencoderLib import api, jobs, slicer_bridge
+            from MedAutoencoderLib import api
+            from MedAutoencoderLib.worker import jobs
+            from MedAutoencoderLib.slicer import bridge as slicer_bridge
             from MedAutoencoderLib.config import DetectOptions
 
             torchDevice = jobs.cli_device(device)
@@ -646,60 +555,16 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                        device: str = "auto") -> MedAutoencoderJob:
         """Start detection in the standby worker process (a worker of its own when that one is busy) and return
         at once; the scene is only changed when it succeeds."""
-        from MedAutoencoderLib import jobs, slicer_bridge
-
-        temporaryDirectory = self._newTemporaryDirectory()
-        with _removedOnFailure(temporaryDirectory):
-            inputPath = slicer_bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory,
-                                                                                       "input.nrrd"))
-        arguments = jobs.detect_arguments([inputPath], os.path.join(temporaryDirectory, "outputs"),
-                                          model_path=modelPath, threshold=threshold, device=device)
-        geometryAtStart = slicer_bridge.world_geometry(volumeNode)
-
-        def finish(outputs):
-            if outputs is None:
-                return None
-            if not slicer.mrmlScene.IsNodePresent(volumeNode):
-                raise RuntimeError(_("The input volume was removed from the scene while the detection ran."))
-            result = slicer_bridge.read_worker_outputs(next(iter(outputs.values())))
-            return slicer_bridge.apply_detection_result(volumeNode, result, geometryAtStart).as_dict()
-
-        with _removedOnFailure(temporaryDirectory):
-            standby = self._standby(device)
-            if standby.busy:  # a script started a second detection meanwhile
-                python, useStartupEnvironment = jobs.python_launcher()
-                worker = self._startWorker(jobs.cli_command(python, arguments), device, useStartupEnvironment)
-            else:
-                logging.info("MedAutoencoder: detection in the standby worker: %s", " ".join(arguments))
-                worker = standby.run(arguments)
-        return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode,
-                                 nodeNamesByFile={inputPath: volumeNode.GetName()})
+        return self._jobs().startDetection(volumeNode, modelPath=modelPath, threshold=threshold, device=device)
 
     def prepareDetection(self, device: str = "auto") -> None:
         """Start the standby detection worker now (about 5 s of imports and loading), so that a detection
         started later does not wait for it; it ends after some idle minutes."""
-        self._standby(device).start()
+        self._jobs().prepareDetection(device)
 
     def stopDetectionWorker(self) -> None:
         """End the standby detection worker (and a detection it runs)."""
-        if MedAutoencoderLogic._standbyWorker is not None:
-            MedAutoencoderLogic._standbyWorker.stop()
-
-    def _standby(self, device: str):
-        """The standby worker for ``device``. One started for another device (another environment) ends when it
-        has answered the detection it may be running."""
-        from MedAutoencoderLib import jobs, standby
-
-        python, useStartupEnvironment = jobs.python_launcher()
-        environment = slicer.util.startupEnvironment() if useStartupEnvironment else dict(os.environ)
-        environment.update(self._workerEnvironment(device, useStartupEnvironment))
-        key = (python, sorted(environment.items()))
-        if MedAutoencoderLogic._standbyWorker is None or MedAutoencoderLogic._standbyWorkerKey != key:
-            if MedAutoencoderLogic._standbyWorker is not None:
-                MedAutoencoderLogic._standbyWorker.retire()
-            MedAutoencoderLogic._standbyWorker = standby.StandbyWorker(python, environment)
-            MedAutoencoderLogic._standbyWorkerKey = key
-        return MedAutoencoderLogic._standbyWorker
+        self._jobs().stopDetectionWorker()
 
     def showResults(self, inputVolume, nodes: Dict[str, object]) -> None:
         """Input in the background, anomaly map over it in colour, anomaly segmentation as outline."""
@@ -743,64 +608,19 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                       extraArguments: Optional[List[str]] = None) -> MedAutoencoderJob:
         """Start training in a worker process and return at once. Scene volumes are passed as NRRD files. An idle
         standby detection worker is ended first: the training needs the memory (on a GPU, all it can get)."""
-        from MedAutoencoderLib import jobs, slicer_bridge
-
-        if MedAutoencoderLogic._standbyWorker is not None:
-            MedAutoencoderLogic._standbyWorker.close()
-
-        outputPath = outputPath or self.newModelPath()
-        temporaryDirectory = self._newTemporaryDirectory()
-        paths, nodeNamesByFile = [], {}
-        with _removedOnFailure(temporaryDirectory):  # a refused volume: no copy of the others stays behind
-            for index, item in enumerate(data):
-                if isinstance(item, str):
-                    paths.append(item)
-                else:
-                    paths.append(slicer_bridge.write_volume_for_worker(
-                        item, os.path.join(temporaryDirectory, f"training_{index:03d}.nrrd")))
-                    nodeNamesByFile[paths[-1]] = item.GetName()
-        stopFile = os.path.join(temporaryDirectory, "stop")
-        python, useStartupEnvironment = jobs.python_launcher()
-        command = jobs.train_command(python, paths, modelType, outputPath, epochs=epochs, max_minutes=maxMinutes,
-                                     device=device, stop_file=stopFile, overwrite=overwrite,
-                                     extra_arguments=extraArguments or ())
-        startTime = time.time()
-
-        def finish(outputs):
-            if outputs and outputs.get("model"):
-                return outputs["model"]
-            # stopped by the user: the worker keeps its last good checkpoint
-            if os.path.exists(outputPath) and os.path.getmtime(outputPath) >= startTime:
-                return outputPath
-            return None
-
-        with _removedOnFailure(temporaryDirectory):
-            worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
-        return MedAutoencoderJob(worker, finish, temporaryDirectory, nodeNamesByFile=nodeNamesByFile)
+        return self._jobs().startTraining(data, outputPath or self.newModelPath(), modelType=modelType, epochs=epochs,
+                                          maxMinutes=maxMinutes, device=device, overwrite=overwrite,
+                                          extraArguments=extraArguments)
 
     # ---- shared
 
-    def _newTemporaryDirectory(self) -> str:
-        """A new folder of its own for each job (two jobs started in the same instant never share one)."""
-        root = os.path.join(slicer.app.temporaryPath, "MedAutoencoder")
-        os.makedirs(root, exist_ok=True)
-        return tempfile.mkdtemp(prefix=time.strftime("%Y%m%d_%H%M%S_"), dir=root)
+    def _jobs(self):
+        """The library's job logic, given what it needs of the running Slicer application."""
+        from MedAutoencoderLib.slicer.job import WorkerJobs
 
-    def _startWorker(self, command: List[str], device: str, useStartupEnvironment: bool,
-                     stopFile: Optional[str] = None):
-        from MedAutoencoderLib import jobs
-
-        logging.info("MedAutoencoder: starting %s", " ".join(command))
-        return jobs.start_worker(command, self._workerEnvironment(device, useStartupEnvironment), stop_file=stopFile,
-                                 launch=slicer.util.launchConsoleProcess,
-                                 use_startup_environment=useStartupEnvironment)
-
-    @staticmethod
-    def _workerEnvironment(device: str, useStartupEnvironment: bool) -> Dict[str, str]:
-        """What a worker's environment adds to Slicer's (the startup one keeps no PYTHONPATH of Slicer's)."""
-        from MedAutoencoderLib import jobs
-
-        return jobs.worker_environment(device, "" if useStartupEnvironment else os.environ.get("PYTHONPATH", ""))
+        return WorkerJobs(slicer.app.temporaryPath, launch=slicer.util.launchConsoleProcess,
+                          startupEnvironment=slicer.util.startupEnvironment, loop=_QtEventLoop(),
+                          shared=_sharedStandby(), translate=_)
 
     def _resultOrRaise(self, job: MedAutoencoderJob):
         if job.error:
@@ -827,7 +647,7 @@ class MedAutoencoderTest(ScriptedLoadableModuleTest):
 
     def test_DetectAnomaliesOnInputGeometry(self):
         import numpy as np
-        from MedAutoencoderLib import synthetic
+        from MedAutoencoderLib.data import synthetic
 
         self.delayDisplay("Making a small rotated, anisotropic volume")
         logic = MedAutoencoderLogic()
@@ -855,7 +675,7 @@ class MedAutoencoderTest(ScriptedLoadableModuleTest):
         """The bundled default model when present, else a tiny model trained here in seconds."""
         from MedAutoencoderLib import api
         import numpy as np
-        from MedAutoencoderLib import synthetic
+        from MedAutoencoderLib.data import synthetic
 
         if api.DEFAULT_MODEL.is_file():
             return None
@@ -870,7 +690,7 @@ class MedAutoencoderTest(ScriptedLoadableModuleTest):
         return modelPath
 
     def _volumeFromImage(self, image, name: str):
-        from MedAutoencoderLib import slicer_bridge
+        from MedAutoencoderLib.slicer import bridge as slicer_bridge
 
         volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         slicer_bridge.update_volume_node_from_sitk(volumeNode, image)

@@ -25,8 +25,8 @@ _PUBLIC = {
     "TrainConfig": "config",
     "PreprocessConfig": "config",
     "ModelConfig": "config",
-    "read_image": "io",
-    "write_image": "io",
+    "read_image": "io.volumes",
+    "write_image": "io.volumes",
     "MedAutoencoderError": "errors",
 }
 

@@ -1,13 +1,13 @@
-"""``python -m MedAutoencoderLib``: the command line (see :mod:`MedAutoencoderLib.cli`), in a process of its own,
-so the allocator is set for it (:mod:`MedAutoencoderLib.allocator`)."""
+"""``python -m MedAutoencoderLib``: the command line (see :mod:`MedAutoencoderLib.cli.commands`), in a process of its own,
+so the allocator is set for it (:mod:`MedAutoencoderLib.runtime.allocator`)."""
 import sys
 
-from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
+from MedAutoencoderLib.runtime.allocator import keep_freed_memory_for_reuse
 
 keep_freed_memory_for_reuse()
 try:
-    from MedAutoencoderLib.cli import main
+    from MedAutoencoderLib.cli.commands import main
 except KeyboardInterrupt:  # Ctrl-C while torch, MONAI and SimpleITK load: nothing was done, nothing to show
     print("cancelled: interrupted (Ctrl-C)", file=sys.stderr)
-    raise SystemExit(130) from None  # the command line's exit status when cancelled (jobs.EXIT_CANCELLED)
+    raise SystemExit(130) from None  # the command line's exit status when cancelled (cli.exit_codes.EXIT_CANCELLED)
 raise SystemExit(main())

@@ -69,7 +69,7 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture of the autoencoder; ``name`` picks an entry of :mod:`MedAutoencoderLib.networks`."""
+    """Architecture of the autoencoder; ``name`` picks an entry of :mod:`MedAutoencoderLib.networks.autoencoders`."""
 
     name: str = "dae"
     spatial_dims: int = 2  # 2: slice-wise on axial slices; 3: patch-wise with sliding-window inference
@@ -177,7 +177,7 @@ class DetectionConfig:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-EXPORT_FORMATS = ("torchscript", "pt2", "onnx")  # MedAutoencoderLib.export
+EXPORT_FORMATS = ("torchscript", "pt2", "onnx")  # MedAutoencoderLib.io.export
 
 
 @dataclass
@@ -187,9 +187,9 @@ class DetectOptions:
     threshold: Optional[float] = None  # None: the threshold calibrated on healthy data and stored in the model
     device: str = "auto"
     # "auto": mixed precision on GPUs, float32 on CPUs; "float32": everywhere; "bfloat16": everywhere (fast on
-    # CPUs with AVX512-BF16/AMX); see MedAutoencoderLib.device.inference_autocast
+    # CPUs with AVX512-BF16/AMX); see MedAutoencoderLib.runtime.device.inference_autocast
     precision: str = "auto"
-    # volumes of a batch read and preprocessed in worker threads ahead of the network (MedAutoencoderLib.read_ahead;
+    # volumes of a batch read and preprocessed in worker threads ahead of the network (MedAutoencoderLib.detection.read_ahead;
     # 0: one volume after the other)
     prepare_ahead: int = 0
 

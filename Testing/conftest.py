@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedAutoencoderLib import synthetic
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, TrainConfig
+from MedAutoencoderLib.data import synthetic
+from MedAutoencoderLib.data import template as bundled_template
 
 TOY_SPACING = (1.0, 1.1, 1.3)
 # Small grid and a 90th-percentile normalisation: a 4 mm lesion is several per cent of the toy organ, which
@@ -37,7 +38,7 @@ COHORT_DIRECTIONS = [rotation_z(0.0), rotation_z(20.0), rotation_z(-35.0), rotat
 def brain_scans(folder: Path, names: Sequence[str], suffix: str) -> Path:
     """``folder`` with one copy of the MNI template at 2 mm (100x116x96) per name (``"abc"``: a, b, c): whole brains
     that the default model detects in about a second each on two cores (a batch long enough to interrupt)."""
-    template = synthetic.load_template()
+    template = bundled_template.load_template()
     scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
                          (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
     folder.mkdir(parents=True, exist_ok=True)

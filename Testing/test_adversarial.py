@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import tiny_train_config
-from MedAutoencoderLib.adversarial import discriminator_scores
+
 from MedAutoencoderLib.api import load_model, run_detection
-from MedAutoencoderLib.checkpoint import read_model_file
 from MedAutoencoderLib.config import ModelConfig
 from MedAutoencoderLib.errors import ConfigurationError
-from MedAutoencoderLib.losses import discriminator_hinge_loss, generator_adversarial_loss
-from MedAutoencoderLib.networks import build_network, generator_and_critic
+from MedAutoencoderLib.io.checkpoint import read_model_file
+from MedAutoencoderLib.networks.adversarial import discriminator_scores
+from MedAutoencoderLib.networks.autoencoders import build_network, generator_and_critic
+from MedAutoencoderLib.networks.losses import discriminator_hinge_loss, generator_adversarial_loss
 
 EPOCHS = 6
 

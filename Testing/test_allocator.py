@@ -23,7 +23,7 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 applied = None
 if sys.argv[1] == "set":
-    from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
+    from MedAutoencoderLib.runtime.allocator import keep_freed_memory_for_reuse
     applied = keep_freed_memory_for_reuse()
 block = libc.malloc(16 << 20)
 print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblkhd}))
@@ -54,7 +54,7 @@ def test_blocks_under_32_mb_come_from_the_heap_once_set():
 # give_freed_memory_back, in a fresh process.
 TRIM_PROBE = """
 import ctypes, ctypes.util, json
-from MedAutoencoderLib.allocator import give_freed_memory_back, keep_freed_memory_for_reuse
+from MedAutoencoderLib.runtime.allocator import give_freed_memory_back, keep_freed_memory_for_reuse
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)

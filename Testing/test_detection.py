@@ -6,20 +6,21 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
+from MedAutoencoderLib.brain.registration import template_brain_mask_on, template_to_image_transform
 from MedAutoencoderLib.config import DetectionConfig, PreprocessConfig
-from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.evaluation import dice
-from MedAutoencoderLib.detection import (
+from MedAutoencoderLib.data.synthetic import make_healthy_subject_with_mask
+from MedAutoencoderLib.data.template import load_template, template_brain_mask
+from MedAutoencoderLib.detection.evaluation import dice
+from MedAutoencoderLib.detection.median import in_plane_median, median_network
+from MedAutoencoderLib.detection.scoring import (
     ScoredVolume,
     calibrate_threshold,
     describe_components,
     structural_dissimilarity,
     threshold_mask,
 )
-from MedAutoencoderLib.median import in_plane_median, median_network
-from MedAutoencoderLib.preprocessing import prepare_volume
-from MedAutoencoderLib.synthetic import load_template, make_healthy_subject_with_mask, template_brain_mask
+from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.preprocessing.prepare import prepare_volume
 
 
 def test_structural_dissimilarity_is_zero_for_identical_slices_and_high_where_texture_changes():

@@ -21,17 +21,17 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from worker_helpers import TINY_TRAIN_ARGUMENTS
 
 from MedAutoencoderLib.api import load_model, run_detection, train_model
-from MedAutoencoderLib.checkpoint import read_model_file
-from MedAutoencoderLib.cli import build_parser, train_config_from_args
+from MedAutoencoderLib.cli.commands import build_parser, train_config_from_args
 from MedAutoencoderLib.config import PreprocessConfig
-from MedAutoencoderLib.distributed import DistributedContext, context_from_environment
-from MedAutoencoderLib.io import find_volumes, read_image
-from MedAutoencoderLib.preprocessing import prepare_volume
-from MedAutoencoderLib.samples import slice_samples
-from MedAutoencoderLib.training import split_volumes
-from worker_helpers import TINY_TRAIN_ARGUMENTS
+from MedAutoencoderLib.io.checkpoint import read_model_file
+from MedAutoencoderLib.io.volumes import find_volumes, read_image
+from MedAutoencoderLib.preprocessing.prepare import prepare_volume
+from MedAutoencoderLib.training.distributed import DistributedContext, context_from_environment
+from MedAutoencoderLib.training.samples import slice_samples
+from MedAutoencoderLib.training.trainer import split_volumes
 
 EPOCHS = 6
 GLOBAL_BATCH = 64  # >= the 62 training slices of the toy cohort on the tiny grid: one full-batch step per epoch

@@ -1,4 +1,4 @@
-"""Metrics and the evaluation report (MedAutoencoderLib.evaluation)."""
+"""Metrics and the evaluation report (MedAutoencoderLib.detection.evaluation)."""
 from __future__ import annotations
 
 import math
@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import toy
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import toy
-from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.evaluation import (
+from MedAutoencoderLib.detection.evaluation import (
     dice,
     evaluate_model,
     finite_or_none,
@@ -19,6 +18,7 @@ from MedAutoencoderLib.evaluation import (
     pair_images_with_masks,
     voxel_metrics,
 )
+from MedAutoencoderLib.errors import InputImageError
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

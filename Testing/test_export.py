@@ -15,9 +15,9 @@ import SimpleITK as sitk
 import torch
 
 from MedAutoencoderLib.api import load_model, run_detection
-from MedAutoencoderLib.cli import main
+from MedAutoencoderLib.cli.commands import main
 from MedAutoencoderLib.errors import ConfigurationError
-from MedAutoencoderLib.export import export_format, load_exported
+from MedAutoencoderLib.io.export import export_format, load_exported
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +131,9 @@ def test_a_failed_onnx_export_leaves_the_file_it_was_to_replace_as_it_was(monkey
 
 def test_the_sidecar_says_how_a_3d_model_tiles_a_volume(vae_model):
     """A deployment must tile a 3D model's input as the library does to reproduce its anomaly maps."""
-    from MedAutoencoderLib.checkpoint import ModelRecord
     from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig
-    from MedAutoencoderLib.export import sidecar
+    from MedAutoencoderLib.io.checkpoint import ModelRecord
+    from MedAutoencoderLib.io.export import sidecar
 
     record = ModelRecord(model=ModelConfig(name="dae", spatial_dims=3, channels=(8, 16), patch_size=(16, 16, 24)),
                          preprocess=PreprocessConfig(), detection=DetectionConfig())

@@ -55,14 +55,14 @@ def listed_paths(path: Path) -> list:
 def test_every_library_file_is_listed_in_its_cmakelists():
     tokens = cmake_tokens(LIB / "CMakeLists.txt")
     missing = [f for f in library_files() if f not in tokens]
-    assert not missing, ("not installed with the extension (run Testing/update_library_cmakelists.py): "
+    assert not missing, ("not installed with the extension (run scripts/update_library_cmakelists.py): "
                          + ", ".join(missing))
 
 
 def test_every_file_listed_for_the_library_exists():
     missing = [f for f in listed_paths(LIB / "CMakeLists.txt") if not (LIB / f).is_file()]
     assert not missing, (f"listed in MedAutoencoderLib/CMakeLists.txt but absent, which breaks the build "
-                         f"(run Testing/update_library_cmakelists.py): {missing}")
+                         f"(run scripts/update_library_cmakelists.py): {missing}")
 
 
 def test_library_is_built_as_a_package_subdirectory():

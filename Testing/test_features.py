@@ -7,12 +7,12 @@ import csv
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import toy
-from MedAutoencoderLib.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
-from MedAutoencoderLib.cli import main
+
+from MedAutoencoderLib.analysis.classification import ClassifyConfig, cross_validate, labelled_features, read_labels
+from MedAutoencoderLib.analysis.features import VOLUME_ROW, FeatureTable, read_features, write_features
+from MedAutoencoderLib.cli.commands import main
 from MedAutoencoderLib.errors import ConfigurationError
-from MedAutoencoderLib.features import VOLUME_ROW, FeatureTable, read_features, write_features
 
 PER_GROUP = 4
 

@@ -1,4 +1,4 @@
-"""Reading, checking and writing volumes (MedAutoencoderLib.io) on real files."""
+"""Reading, checking and writing volumes (MedAutoencoderLib.io.volumes) on real files."""
 from __future__ import annotations
 
 import gzip
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import toy
+
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.io import (
+from MedAutoencoderLib.io.volumes import (
     check_volume_header,
     find_volumes,
     output_path,
@@ -241,7 +241,7 @@ def _with_sform_moved(path: Path, shift_mm: float) -> Path:
 def test_a_nifti_whose_sform_places_it_elsewhere_than_itk_does_carries_a_warning(tmp_path):
     """ITK places such a volume by its qform, FSL and nibabel by its sform: outputs (ITK's placement in both)
     then appear shifted against the input there, which nothing said."""
-    from MedAutoencoderLib.io import GEOMETRY_WARNING_KEY
+    from MedAutoencoderLib.io.volumes import GEOMETRY_WARNING_KEY
 
     same = read_image(_write(toy(4), tmp_path / "same.nii"))
     assert not same.HasMetaDataKey(GEOMETRY_WARNING_KEY)
@@ -364,7 +364,7 @@ def test_pending_outputs_get_their_names_once_all_are_written_or_are_removed(tmp
     from concurrent.futures import ThreadPoolExecutor
 
     from MedAutoencoderLib.errors import OutputLocationError
-    from MedAutoencoderLib.outputs import PendingOutputs
+    from MedAutoencoderLib.io.outputs import PendingOutputs
 
     def write(text):
         def to(path):
@@ -417,7 +417,7 @@ def test_pending_outputs_settle_once_when_the_last_write_and_close_race(tmp_path
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    from MedAutoencoderLib.outputs import PendingOutputs
+    from MedAutoencoderLib.io.outputs import PendingOutputs
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from MedAutoencoderLib import jobs
+from MedAutoencoderLib.worker import jobs
 
 
 def python_script(code: str) -> list:
@@ -212,8 +212,8 @@ def test_real_detection_worker_writes_outputs_on_input_grid(tmp_path, tiny_model
     import numpy as np
     import SimpleITK as sitk
 
-    from MedAutoencoderLib import slicer_bridge
-    from MedAutoencoderLib.synthetic import toy_volume
+    from MedAutoencoderLib.data.synthetic import toy_volume
+    from MedAutoencoderLib.slicer import bridge as slicer_bridge
 
     direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
     image = toy_volume(np.random.default_rng(11), shape=(30, 28, 20), spacing=(1.1, 0.9, 2.2), direction=direction)

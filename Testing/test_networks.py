@@ -7,9 +7,9 @@ import torch
 
 from MedAutoencoderLib.config import ModelConfig
 from MedAutoencoderLib.errors import ConfigurationError
-from MedAutoencoderLib.losses import AutoencoderLoss, reconstruction_from_output, sparsity_penalty
-from MedAutoencoderLib.networks import build_network
-from MedAutoencoderLib.noise import coarse_noise, corrupt
+from MedAutoencoderLib.networks.autoencoders import build_network
+from MedAutoencoderLib.networks.losses import AutoencoderLoss, reconstruction_from_output, sparsity_penalty
+from MedAutoencoderLib.networks.noise import coarse_noise, corrupt
 
 
 def tiny(name: str, dims: int = 2, **kw) -> ModelConfig:

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 import SimpleITK as sitk
-
 from conftest import brain_scans
-from MedAutoencoderLib.synthetic import load_template
+
+from MedAutoencoderLib.data.template import load_template
 
 PROBE = """
 import resource, sys
-from MedAutoencoderLib import cli
+from MedAutoencoderLib.cli import commands as cli
 import MedAutoencoderLib.api, torch  # the imports first: only the detection runs under the limit
 with open("/proc/self/status") as status:
     size = int(next(line for line in status if line.startswith("VmSize")).split()[1]) * 1024

@@ -1,16 +1,22 @@
-"""Model grid, foreground and normalisation (MedAutoencoderLib.preprocessing)."""
+"""Model grid, foreground and normalisation (MedAutoencoderLib.preprocessing.prepare)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import oblique_direction, organ_mask, rotation_z, toy
 from scipy import ndimage
 
-from conftest import oblique_direction, organ_mask, rotation_z, toy
-from MedAutoencoderLib import morphology
 from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.preprocessing import erode_mask, fill_holes_per_slice, normalise, otsu_foreground, prepare_volume
+from MedAutoencoderLib.preprocessing import morphology
+from MedAutoencoderLib.preprocessing.prepare import (
+    erode_mask,
+    fill_holes_per_slice,
+    normalise,
+    otsu_foreground,
+    prepare_volume,
+)
 
 # 64 mm of model grid (finer than the input, so little is lost by resampling) hold the whole toy organ of any cohort geometry
 COVERING = PreprocessConfig(spacing=(1.0, 1.0, 1.0), size=(64, 64, 64))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-
-from MedAutoencoderLib import api
-from MedAutoencoderLib.api import detect_files
-from MedAutoencoderLib.read_ahead import prepared_in_order
 from test_user_errors import run_cli
+
+from MedAutoencoderLib.api import detect_files
+from MedAutoencoderLib.detection import pipeline
+from MedAutoencoderLib.detection.read_ahead import prepared_in_order
 
 
 def slow_square(item: int) -> int:
@@ -116,13 +116,13 @@ def test_each_volume_is_announced_before_it_is_read_and_prepared(monkeypatch, tm
     """A user watching the progress sees the volume being worked on, not the previous one's score, while the
     slow preparation (registration) of the next one runs."""
     log = []
-    real_prepared_input = api._prepared_input
+    real_prepared_input = pipeline._prepared_input
 
     def prepared_input(path, preprocess):
         log.append(f"prepare {Path(path).name}")
         return real_prepared_input(path, preprocess)
 
-    monkeypatch.setattr(api, "_prepared_input", prepared_input)
+    monkeypatch.setattr(pipeline, "_prepared_input", prepared_input)
     inputs = []
     for name in ("a.nii.gz", "b.nii.gz"):
         shutil.copy(lesion_case["image_path"], tmp_path / name)
@@ -136,7 +136,7 @@ def test_each_volume_is_announced_before_it_is_read_and_prepared(monkeypatch, tm
 def test_a_volume_is_freed_before_the_next_one_is_prepared(monkeypatch, tmp_path, lesion_case, dae_model):
     """One after the other, a batch holds one prepared volume (the input and its model-grid arrays) at a time."""
     volumes, alive_when_preparing = [], []
-    real_prepared_input = api._prepared_input
+    real_prepared_input = pipeline._prepared_input
 
     def prepared_input(path, preprocess):
         alive_when_preparing.append(sum(ref() is not None for ref in volumes))
@@ -144,7 +144,7 @@ def test_a_volume_is_freed_before_the_next_one_is_prepared(monkeypatch, tmp_path
         volumes.append(weakref.ref(volume))
         return volume
 
-    monkeypatch.setattr(api, "_prepared_input", prepared_input)
+    monkeypatch.setattr(pipeline, "_prepared_input", prepared_input)
     inputs = [lesion_case["image_path"], lesion_case["healthy_path"], tmp_path / "third.nii.gz"]
     shutil.copy(lesion_case["image_path"], inputs[2])
     detect_files(inputs, tmp_path / "out", dae_model)

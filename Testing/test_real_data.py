@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedAutoencoderLib import brain_mask
 from MedAutoencoderLib.api import load_model, run_detection
-from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
+from MedAutoencoderLib.brain import registration as brain_mask
+from MedAutoencoderLib.brain.registration import template_brain_mask_on, template_to_image_transform
+from MedAutoencoderLib.data.synthetic import tilted_copy
+from MedAutoencoderLib.detection.evaluation import dice, voxel_metrics
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.evaluation import dice, voxel_metrics
-from MedAutoencoderLib.io import read_image
-from MedAutoencoderLib.preprocessing import otsu_foreground
-from MedAutoencoderLib.synthetic import tilted_copy
+from MedAutoencoderLib.io.volumes import read_image
+from MedAutoencoderLib.preprocessing.prepare import otsu_foreground
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
@@ -77,7 +77,7 @@ def test_a_head_mri_stored_with_its_background_at_minus_1024_is_not_taken_for_a_
     tissue spreads over the whole range instead of gathering near 0 HU (refused as a CT before: 50 % of the
     voxels near -1000, 13 % near 0)."""
     from MedAutoencoderLib.config import PreprocessConfig
-    from MedAutoencoderLib.preprocessing import prepare_volume
+    from MedAutoencoderLib.preprocessing.prepare import prepare_volume
 
     offset = sitk.Cast(head, sitk.sitkFloat32) * 10.0 - 1024.0
     prepared = prepare_volume(offset, PreprocessConfig(foreground="template"), name="offset.nii.gz")
@@ -92,7 +92,7 @@ def test_no_mri_scaled_to_any_intensity_is_taken_for_a_ct_stored_without_its_res
     """A CT stored as HU + 1024 has its air at 0 like an MRI's background, so an MRI whose tissue happens to lie
     near 1024 must not be refused: each real scan is scaled so that each of its tissue's percentiles (2-98) in
     turn lies at 1024 (its soft-tissue share then reaches up to 48 %, but never with a skull)."""
-    from MedAutoencoderLib.preprocessing import _require_not_ct
+    from MedAutoencoderLib.preprocessing.prepare import _require_not_ct
 
     values = sitk.GetArrayFromImage(read_image(SHARED_DATA / f"{scan}.nii.gz")).astype(np.float32)
     tissue = values[values > np.percentile(values, 1)]
@@ -104,7 +104,7 @@ def test_a_t2_scan_is_not_taken_for_a_phantom_by_a_z_scored_brain_model():
     """The tissue-contrast check is measured above the background, not on the normalised intensities: z-scored
     inside the brain, a T2's median is below 0 (-0.3) and the check called it 0 % contrast."""
     from MedAutoencoderLib.config import PreprocessConfig
-    from MedAutoencoderLib.preprocessing import prepare_volume
+    from MedAutoencoderLib.preprocessing.prepare import prepare_volume
 
     scan = read_image(SHARED_DATA / "brats_glioma_case" / "t2w.nii.gz")
     prepared = prepare_volume(scan, PreprocessConfig(foreground="template", normalization="zscore"))

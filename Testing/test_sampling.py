@@ -5,14 +5,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from MedAutoencoderLib.analysis.generation import central_slice_code, sample_prior
 from MedAutoencoderLib.api import load_model
-from MedAutoencoderLib.checkpoint import ModelRecord, save_model
-from MedAutoencoderLib.cli import main
+from MedAutoencoderLib.cli.commands import main
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig
-from MedAutoencoderLib.generation import central_slice_code, sample_prior
-from MedAutoencoderLib.io import read_image
-from MedAutoencoderLib.latent import decode_codes
-from MedAutoencoderLib.networks import build_network
+from MedAutoencoderLib.io.checkpoint import ModelRecord, save_model
+from MedAutoencoderLib.io.volumes import read_image
+from MedAutoencoderLib.networks.autoencoders import build_network
+from MedAutoencoderLib.networks.latent import decode_codes
 
 
 def untrained_model_file(path, name: str):

@@ -16,7 +16,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not available for 
 vtk = pytest.importorskip("vtk")
 slicer_util = pytest.importorskip("slicer.util")
 
-from MedAutoencoderLib import slicer_bridge  # noqa: E402
+from MedAutoencoderLib.slicer import bridge as slicer_bridge  # noqa: E402
 
 SHAPE_KJI = (6, 7, 8)
 SPACING = (0.7, 1.3, 2.5)
@@ -87,7 +87,7 @@ def input_node(scene):
 @pytest.fixture()
 def organ_node(scene):
     """A rotated, anisotropic volume with an organ in it (detection needs a foreground), under a transform."""
-    from MedAutoencoderLib.synthetic import toy_volume
+    from MedAutoencoderLib.data.synthetic import toy_volume
 
     voxels = sitk.GetArrayFromImage(toy_volume(np.random.default_rng(1), shape=(28, 24, 20)))
     node = slicer_util.addVolumeFromArray(voxels, ijk_to_ras_array(), "patient T1")
@@ -297,7 +297,7 @@ def test_detect_in_process_puts_outputs_on_input_geometry(organ_node, tiny_model
 def test_detect_through_worker_process_like_the_module(tmp_path, scene, organ_node, tiny_model_path):
     import sys
 
-    from MedAutoencoderLib import jobs
+    from MedAutoencoderLib.worker import jobs
 
     input_path = slicer_bridge.write_volume_for_worker(organ_node, str(tmp_path / "input.nrrd"))
     command = jobs.detect_command(sys.executable, [input_path], str(tmp_path / "outputs"),
@@ -328,7 +328,7 @@ def test_a_volume_under_a_transform_is_analysed_where_it_is_shown(scene, tiny_mo
     volume where the user sees it. Outputs keep the node's own geometry under the same transform."""
     from MedAutoencoderLib import api
     from MedAutoencoderLib.config import DetectOptions
-    from MedAutoencoderLib.synthetic import toy_volume
+    from MedAutoencoderLib.data.synthetic import toy_volume
 
     voxels = sitk.GetArrayFromImage(toy_volume(np.random.default_rng(1), shape=(28, 24, 20)))
     geometry = np.diag([1.0, 1.2, 1.5, 1.0])

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedAutoencoderLib import jobs, slicer_bridge
-from MedAutoencoderLib.serve import request_arguments
-from MedAutoencoderLib.standby import StandbyWorker
-from MedAutoencoderLib.synthetic import toy_volume
+from MedAutoencoderLib.data.synthetic import toy_volume
+from MedAutoencoderLib.slicer import bridge as slicer_bridge
+from MedAutoencoderLib.worker import jobs
+from MedAutoencoderLib.worker.serve import request_arguments
+from MedAutoencoderLib.worker.standby import StandbyWorker
 
 
 @pytest.fixture(scope="session")

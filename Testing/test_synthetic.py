@@ -1,4 +1,4 @@
-"""Tests of the synthetic data generator (MedAutoencoderLib.synthetic).
+"""Tests of the synthetic data generator (MedAutoencoderLib.data.synthetic).
 
 Most tests use the template shrunk to 2 mm and coarse output grids so that the file runs in seconds; one
 test checks the real template and its brain mask.
@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedAutoencoderLib import synthetic
+from MedAutoencoderLib.data import synthetic
+from MedAutoencoderLib.data import template as bundled_template
 from MedAutoencoderLib.errors import ConfigurationError, InputImageError, OutputExistsError
 
 # Coarse acquisition grids (2-2.6 mm) keep each subject well under 10^6 voxels.
@@ -23,7 +24,7 @@ def array_of(image: sitk.Image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def full_template() -> sitk.Image:
-    return synthetic.load_template()
+    return bundled_template.load_template()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def template(full_template: sitk.Image) -> sitk.Image:
 
 @pytest.fixture(scope="module")
 def template_mask(template: sitk.Image) -> sitk.Image:
-    return synthetic.template_brain_mask(template)
+    return bundled_template.template_brain_mask(template)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +50,14 @@ def subject(template: sitk.Image, template_mask: sitk.Image) -> tuple[sitk.Image
 def test_template_is_bundled_mni_t1_with_a_filled_brain_mask(full_template: sitk.Image) -> None:
     assert full_template.GetSize() == (197, 233, 189)
     assert full_template.GetPixelID() == sitk.sitkFloat32
-    mask = synthetic.template_brain_mask(full_template)
+    mask = bundled_template.template_brain_mask(full_template)
     assert mask.GetPixelID() == sitk.sitkUInt8
     mask_array = array_of(mask)
     assert set(np.unique(mask_array)) == {0, 1}
     assert 0.15 < mask_array.mean() < 0.30  # the brain is about a fifth of the template box
     assert np.array_equal(ndimage.binary_fill_holes(mask_array), mask_array.astype(bool))
     assert ndimage.label(mask_array)[1] == 1
-    assert (synthetic.TEMPLATE_PATH.parent / "NOTICE_MNI_ICBM152.txt").is_file()
+    assert (bundled_template.TEMPLATE_PATH.parent / "NOTICE_MNI_ICBM152.txt").is_file()
 
 
 # ---------------------------------------------------------------------------------------- healthy subjects
@@ -99,7 +100,7 @@ def test_healthy_subject_grid_covers_the_head_and_mask_follows_the_anatomy(
              brain_array[..., -1]]
     assert not any(face.any() for face in faces), "the field of view cuts the brain"
     brain_volume_ml = brain_array.sum() * np.prod(image.GetSpacing()) / 1000
-    template_volume_ml = array_of(synthetic.template_brain_mask(template)).sum() * 8 / 1000
+    template_volume_ml = array_of(bundled_template.template_brain_mask(template)).sum() * 8 / 1000
     assert 0.7 < brain_volume_ml / template_volume_ml < 1.3  # scaling is at most 8 % per axis
     values = array_of(image)
     assert np.median(values[brain_array]) > 5 * np.median(values[~brain_array])
@@ -250,7 +251,7 @@ def test_toy_volume_geometry_and_content() -> None:
 
 def test_lesion_in_oblique_toy_volume_stays_in_the_organ() -> None:
     toy = synthetic.toy_volume(np.random.default_rng(1), direction=OBLIQUE)
-    organ = synthetic.template_brain_mask(toy)
+    organ = bundled_template.template_brain_mask(toy)
     for kind in synthetic.LESION_KINDS:
         lesioned, mask = synthetic.insert_lesion(toy, organ, kind, np.random.default_rng(2))
         mask_array = array_of(mask)

@@ -1,4 +1,4 @@
-"""The waiting thread pool (MedAutoencoderLib.threads): no thread outlives it, also when its wait is interrupted."""
+"""The waiting thread pool (MedAutoencoderLib.runtime.threads): no thread outlives it, also when its wait is interrupted."""
 from __future__ import annotations
 
 import signal
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from MedAutoencoderLib.threads import WaitingThreadPool
+from MedAutoencoderLib.runtime.threads import WaitingThreadPool
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="Windows has no pthread_kill")

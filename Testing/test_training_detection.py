@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import tiny_train_config, toy
+
 from MedAutoencoderLib.api import OUTPUT_KINDS, detect_files, load_model, run_detection
-from MedAutoencoderLib.checkpoint import FORMAT_VERSION, read_model_file
 from MedAutoencoderLib.config import DetectionConfig, DetectOptions, ModelConfig
-from MedAutoencoderLib.errors import (Cancelled, ConfigurationError, InputImageError, ModelFileError,
-                                     OutputExistsError)
-from MedAutoencoderLib.evaluation import voxel_metrics
-from MedAutoencoderLib.io import read_image
-from MedAutoencoderLib.training import Trainer, split_volumes
+from MedAutoencoderLib.detection.evaluation import voxel_metrics
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError, InputImageError, ModelFileError, OutputExistsError
+from MedAutoencoderLib.io.checkpoint import FORMAT_VERSION, read_model_file
+from MedAutoencoderLib.io.volumes import read_image
+from MedAutoencoderLib.training.trainer import Trainer, split_volumes
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -194,8 +193,8 @@ def test_a_calibration_that_fails_after_training_says_where_the_model_is(toy_coh
                                                                          ae_model_path):
     """The error of a calibration that failed (the held-out volumes out of memory, say) did not mention the
     trained model kept in <name>.unfinished.pt beside the untouched --out."""
-    from MedAutoencoderLib import training
     from MedAutoencoderLib.errors import OutOfMemoryError
+    from MedAutoencoderLib.training import trainer as training
 
     def out_of_memory(*args, **kwargs):
         raise OutOfMemoryError("the GPU ran out of memory scoring a held-out volume")
@@ -308,7 +307,7 @@ def test_a_batch_writes_each_output_straight_under_its_hidden_name_without_a_sec
         monkeypatch, dae_model, lesion_case, tmp_path):
     """Each output's hidden name (outputs.pending_path) is already a temporary one; a second temporary name
     inside it made every name about 30 characters longer, which reaches Windows' 260-character limit sooner."""
-    from MedAutoencoderLib.outputs import pending_path
+    from MedAutoencoderLib.io.outputs import pending_path
 
     written_by_itk = []
     real_write = sitk.WriteImage

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import TOY_SPACING, tiny_train_config
-from MedAutoencoderLib import api, cli, synthetic
-from MedAutoencoderLib.api import detect_image, load_model
-from MedAutoencoderLib.checkpoint import save_model
-from MedAutoencoderLib.config import DetectOptions, ModelConfig, PreprocessConfig
-from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
 
+from MedAutoencoderLib.api import detect_image, load_model
+from MedAutoencoderLib.cli import commands as cli
+from MedAutoencoderLib.config import DetectOptions, ModelConfig, PreprocessConfig
+from MedAutoencoderLib.data import synthetic
+from MedAutoencoderLib.detection import pipeline
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
+from MedAutoencoderLib.io.checkpoint import save_model
 
 TINY_TRAIN = ["--model", "ae", "--channels", "8", "16", "--epochs", "1", "--device", "cpu"]
 TINY_GRID = ["--size", "32", "32", "32"]
@@ -97,14 +98,14 @@ def test_keep_going_skips_a_failing_volume_lists_it_and_finishes_the_batch(capsy
 def fail_scoring_of(monkeypatch, name: str) -> None:
     """A defect in scoring one volume (after its reconstruction was handed to the writers): no real input
     triggers one, so it is injected."""
-    real_score_volume = api.score_volume
+    real_score_volume = pipeline.score_volume
 
     def score_volume(prepared, *args):
         if Path(prepared.name).name == name:
             raise ValueError("injected defect")
         return real_score_volume(prepared, *args)
 
-    monkeypatch.setattr(api, "score_volume", score_volume)
+    monkeypatch.setattr(pipeline, "score_volume", score_volume)
 
 
 def test_a_defect_in_a_batch_says_where_it_stopped_and_leaves_the_earlier_run_of_that_volume_whole(

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib import jobs
-from MedAutoencoderLib.synthetic import toy_volume
+from MedAutoencoderLib.data.synthetic import toy_volume
+from MedAutoencoderLib.worker import jobs
 
 #: ``train`` options that make a model in seconds on a CPU (tiny grid, two levels of four and eight features).
 TINY_TRAIN_ARGUMENTS = ["--size", "32", "32", "24", "--spacing", "2", "2", "2", "--channels", "4", "8"]

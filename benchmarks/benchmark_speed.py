@@ -6,7 +6,7 @@ would write without tuning: ``LoadImage`` -> ``Orientation`` -> ``Spacing`` -> `
 ``AutoEncoder`` through ``sliding_window_inference`` -> |x - x_hat| -> resample back -> write. Prints medians of
 several runs, the ratio, training throughput and the process's peak resident memory. The plain pipeline runs
 first with glibc's default allocator, as a MONAI user's script would; then the allocator is set as
-``python -m MedAutoencoderLib`` sets it (:mod:`MedAutoencoderLib.allocator`) for ours, and the plain pipeline
+``python -m MedAutoencoderLib`` sets it (:mod:`MedAutoencoderLib.runtime.allocator`) for ours, and the plain pipeline
 runs once more with that setting too, for a like-for-like ratio. Last, whole one-volume command-line processes are
 timed, as each Slicer job ran before the standby worker (imports and first-use costs included), and detections
 sent to a standby worker (``python -m MedAutoencoderLib serve``), as the Slicer module now runs them.
@@ -32,12 +32,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
 from MedAutoencoderLib.api import DEFAULT_MODEL, OUTPUT_KINDS, LoadedModel, detect_files, load_model
 from MedAutoencoderLib.config import DetectOptions, ModelConfig, PreprocessConfig, TrainConfig
-from MedAutoencoderLib.io import read_image, write_image
-from MedAutoencoderLib.preprocessing import prepare_volume
-from MedAutoencoderLib.synthetic import load_template
+from MedAutoencoderLib.data.template import load_template
+from MedAutoencoderLib.io.volumes import read_image, write_image
+from MedAutoencoderLib.preprocessing.prepare import prepare_volume
+from MedAutoencoderLib.runtime.allocator import keep_freed_memory_for_reuse
 
 
 def benchmark_volume(path: Path) -> Path:
@@ -98,9 +98,9 @@ def timed(function: Callable[[], None], repeats: int) -> List[float]:
 def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int) -> Dict[str, float]:
     """Median seconds of each stage of our detection, run one after another (the end-to-end run overlaps the
     writes with scoring; here each is timed alone)."""
-    from MedAutoencoderLib.brain_mask import template_to_image_transform
-    from MedAutoencoderLib.detection import finish_detection, reconstruction_on_input_grid, score_volume
-    from MedAutoencoderLib.inference import reconstruct
+    from MedAutoencoderLib.brain.registration import template_to_image_transform
+    from MedAutoencoderLib.detection.inference import reconstruct
+    from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
 
     record, times = model.record, {}
 
@@ -146,8 +146,9 @@ def standby_worker_seconds(volume: Path, out_dir: Path, device: str, repeats: in
     hands it over (uncompressed NRRD), the module's arguments sent to a standby worker (``python -m
     MedAutoencoderLib serve``), and its outputs read back; the first one sent as the worker starts, then
     ``repeats`` more to the started worker."""
-    from MedAutoencoderLib import jobs, slicer_bridge
-    from MedAutoencoderLib.standby import StandbyWorker
+    from MedAutoencoderLib.slicer import bridge as slicer_bridge
+    from MedAutoencoderLib.worker import jobs
+    from MedAutoencoderLib.worker.standby import StandbyWorker
 
     handed_over = out_dir / "input.nrrd"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,7 @@ def cohort_seconds_per_volume(volume: Path, folder: Path, model: LoadedModel, co
 
 def training_throughput(folder: Path, device: str) -> float:
     """Slices per second of the default DAE's training loop (one epoch on one volume, augmentation on)."""
-    from MedAutoencoderLib.training import Trainer
+    from MedAutoencoderLib.training.trainer import Trainer
 
     config = TrainConfig(data=[str(folder / "volume.nii.gz")], out=str(folder / "speed.pt"), overwrite=True,
                          model=ModelConfig(name="dae", channels=(16, 32, 64, 128)), preprocess=PreprocessConfig(),

@@ -16,10 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAutoencoderLib.api import load_model, run_detection
-from MedAutoencoderLib.detection import threshold_mask
-from MedAutoencoderLib.evaluation import dice
-from MedAutoencoderLib.io import find_volumes, read_image
-from MedAutoencoderLib.synthetic import LESION_KINDS, make_cohort
+from MedAutoencoderLib.data.synthetic import LESION_KINDS, make_cohort
+from MedAutoencoderLib.detection.evaluation import dice
+from MedAutoencoderLib.detection.scoring import threshold_mask
+from MedAutoencoderLib.io.volumes import find_volumes, read_image
 
 TARGET_FPRS = (0.005, 0.002, 0.001, 0.0005, 0.0002)
 MIN_COMPONENT_ML = (0.05, 0.2, 0.5)

@@ -1,7 +1,7 @@
 """Evaluation harness: synthetic lesions on real anatomy, per anomaly type, plus the real labelled scans.
 
 Synthetic part: subjects generated from the bundled MNI template on random grids and orientations, one lesion
-each, cycling through every kind of :data:`MedAutoencoderLib.synthetic.LESION_KINDS`, plus healthy controls.
+each, cycling through every kind of :data:`MedAutoencoderLib.data.synthetic.LESION_KINDS`, plus healthy controls.
 Real part (when ``../shared/data`` exists): the BraTS glioma T1 (``t1n``, whole tumour as truth) and the MS
 patient T1 (expert lesion mask). Each table has the intensity baseline (|robust z|) beside the model.
 
@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
 from MedAutoencoderLib.api import load_model
 from MedAutoencoderLib.config import PRECISIONS, DetectOptions
-from MedAutoencoderLib.evaluation import evaluate_model, format_report
-from MedAutoencoderLib.synthetic import LESION_KINDS, make_cohort
+from MedAutoencoderLib.data.synthetic import LESION_KINDS, make_cohort
+from MedAutoencoderLib.detection.evaluation import evaluate_model, format_report
+from MedAutoencoderLib.runtime.allocator import keep_freed_memory_for_reuse
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_CASES = {

@@ -20,10 +20,10 @@ from typing import List
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
-from MedAutoencoderLib.evaluation import dice
-from MedAutoencoderLib.io import read_image
-from MedAutoencoderLib.synthetic import tilted_copy
+from MedAutoencoderLib.brain.registration import template_brain_mask_on, template_to_image_transform
+from MedAutoencoderLib.data.synthetic import tilted_copy
+from MedAutoencoderLib.detection.evaluation import dice
+from MedAutoencoderLib.io.volumes import read_image
 
 SCANS = {  # label: (file under --data, skull-stripped: its non-zero voxels are its brain)
     "healthy head with skull, T1": ("healthy_t1_head/chris_t1.nii.gz", False),

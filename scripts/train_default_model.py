@@ -1,7 +1,7 @@
 """Train the bundled default brain T1 model (reproducible, seeded) and evaluate it on synthetic lesions.
 
 Healthy training data: subjects generated from the bundled MNI ICBM152 2009a template with anatomical, contrast
-and acquisition variation (:mod:`MedAutoencoderLib.synthetic`); evaluation data: other generated subjects
+and acquisition variation (:mod:`MedAutoencoderLib.data.synthetic`); evaluation data: other generated subjects
 with synthetic lesions of every kind, plus healthy controls. Writes the model, its evaluation report and
 the timing of detection into ``--out-dir``.
 
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib.allocator import keep_freed_memory_for_reuse
 from MedAutoencoderLib.api import calibrate_model, detect_image, load_model, train_model
 from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, TrainConfig
-from MedAutoencoderLib.evaluation import evaluate_model, format_report
-from MedAutoencoderLib.synthetic import make_cohort
+from MedAutoencoderLib.data.synthetic import make_cohort
+from MedAutoencoderLib.detection.evaluation import evaluate_model, format_report
+from MedAutoencoderLib.runtime.allocator import keep_freed_memory_for_reuse
 
 
 def _cohort(job: tuple) -> list:

@@ -1,0 +1,12 @@
+"""Brain masks of head scans: registration of the bundled template.
+
+Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
+"""
+from __future__ import annotations
+
+from MedAutoencoderLib._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "registration": ["DEFAULT_SEED", "coarse_copy", "template_brain_centroid", "prepare_registration_template",
+        "template_match", "brain_share_outside_view", "template_to_image_transform", "template_brain_mask_on"],
+})

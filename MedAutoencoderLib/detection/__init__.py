@@ -1,0 +1,22 @@
+"""Detection: reconstruction, scoring, median filter, batch detection of files, read-ahead and evaluation.
+
+Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
+"""
+from __future__ import annotations
+
+from MedAutoencoderLib._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "evaluation": ["curve_points", "voxel_metrics", "dice", "robust_z_baseline", "reconstruction_quality",
+        "pair_images_with_masks", "mask_on_grid", "finite_or_none", "PooledScores", "evaluate_model", "sample_auroc",
+        "summarise", "format_report"],
+    "inference": ["WINDOW_OVERLAP", "WINDOW_BLEND", "foreground_slices", "reconstruct"],
+    "median": ["median_network", "in_plane_median"],
+    "pipeline": ["DetectionRun", "OutputCallback", "run_detection", "detect_prepared", "detect_image",
+        "detect_files", "detection_targets"],
+    "read_ahead": ["prepared_in_order"],
+    "scoring": ["ScoredVolume", "DetectionResult", "structural_dissimilarity", "scoring_region",
+        "require_scoring_region", "score_volume", "reconstruct_and_score", "calibrate_threshold", "anomaly_score",
+        "voxel_volume_ml", "threshold_mask", "describe_components", "reconstruction_on_input_grid",
+        "finish_detection"],
+})

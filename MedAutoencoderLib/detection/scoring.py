@@ -1,0 +1,201 @@
+"""From a reconstruction to an anomaly map, a labelmap and a summary.
+
+Post-processing follows what works in the literature (Baur et al. 2021; Kascenas et al. 2022; Meissen et al.
+2021): the residual is scored only inside an eroded foreground (edges reconstruct badly), median filtered in
+plane, and thresholded at a value calibrated on healthy validation volumes alone for a stated voxel
+false-positive rate; connected components smaller than a physical volume are removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+from torch import nn
+
+from MedAutoencoderLib.config import DetectionConfig, ModelConfig
+from MedAutoencoderLib.detection.inference import reconstruct
+from MedAutoencoderLib.detection.median import in_plane_median
+from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.io.volumes import GEOMETRY_WARNING_KEY
+from MedAutoencoderLib.preprocessing.prepare import PreparedVolume, erode_mask
+
+_TOP_SHARE_FOR_SCORE = 0.001  # the volume's anomaly score is the mean of its highest 0.1 % map values
+
+
+@dataclass
+class ScoredVolume:
+    """Anomaly evidence on the model grid, before thresholding."""
+
+    score_map: np.ndarray  # (z, y, x) float32, zero outside ``region``
+    region: np.ndarray  # (z, y, x) bool: eroded foreground, where scores count
+
+    def values(self) -> np.ndarray:
+        return self.score_map[self.region]
+
+
+@dataclass
+class DetectionResult:
+    """Outputs of one volume, all on the input's own grid."""
+
+    reconstruction: sitk.Image
+    anomaly_map: sitk.Image
+    anomaly_mask: sitk.Image
+    summary: Dict[str, Any]
+
+
+def structural_dissimilarity(image: np.ndarray, reconstruction: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """1 - local SSIM per axial slice (Gaussian window), for anomalies that change texture more than intensity.
+
+    Written with scipy filters because MONAI's SSIM returns a map cropped by the window (valid convolution),
+    which would not line up with the volume."""
+    blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma, sigma), mode="nearest")  # noqa: E731
+    c1, c2 = 0.01 ** 2, 0.03 ** 2  # data range 1: intensities are normalised
+    mu_x, mu_y = blur(image), blur(reconstruction)
+    var_x = blur(image * image) - mu_x ** 2
+    var_y = blur(reconstruction * reconstruction) - mu_y ** 2
+    cov = blur(image * reconstruction) - mu_x * mu_y
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return (1.0 - ssim).astype(np.float32)
+
+
+def scoring_region(prepared: PreparedVolume, config: DetectionConfig) -> np.ndarray:
+    """The foreground eroded by ``config.mask_erosion_mm``: where scores count (edges reconstruct badly)."""
+    return erode_mask(prepared.foreground, config.mask_erosion_mm, prepared.grid.GetSpacing())
+
+
+def require_scoring_region(prepared: PreparedVolume, config: DetectionConfig) -> None:
+    """Refuse a healthy volume that leaves nothing to score before it is used for calibration: the threshold is
+    a quantile of its scored voxels, and an empty set would only fail when calibration comes, after training."""
+    if not scoring_region(prepared, config).any():
+        raise InputImageError(
+            f"{prepared.name}: nothing is left to score: the scoring region (its foreground on the model grid less "
+            f"a {config.mask_erosion_mm:g} mm border) is empty; a slab this thin, or a model grid this small for the "
+            "object, cannot calibrate a threshold")
+
+
+def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: DetectionConfig) -> ScoredVolume:
+    """Residual (signed as configured) or structural dissimilarity, median filtered per slice, inside the
+    eroded foreground."""
+    residual = prepared.image - reconstruction
+    if config.score == "ssim":
+        residual = structural_dissimilarity(prepared.image, reconstruction)
+    elif config.residual == "abs":
+        residual = np.abs(residual)
+    elif config.residual == "positive":
+        residual = np.maximum(residual, 0.0)
+    else:
+        residual = np.maximum(-residual, 0.0)
+    region = scoring_region(prepared, config)
+    score_map = np.zeros_like(residual)
+    box = ndimage.find_objects(region.astype(np.uint8))
+    if box:  # filter only the region's bounding box: a third of the grid for a brain
+        box = box[0]
+        score_map[box] = in_plane_median(residual[box], config.median_size)
+    score_map[~region] = 0.0
+    return ScoredVolume(score_map=score_map.astype(np.float32, copy=False), region=region)
+
+
+def reconstruct_and_score(network: nn.Module, prepared: PreparedVolume, model: ModelConfig,
+                          config: DetectionConfig, device: torch.device, precision: str = "auto",
+                          ) -> Tuple[np.ndarray, ScoredVolume]:
+    """The network's reconstruction of a prepared volume and its anomaly scores, both on the model grid, as
+    training-time calibration and recalibration need them (detection runs the same two steps with a write
+    in between)."""
+    reconstruction = reconstruct(network, prepared, model, config.batch_size, device, precision)
+    return reconstruction, score_volume(prepared, reconstruction, config)
+
+
+def calibrate_threshold(healthy: Sequence[ScoredVolume], target_fpr: float) -> Dict[str, Any]:
+    """The value exceeded by ``target_fpr`` of the scored voxels of healthy volumes (pooled)."""
+    values = np.concatenate([v.values() for v in healthy])
+    threshold = float(np.quantile(values, 1.0 - target_fpr))
+    return {"threshold": threshold, "target_fpr": target_fpr, "healthy_volumes": len(healthy),
+            "healthy_voxels": int(values.size), "healthy_p50": float(np.median(values))}
+
+
+def anomaly_score(scored: ScoredVolume) -> float:
+    """Per-volume score: the mean of the highest 0.1 % of scores in the region (robust to single voxels)."""
+    values = scored.values()
+    if values.size == 0:
+        return 0.0
+    k = max(1, int(round(values.size * _TOP_SHARE_FOR_SCORE)))
+    return float(np.partition(values, values.size - k)[-k:].mean())
+
+
+def _component_labels(mask: sitk.Image, min_voxels: int = 0) -> sitk.Image:
+    """Connected components (full connectivity) numbered largest first, those under ``min_voxels`` removed."""
+    return sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), minimumObjectSize=min_voxels,
+                                 sortByObjectSize=True)
+
+
+def voxel_volume_ml(image: sitk.Image) -> float:
+    """Volume of one voxel of ``image`` in mL: the spacings' product scaled by the direction matrix's
+    determinant, which is 1 for perpendicular axes but less on a sheared grid (a NRRD's space directions may
+    be, as a gantry-tilted CT's are), where the spacings' product alone (or ITK's physical size) overstates
+    every volume."""
+    direction = np.array(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
+    return float(np.prod(image.GetSpacing())) * abs(float(np.linalg.det(direction))) / 1000.0
+
+
+def _labels_above(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
+    above = sitk.Cast(sitk.Greater(anomaly_map, threshold), sitk.sitkUInt8)
+    voxel_ml = voxel_volume_ml(anomaly_map)
+    min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
+    return _component_labels(above, min_voxels)
+
+
+def threshold_mask(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
+    """Voxels above ``threshold``, without connected components smaller than ``min_component_ml`` (uint8)."""
+    return sitk.Cast(_labels_above(anomaly_map, threshold, min_component_ml) > 0, sitk.sitkUInt8)
+
+
+def describe_components(mask: sitk.Image) -> List[Dict[str, Any]]:
+    """Size and physical centroid (LPS as in the file, RAS as in Slicer) of each component, largest first."""
+    return _describe_labels(_component_labels(mask))
+
+
+def _describe_labels(labels: sitk.Image) -> List[Dict[str, Any]]:
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(labels)
+    voxel_ml = voxel_volume_ml(labels)
+    components = []
+    for label in stats.GetLabels():
+        lps = stats.GetCentroid(label)
+        components.append({
+            "voxels": int(stats.GetNumberOfPixels(label)),
+            "volume_ml": round(stats.GetNumberOfPixels(label) * voxel_ml, 4),
+            "centroid_lps_mm": [round(c, 2) for c in lps],
+            "centroid_ras_mm": [round(-lps[0], 2), round(-lps[1], 2), round(lps[2], 2)],
+        })
+    return components
+
+
+def reconstruction_on_input_grid(prepared: PreparedVolume, reconstruction: np.ndarray) -> sitk.Image:
+    """The reconstruction in the input's intensity units on its grid; the input's background beyond the model
+    grid."""
+    return prepared.to_input_grid(prepared.denormalise(reconstruction), outside=prepared.background)
+
+
+def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image, scored: ScoredVolume,
+                     threshold: float, config: DetectionConfig) -> DetectionResult:
+    """Map the scores back onto the input grid, threshold there and summarise."""
+    anomaly_map = prepared.to_input_grid(scored.score_map)
+    labels = _labels_above(anomaly_map, threshold, config.min_component_ml)  # components found once
+    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    components = _describe_labels(labels)
+    summary = {
+        "input": prepared.name,
+        "anomaly_score": round(anomaly_score(scored), 6),
+        "threshold": threshold,
+        "anomalous_volume_ml": round(sum(c["volume_ml"] for c in components), 4),
+        "n_components": len(components),
+        "components": components,
+    }
+    if prepared.source.HasMetaDataKey(GEOMETRY_WARNING_KEY):
+        summary["warnings"] = [prepared.source.GetMetaData(GEOMETRY_WARNING_KEY)]
+    return DetectionResult(reconstruction=reconstruction_image, anomaly_map=anomaly_map,
+                           anomaly_mask=mask, summary=summary)

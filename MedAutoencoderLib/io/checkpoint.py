@@ -1,0 +1,162 @@
+"""Model files: everything needed to use a model, stored as plain data plus tensors.
+
+A model file carries the architecture and its config, the preprocessing, the detection settings with the
+threshold calibrated on healthy data, a summary of the training data and metrics, and the library version.
+It loads with ``torch.load(weights_only=True)``: no pickled code runs when a user opens a model they were sent.
+Files are written through a temporary name so that an interrupted save never leaves a broken model behind.
+"""
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from MedAutoencoderLib import __version__
+from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig, from_plain, to_plain
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
+from MedAutoencoderLib.io.volumes import replacing, volume_suffix
+from MedAutoencoderLib.networks.autoencoders import build_network
+
+FORMAT = "MedAutoencoder-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelRecord:
+    """The content of a model file apart from the weights, as config objects."""
+
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    detection: DetectionConfig
+    calibration: Dict[str, Any] = field(default_factory=dict)  # threshold, target_fpr, volumes, voxels
+    training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
+    library_version: str = __version__
+
+    @property
+    def threshold(self) -> Optional[float]:
+        return self.calibration.get("threshold")
+
+
+def save_model(path: Path, network: nn.Module, record: ModelRecord,
+               training_state: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a model file atomically; ``training_state`` (optimizer, epoch...) makes it resumable."""
+    payload: Dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": record.library_version,
+        "model": to_plain(record.model),
+        "preprocess": to_plain(record.preprocess),
+        "detection": to_plain(record.detection),
+        "calibration": dict(record.calibration),
+        "training": dict(record.training),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+    }
+    if training_state is not None:
+        payload["training_state"] = training_state
+    path = Path(path)
+    with replacing(path) as temporary:
+        try:
+            torch.save(payload, temporary)
+        except (RuntimeError, OSError) as exc:  # torch reports a failed write as RuntimeError (enforce fail...)
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise OutputLocationError(f"{path}: the model file cannot be written ({reason[:200]})") from None
+    return path
+
+
+def read_model_file(path: Path) -> Dict[str, Any]:
+    """The raw payload of a model file, with clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; give the model file in it (a .pt file)")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        with warnings.catch_warnings():  # a TorchScript export is explained below, without torch's advice
+            warnings.filterwarnings("ignore", message=".*TorchScript archive", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler fails on foreign bytes in many ways (IndexError, KeyError...)
+        raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({_unreadable_because(path, exc)})"
+                             ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: is a PyTorch file but not a MedAutoencoder model (no '{FORMAT}' marker)")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: made by MedAutoencoderLib {payload.get('library_version')} (format "
+            f"{payload['format_version']}); this is {__version__}, which reads format {FORMAT_VERSION}: upgrade"
+        )
+    return payload
+
+
+def _unreadable_because(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` refused a file, in the user's terms: never torch's advice to load it with
+    ``weights_only=False``, which would run whatever code a foreign file carries."""
+    if volume_suffix(path):
+        return "it is an image volume; the model file is a .pt written by train or calibrate"
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(4)
+    except OSError as exc:  # no permission to read it, say
+        return exc.strerror or str(exc)
+    if not (start == b"PK\x03\x04" or start[:1] == b"\x80"):  # a PyTorch zip archive or a (legacy) pickle
+        return "its bytes are not a PyTorch file"
+    export = _export_kind(path) if start == b"PK\x03\x04" else None
+    if export:
+        return f"it is a {export} export for deployment, written by export; the model file is the .pt written by " \
+               "train or calibrate"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds Python objects, not a model's plain data and tensors; such files are not opened, for safety"
+    return "it is damaged or truncated"
+
+
+def _export_kind(path: Path) -> Optional[str]:
+    """Which export a zip archive is, if any: TorchScript (``torch.jit.save``) archives hold a constants.pkl record,
+    ``torch.export`` programs (``.pt2``) an archive_format record; files written by ``torch.save`` have neither."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(name.endswith("/constants.pkl") for name in names):
+        return "TorchScript"
+    if any(name.endswith("/archive_format") for name in names):
+        return "torch.export (pt2)"
+    return None
+
+
+def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:
+    """Config objects of a model file, checked; a missing section or unknown setting names the file."""
+    version = payload.get("library_version", "unknown")
+    sections = {"model": ModelConfig, "preprocess": PreprocessConfig, "detection": DetectionConfig}
+    configs = {}
+    for section, cls in sections.items():
+        if not isinstance(payload.get(section), dict):
+            raise ModelFileError(f"{path}: incomplete model file (no '{section}' section)")
+        try:
+            configs[section] = from_plain(cls, payload[section], str(path))
+            configs[section].validate()
+        except ConfigurationError as exc:
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            raise ModelFileError(f"{message} (made by MedAutoencoderLib {version}; this is {__version__})") from None
+    for optional in ("calibration", "training"):
+        if not isinstance(payload.get(optional, {}), dict):
+            raise ModelFileError(f"{path}: damaged model file (its '{optional}' section is not a table)")
+    return ModelRecord(calibration=payload.get("calibration", {}), training=payload.get("training", {}),
+                       library_version=version, **configs)
+
+
+def network_from_payload(payload: Dict[str, Any], record: ModelRecord, path: Path) -> nn.Module:
+    """Rebuild the network and load its weights; a mismatch is reported as a corrupt model file."""
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: incomplete model file (no 'state_dict' section: it holds no weights)")
+    network = build_network(record.model)
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelFileError(f"{path}: weights do not match the stored architecture ({str(exc)[:200]})") from None
+    return network

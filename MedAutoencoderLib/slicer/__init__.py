@@ -1,0 +1,20 @@
+"""3D Slicer's side without Qt: the MRML bridge (``slicer`` imported lazily) and the module's job logic.
+
+Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
+"""
+from __future__ import annotations
+
+from MedAutoencoderLib._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "bridge": ["ROLE_ATTRIBUTE", "INPUT_REFERENCE", "SELF_REFERENCE", "OWN_ID_ATTRIBUTE", "ROLE_RECONSTRUCTION",
+        "ROLE_ANOMALY_MAP", "ROLE_ANOMALY_MASK", "ROLE_ANOMALY_SEGMENTATION", "ROLE_MASK_COLORS",
+        "ANOMALY_SEGMENT_ID", "ANOMALY_COLOR", "ANOMALY_MAP_COLOR_NODE_ID", "ANOMALY_MAP_SHOWN_FROM",
+        "GEOMETRY_TOLERANCE", "DetectionNodes", "world_geometry", "volume_node_to_sitk", "ijk_to_ras_from_sitk",
+        "update_volume_node_from_sitk", "check_on_input_grid", "default_input_volume", "output_node_name",
+        "find_output_node", "get_or_create_output_node", "write_output_volume", "anomaly_mask_color_node",
+        "show_anomaly_map_colors", "update_anomaly_segmentation", "apply_detection_result", "place_beside_input",
+        "detect_volume_node", "write_volume_for_worker", "read_worker_outputs", "WorkerResult"],
+    "job": ["TRAINING_STOP_GRACE_MS", "POLL_INTERVAL_MS", "EventLoop", "removed_on_failure", "MedAutoencoderJob",
+        "SharedStandby", "WorkerJobs"],
+})
