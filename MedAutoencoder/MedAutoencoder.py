@@ -48,6 +48,9 @@ def _makeLibraryImportable() -> None:
 
 _makeLibraryImportable()
 
+from MedAutoencoderLib.config import MODEL_TYPES, ModelConfig, TrainConfig  # noqa: E402 (needs the path above)
+from MedAutoencoderLib.worker.jobs import DEVICE_CHOICES  # noqa: E402
+
 if TYPE_CHECKING:
     from MedAutoencoderLib.slicer.job import MedAutoencoderJob
 
@@ -55,8 +58,9 @@ if TYPE_CHECKING:
 #: Where the module's documentation lives (the README section about the Slicer module).
 DOCUMENTATION_URL = "https://github.com/medautoencoder/MedAutoencoder#3d-slicer-module"
 #: Device choices shown to the user; ``MedAutoencoderLib.worker.jobs.DEVICE_CHOICES`` maps them to the CLI's.
-DEVICES = ["auto", "cpu", "gpu"]
-MODEL_TYPES = ["dae", "ae", "sparse", "vae", "aae"]
+DEVICES = list(DEVICE_CHOICES)
+#: The library's model types, its default first.
+MODEL_CHOICES = sorted(MODEL_TYPES, key=lambda name: name != ModelConfig.name)
 TRAINING_SOURCES = ["scene volumes", "folder"]
 #: Slicer before 5.12 (no ``slicer.packaging.pip_ensure``): what to install for each missing package of
 #: requirements.txt; --no-deps keeps the PyTorch extension's torch.
@@ -120,8 +124,8 @@ class MedAutoencoderParameterNode:
     trainingSource: Annotated[str, Choice(TRAINING_SOURCES)] = TRAINING_SOURCES[0]
     trainingVolumes: List[vtkMRMLScalarVolumeNode]
     trainingFolder: str = ""
-    modelType: Annotated[str, Choice(MODEL_TYPES)] = "dae"
-    epochs: Annotated[int, WithinRange(1, 10000)] = 50
+    modelType: Annotated[str, Choice(MODEL_CHOICES)] = ModelConfig.name
+    epochs: Annotated[int, WithinRange(1, 10000)] = TrainConfig.epochs
     maxMinutes: Annotated[float, Minimum(0.0)] = 0.0
     outputModelPath: str = ""
 
@@ -590,9 +594,9 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, time.strftime("model_%Y%m%d_%H%M%S.pt"))
 
-    def train(self, data: list, modelType: str = "dae", outputPath: Optional[str] = None, epochs: int = 50,
-              maxMinutes: Optional[float] = None, device: str = "auto", overwrite: bool = False,
-              extraArguments: Optional[List[str]] = None) -> str:
+    def train(self, data: list, modelType: str = ModelConfig.name, outputPath: Optional[str] = None,
+              epochs: int = TrainConfig.epochs, maxMinutes: Optional[float] = None, device: str = "auto",
+              overwrite: bool = False, extraArguments: Optional[List[str]] = None) -> str:
         """Train a model on healthy data (volume nodes and/or file or folder paths) and return its path.
 
         Waits for the result. ``extraArguments`` are further options of ``python -m MedAutoencoderLib train``.
@@ -603,9 +607,9 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         job.wait()
         return self._resultOrRaise(job)
 
-    def startTraining(self, data: list, modelType: str = "dae", outputPath: Optional[str] = None, epochs: int = 50,
-                      maxMinutes: Optional[float] = None, device: str = "auto", overwrite: bool = False,
-                      extraArguments: Optional[List[str]] = None) -> MedAutoencoderJob:
+    def startTraining(self, data: list, modelType: str = ModelConfig.name, outputPath: Optional[str] = None,
+                      epochs: int = TrainConfig.epochs, maxMinutes: Optional[float] = None, device: str = "auto",
+                      overwrite: bool = False, extraArguments: Optional[List[str]] = None) -> MedAutoencoderJob:
         """Start training in a worker process and return at once. Scene volumes are passed as NRRD files. An idle
         standby detection worker is ended first: the training needs the memory (on a GPU, all it can get)."""
         return self._jobs().startTraining(data, outputPath or self.newModelPath(), modelType=modelType, epochs=epochs,

@@ -4,14 +4,20 @@ Every choice that changes what a model sees or outputs lives in one of these dat
 model file as plain data (dicts of str/int/float/bool/lists), so that a checkpoint loads with
 ``torch.load(weights_only=True)`` and a model is always used with exactly the preprocessing it was trained
 with.
+
+A field that is also an option of ``train`` is declared with :func:`option`: its flag, help and choices live
+beside its default, and the command line's parser (:func:`option_fields`), the config built from parsed
+arguments (:func:`from_options`) and the worker's command line (:meth:`TrainConfig.as_arguments`) all come from
+that one declaration. Adding a training option is one :func:`option` field (plus its widget in the module).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+import typing
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from MedAutoencoderLib.errors import ConfigurationError
 
@@ -19,6 +25,179 @@ T = TypeVar("T")
 
 MODEL_TYPES = ("ae", "sparse", "dae", "vae", "aae")
 RECONSTRUCTION_LOSSES = ("mse", "l1", "ssim", "bce")
+SPATIAL_DIMS = (2, 3)
+SPARSITY_PENALTIES = ("l1", "kl")
+NOISE_KINDS = ("coarse", "gaussian")
+NORMALIZATIONS = ("percentile", "zscore")
+FOREGROUND_METHODS = ("otsu", "template")
+SCORES = ("residual", "ssim")
+RESIDUAL_SIGNS = ("abs", "positive", "negative")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a config field appears on ``train``'s command line.
+
+    Args:
+        flag: the option, e.g. ``--kl-weight``.
+        position: its place in ``train --help`` (ascending; gaps leave room for new options).
+        help: the help text.
+        choices: the values allowed.
+        required: the command line needs it even though the dataclass has a default.
+    """
+
+    flag: str
+    position: int
+    help: Optional[str] = None
+    choices: Optional[Tuple[Any, ...]] = None
+    required: bool = False
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores the value in (derived from the flag, as argparse does)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def option(default: Any = MISSING, *, default_factory: Any = MISSING, **spec: Any) -> Any:
+    """A dataclass field that is also a command-line option (``spec``: the :class:`Option`'s fields).
+
+    Args:
+        default: the field's default.
+        default_factory: the field's default factory (mutable defaults).
+        spec: ``flag``, ``position`` and optionally ``help``, ``choices``, ``required``.
+
+    Returns:
+        A :func:`dataclasses.field` carrying the :class:`Option`.
+    """
+    return field(default=default, default_factory=default_factory, metadata={"option": Option(**spec)})
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One option of a (nested) config: where it lives, its value type and its default.
+
+    ``path`` holds the attribute names from the outer config down to the field (``("model", "kl_weight")``);
+    ``value_type`` is the type of one value and ``count`` the number of values (1; a fixed tuple's length; or
+    ``"+"`` for lists and open tuples).
+    """
+
+    path: Tuple[str, ...]
+    option: Option
+    value_type: type
+    count: Union[int, str]
+    default: Any
+
+
+def option_fields(cls: Type[Any]) -> List[OptionField]:
+    """The command-line options of config class ``cls`` and of the configs nested in it, in help order.
+
+    Args:
+        cls: a config dataclass such as :class:`TrainConfig`.
+
+    Returns:
+        Its option fields, sorted by :attr:`Option.position`.
+
+    Raises:
+        TypeError: a field's type cannot be given on a command line.
+    """
+    found: List[OptionField] = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for item in dataclasses.fields(cls):
+        value = getattr(defaults, item.name)
+        if dataclasses.is_dataclass(value):
+            found += [dataclasses.replace(nested, path=(item.name, *nested.path))
+                      for nested in option_fields(type(value))]
+        elif "option" in item.metadata:
+            value_type, count = _value_type(hints[item.name])
+            found.append(OptionField((item.name,), item.metadata["option"], value_type, count, value))
+    return sorted(found, key=lambda f: f.option.position)
+
+
+def _value_type(hint: Any) -> Tuple[type, Union[int, str]]:
+    """The type of one value and how many values a field of type ``hint`` takes."""
+    arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is Union and len(arguments) == 1:  # Optional[X]
+        return _value_type(arguments[0])
+    if origin in (list, List):
+        return arguments[0], "+"
+    if origin in (tuple, Tuple):
+        return arguments[0], "+" if arguments[-1] is Ellipsis else len(arguments)
+    if hint in (bool, int, float, str):
+        return hint, 1
+    raise TypeError(f"a field of type {hint} cannot be a command-line option")
+
+
+def from_options(cls: Type[T], values: Mapping[str, Any], **overrides: Any) -> T:
+    """Config ``cls`` from parsed command-line values: each option field from ``values[option.dest]``, nested
+    configs alike, every other field its default.
+
+    Args:
+        cls: a config dataclass such as :class:`TrainConfig`.
+        values: parsed options by :attr:`Option.dest` (``vars(argparse.Namespace)``).
+        overrides: fields of ``cls`` given directly (e.g. ``device``).
+
+    Returns:
+        The config (not validated).
+    """
+    settings: Dict[str, Any] = {}
+    for spec in option_fields(cls):
+        value = values[spec.option.dest]
+        if spec.count != 1 and value is not None:
+            value = list(value) if isinstance(spec.default, list) else tuple(value)
+        settings[spec.path] = value
+    return _build(cls, (), settings, overrides)
+
+
+def _build(cls: Type[T], prefix: Tuple[str, ...], settings: Dict[Tuple[str, ...], Any],
+           overrides: Mapping[str, Any]) -> T:
+    defaults = cls()
+    kwargs: Dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        path = (*prefix, item.name)
+        value = getattr(defaults, item.name)
+        if dataclasses.is_dataclass(value):
+            kwargs[item.name] = _build(type(value), path, settings, {})
+        elif path in settings:
+            kwargs[item.name] = settings[path]
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def as_arguments(config: Any) -> List[str]:
+    """The command-line options that give ``config``: required ones and those whose value is not the default.
+
+    Args:
+        config: a config dataclass instance such as a :class:`TrainConfig`.
+
+    Returns:
+        Flags and values, as strings, in help order.
+    """
+    arguments: List[str] = []
+    for spec in option_fields(type(config)):
+        value = config
+        for name in spec.path:
+            value = getattr(value, name)
+        if not spec.option.required and _same(value, spec.default):
+            continue
+        if spec.value_type is bool:
+            arguments.append(spec.option.flag)  # a switch: given, it flips the default
+        elif value is not None:
+            values = list(value) if spec.count != 1 else [value]
+            arguments += [spec.option.flag, *(_argument(v, spec.value_type) for v in values)]
+    return arguments
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
+def _argument(value: Any, value_type: type) -> str:
+    """One value as the command line reads it back exactly (``repr`` keeps every digit of a float)."""
+    return repr(float(value)) if value_type is float else str(int(value)) if value_type is int else str(value)
 
 
 def to_plain(config: Any) -> Dict[str, Any]:
@@ -48,18 +227,24 @@ class PreprocessConfig:
     orientation, spacing and crop/pad at once, and the inverse is a resampling onto the input's own grid.
     """
 
-    spacing: Tuple[float, float, float] = (1.5, 1.5, 1.5)
-    size: Tuple[int, int, int] = (128, 128, 112)
-    normalization: str = "percentile"  # "percentile": divide by the foreground's upper percentile; "zscore"
+    spacing: Tuple[float, float, float] = option((1.5, 1.5, 1.5), flag="--spacing", position=170,
+                                                 help="model grid spacing, mm")
+    size: Tuple[int, int, int] = option((128, 128, 112), flag="--size", position=180,
+                                        help="model grid size, voxels (x y z)")
+    # "percentile": divide by the foreground's upper percentile; "zscore"
+    normalization: str = option("percentile", flag="--normalization", position=200, choices=NORMALIZATIONS)
     upper_percentile: float = 99.0
     clip_max: float = 1.5  # normalised intensities are clipped to [0, clip_max] ("percentile" only)
     mask_min_fraction: float = 0.05  # 2D training keeps slices whose foreground covers at least this share
-    foreground: str = "otsu"  # "otsu": bright region, holes filled; "template": brain from the MNI template
+    # "otsu": bright region, holes filled; "template": brain from the MNI template
+    foreground: str = option("otsu", flag="--foreground", position=210, choices=FOREGROUND_METHODS,
+                             help="otsu: bright region with holes filled; template: brain from registration to the "
+                                  "MNI template (brain MRI with or without skull)")
 
     def validate(self) -> None:
-        if self.foreground not in ("otsu", "template"):
+        if self.foreground not in FOREGROUND_METHODS:
             raise ConfigurationError(f"foreground must be 'otsu' or 'template', not {self.foreground!r}")
-        if self.normalization not in ("percentile", "zscore"):
+        if self.normalization not in NORMALIZATIONS:
             raise ConfigurationError(f"normalization must be 'percentile' or 'zscore', not {self.normalization!r}")
         if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
             raise ConfigurationError(f"spacing must be three positive finite numbers (mm), got {self.spacing}")
@@ -71,33 +256,45 @@ class PreprocessConfig:
 class ModelConfig:
     """Architecture of the autoencoder; ``name`` picks an entry of :mod:`MedAutoencoderLib.networks.autoencoders`."""
 
-    name: str = "dae"
-    spatial_dims: int = 2  # 2: slice-wise on axial slices; 3: patch-wise with sliding-window inference
-    channels: Tuple[int, ...] = (16, 32, 64, 128)
-    latent_channels: int = 8  # width of the code at the bottleneck (small on purpose, Cai et al. 2024)
-    patch_size: Tuple[int, int, int] = (64, 64, 64)  # 3D models only (x y z)
-    sparsity: str = "l1"  # sparse AE: "l1" on the code, or "kl" towards ``sparsity_target``
+    name: str = option("dae", flag="--model", position=30, choices=MODEL_TYPES,
+                       help="autoencoder type (default: dae)")
+    # 2: slice-wise on axial slices; 3: patch-wise with sliding-window inference
+    spatial_dims: int = option(2, flag="--spatial-dims", position=40, choices=SPATIAL_DIMS,
+                               help="2: slice-wise; 3: patch-wise")
+    channels: Tuple[int, ...] = option((16, 32, 64, 128), flag="--channels", position=90,
+                                       help="features per level (the dae: its U-Net's first width, doubled per level)")
+    # width of the code at the bottleneck (small on purpose, Cai et al. 2024)
+    latent_channels: int = option(8, flag="--latent-channels", position=100, help="code width (ae, sparse, vae, aae)")
+    patch_size: Tuple[int, int, int] = option((64, 64, 64), flag="--patch-size", position=190,
+                                              help="3D patch size (x y z)")  # 3D models only
+    # sparse AE: "l1" on the code, or "kl" towards ``sparsity_target``
+    sparsity: str = option("l1", flag="--sparsity", position=140, choices=SPARSITY_PENALTIES, help="sparse AE penalty")
     sparsity_weight: float = 1e-3
     sparsity_target: float = 0.05
-    kl_weight: float = 1e-3  # VAE beta
-    adversarial_weight: float = 0.01  # AAE: weight of the discriminator's verdict beside the reconstruction loss
-    noise: str = "coarse"  # DAE: "coarse" (low-resolution, upsampled; Kascenas 2022) or "gaussian"
-    noise_std: float = 0.2
+    kl_weight: float = option(1e-3, flag="--kl-weight", position=150, help="VAE beta")
+    # AAE: weight of the discriminator's verdict beside the reconstruction loss
+    adversarial_weight: float = option(
+        0.01, flag="--adversarial-weight", position=160,
+        help="aae: weight of the discriminator's verdict beside the reconstruction loss")
+    # DAE: "coarse" (low-resolution, upsampled; Kascenas 2022) or "gaussian"
+    noise: str = option("coarse", flag="--noise", position=120, choices=NOISE_KINDS, help="dae corruption")
+    noise_std: float = option(0.2, flag="--noise-std", position=130)
     noise_resolution: int = 16  # coarse noise is drawn on this many cells per axis
-    reconstruction_loss: str = "mse"
+    reconstruction_loss: str = option("mse", flag="--loss", position=110, choices=RECONSTRUCTION_LOSSES,
+                                      help="reconstruction loss")
 
     def validate(self) -> None:
         if self.name not in MODEL_TYPES:
             raise ConfigurationError(f"unknown model type {self.name!r}; choose one of {', '.join(MODEL_TYPES)}")
-        if self.spatial_dims not in (2, 3):
+        if self.spatial_dims not in SPATIAL_DIMS:
             raise ConfigurationError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ConfigurationError(
                 f"unknown loss {self.reconstruction_loss!r}; choose one of {', '.join(RECONSTRUCTION_LOSSES)}"
             )
-        if self.sparsity not in ("l1", "kl"):
+        if self.sparsity not in SPARSITY_PENALTIES:
             raise ConfigurationError(f"sparsity must be 'l1' or 'kl', not {self.sparsity!r}")
-        if self.noise not in ("coarse", "gaussian"):
+        if self.noise not in NOISE_KINDS:
             raise ConfigurationError(f"noise must be 'coarse' or 'gaussian', not {self.noise!r}")
         _require_at_least(1, latent_channels=self.latent_channels, smallest_channel_count=min(self.channels))
         # NaN passed "not negative" and ended as "training diverged (loss nan); lower --learning-rate"
@@ -151,20 +348,26 @@ class ModelConfig:
 class DetectionConfig:
     """How a reconstruction becomes an anomaly map and mask; stored in the model, overridable per run."""
 
-    score: str = "residual"  # "residual": intensity difference; "ssim": 1 - local SSIM (texture changes)
-    residual: str = "abs"  # "abs", "positive" (hyperintense targets) or "negative" (hypointense targets)
+    # "residual": intensity difference; "ssim": 1 - local SSIM (texture changes)
+    score: str = option("residual", flag="--score", position=230, choices=SCORES,
+                        help="anomaly map: intensity residual, or 1 - local SSIM")
+    # "abs", "positive" (hyperintense targets) or "negative" (hypointense targets)
+    residual: str = option("abs", flag="--residual", position=220, choices=RESIDUAL_SIGNS,
+                           help="which residual sign counts as anomalous (positive: brighter than expected)")
     median_size: int = 5  # in-plane median filter of the residual (Kascenas 2022; Baur 2021)
     mask_erosion_mm: float = 3.0  # edges of the foreground reconstruct badly: score only inside the eroded mask
     # Share of healthy validation voxels allowed above the automatic threshold, and the smallest component kept:
     # chosen on a development set of synthetic lesions (benchmarks/README) separate from the evaluation set.
-    target_fpr: float = 0.0002
-    min_component_ml: float = 0.2
+    target_fpr: float = option(0.0002, flag="--target-fpr", position=240,
+                               help="share of healthy validation voxels allowed above the automatic threshold")
+    min_component_ml: float = option(0.2, flag="--min-component-ml", position=250,
+                                     help="smaller connected components are removed from the anomaly mask")
     batch_size: int = 32  # slices (2D) or patches (3D) per forward pass
 
     def validate(self) -> None:
-        if self.score not in ("residual", "ssim"):
+        if self.score not in SCORES:
             raise ConfigurationError(f"score must be 'residual' or 'ssim', not {self.score!r}")
-        if self.residual not in ("abs", "positive", "negative"):
+        if self.residual not in RESIDUAL_SIGNS:
             raise ConfigurationError(f"residual must be 'abs', 'positive' or 'negative', not {self.residual!r}")
         if not 0 < self.target_fpr < 1:
             raise ConfigurationError(f"target_fpr must be between 0 and 1, got {self.target_fpr}")
@@ -212,24 +415,32 @@ class DetectOptions:
 class TrainConfig:
     """Everything ``train`` needs; the command line and the Slicer module both fill one of these."""
 
-    data: List[str] = field(default_factory=list)  # files, folders (volumes inside) or glob patterns
-    out: str = "model.pt"
+    # files, folders (volumes inside) or glob patterns
+    data: List[str] = option(default_factory=list, flag="--data", position=10, required=True,
+                             help="volume files, folders or glob patterns (healthy)")
+    out: str = option("model.pt", flag="--out", position=20, required=True,
+                      help="model file to write (refused if it exists, see --overwrite)")
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
-    epochs: int = 50
-    max_minutes: Optional[float] = None
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    validation_fraction: float = 0.2  # share of volumes held out (healthy) for early stopping and threshold
-    patience: int = 10  # epochs without validation improvement before stopping
-    augment: bool = True
-    seed: int = 0
+    epochs: int = option(50, flag="--epochs", position=50)
+    max_minutes: Optional[float] = option(None, flag="--max-minutes", position=60,
+                                          help="time budget; the best model so far is kept")
+    batch_size: int = option(16, flag="--batch-size", position=70)
+    learning_rate: float = option(1e-3, flag="--learning-rate", position=80)
+    # share of volumes held out (healthy) for early stopping and threshold
+    validation_fraction: float = option(0.2, flag="--validation-fraction", position=260)
+    # epochs without validation improvement before stopping
+    patience: int = option(10, flag="--patience", position=270, help="early stopping patience in epochs")
+    augment: bool = option(True, flag="--no-augment", position=280)
+    seed: int = option(0, flag="--seed", position=290)
     device: str = "auto"
-    num_workers: int = 0  # data-loading processes; >0 keeps a GPU fed (augmentation runs on the CPU)
-    resume: Optional[str] = None
-    overwrite: bool = False
-    stop_file: Optional[str] = None
+    # data-loading processes; >0 keeps a GPU fed (augmentation runs on the CPU)
+    num_workers: int = option(0, flag="--workers", position=300, help="data-loading processes (use several on a GPU)")
+    resume: Optional[str] = option(None, flag="--resume", position=310, help="continue training from this model file")
+    overwrite: bool = option(False, flag="--overwrite", position=320, help="replace an existing --out file")
+    stop_file: Optional[str] = option(None, flag="--stop-file", position=330,
+                                      help="stop cooperatively (keeping the best model) when this file appears")
 
     def validate(self) -> None:
         if not self.data:
@@ -257,6 +468,15 @@ class TrainConfig:
         if self.model.spatial_dims == 3 and any(p > s for p, s in zip(self.model.patch_size, self.preprocess.size)):
             raise ConfigurationError(f"patch size {tuple(self.model.patch_size)} exceeds the model grid "
                                      f"{tuple(self.preprocess.size)}; lower --patch-size or raise --size")
+
+    def as_arguments(self) -> List[str]:
+        """The ``train`` options that give this config (as SlicerNNUnet's ``Parameter.asArgList``); the
+        device is the worker's to choose (``--device``).
+
+        Returns:
+            Flags and values: required ones and those that differ from the defaults.
+        """
+        return as_arguments(self)
 
     def _check_grid_fits_network(self) -> None:
         """Each level halves the 2D grid or the 3D patch: it must divide evenly, and the bottleneck models

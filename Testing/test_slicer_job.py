@@ -1,17 +1,15 @@
 """The Slicer module's job logic (``MedAutoencoderLib.slicer.job``) on slicer-core's real MRML scene.
 
 The process runner is the one thing replaced, as SlicerNNUnet's tests give ``SegmentationLogic`` their own
-``process``: it records the command line the module would start and runs a short script that answers as the
-command line does. The timers of Slicer's main thread are a recording event loop that the test drives. One slow
-test runs the real command line through the standby worker.
+``process``: it records the command line the module would start and answers with what the command line prints.
+The timers of Slicer's main thread are a recording event loop that the test drives. One slow test runs the real
+command line through the standby worker.
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -43,32 +41,60 @@ class RecordingLoop(slicer_job.EventLoop):
         self.delayed.append((milliseconds, callback))
 
 
-class ScriptedLauncher:
-    """A process runner with ``slicer.util.launchConsoleProcess``'s signature that records the command line and
-    runs ``script`` instead, with the command line in ``sys.argv``."""
+class AnsweringProcess:
+    """The ``subprocess.Popen`` a runner returns, playing a command line that printed ``lines`` and exited with
+    ``code``; with ``code`` None it runs until it is killed."""
 
-    def __init__(self, script: str) -> None:
-        self.script = textwrap.dedent(script)
+    pid = 2 ** 31 - 1  # no process has it: killing the tree finds no children
+
+    def __init__(self, lines, code):
+        self.returncode = code
+        self._lines = queue.Queue()
+        for line in lines:
+            self._lines.put(line + "\n")
+        if code is not None:
+            self._lines.put("")
+        self.stdout = self
+
+    def readline(self) -> str:
+        return self._lines.get()
+
+    def close(self) -> None:
+        pass
+
+    def poll(self):
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = -9
+        self._lines.put("")
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+class AnsweringRunner:
+    """A process runner with ``slicer.util.launchConsoleProcess``'s signature: it records each command line and
+    environment and answers with ``answer(command) -> (lines, exit code)``."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
         self.commands, self.environments = [], []
 
     def __call__(self, command, useStartupEnvironment=False, updateEnvironment=None):
         self.commands.append(list(command))
         self.environments.append(dict(updateEnvironment or {}))
-        return subprocess.Popen([sys.executable, "-c", self.script, *command], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, universal_newlines=True,
-                                env=dict(os.environ, **(updateEnvironment or {})))
+        return AnsweringProcess(*self.answer(list(command)))
 
 
 def value_after(command, flag):
     return command[command.index(flag) + 1]
 
 
-TRAIN_LIKE_THE_CLI = """
-    import json, sys
-    out = sys.argv[sys.argv.index("--out") + 1]
-    open(out, "w").write("model")
-    print(json.dumps({"event": "done", "fraction": 1.0, "outputs": {"model": out}}), flush=True)
-"""
+def train_like_the_cli(command):
+    out = value_after(command, "--out")
+    Path(out).write_text("model")
+    return [json.dumps({"event": "done", "fraction": 1.0, "outputs": {"model": out}})], 0
 
 
 @pytest.fixture()
@@ -78,7 +104,7 @@ def healthy_node(scene):
 
 
 def test_training_job_starts_the_cli_on_copies_and_returns_the_model(tmp_path, healthy_node):
-    launch, loop = ScriptedLauncher(TRAIN_LIKE_THE_CLI), RecordingLoop()
+    launch, loop = AnsweringRunner(train_like_the_cli), RecordingLoop()
     starter = slicer_job.WorkerJobs(str(tmp_path / "temp"), launch=launch, loop=loop)
     out = tmp_path / "new.pt"
     job = starter.startTraining([healthy_node, str(tmp_path / "folder")], str(out), modelType="vae", epochs=3,
@@ -101,12 +127,8 @@ def test_training_job_starts_the_cli_on_copies_and_returns_the_model(tmp_path, h
 
 
 def test_a_failed_worker_is_reported_with_node_names_not_file_names(tmp_path, healthy_node):
-    launch = ScriptedLauncher("""
-        import json, sys
-        data = sys.argv[sys.argv.index("--data") + 1]
-        print(json.dumps({"event": "error", "message": f"{data}: has no foreground"}), flush=True)
-        sys.exit(1)
-    """)
+    launch = AnsweringRunner(lambda command: (
+        [json.dumps({"event": "error", "message": f"{value_after(command, '--data')}: has no foreground"})], 1))
     starter = slicer_job.WorkerJobs(str(tmp_path), launch=launch, loop=RecordingLoop())
     finished = []
     job = starter.startTraining([healthy_node], str(tmp_path / "new.pt"), device="cpu")
@@ -117,11 +139,7 @@ def test_a_failed_worker_is_reported_with_node_names_not_file_names(tmp_path, he
 
 
 def test_cancelling_training_gives_it_time_to_save_then_kills_it(tmp_path, healthy_node):
-    launch = ScriptedLauncher("""
-        import os, sys, time
-        stop = sys.argv[sys.argv.index("--stop-file") + 1]
-        time.sleep(60)
-    """)
+    launch = AnsweringRunner(lambda command: (["epoch 1/50"], None))
     loop = RecordingLoop()
     job = slicer_job.WorkerJobs(str(tmp_path), launch=launch, loop=loop).startTraining(
         [healthy_node], str(tmp_path / "new.pt"), device="cpu")
@@ -136,7 +154,7 @@ def test_cancelling_training_gives_it_time_to_save_then_kills_it(tmp_path, healt
 def test_a_refused_volume_leaves_no_copy_of_the_others_behind(tmp_path, scene, healthy_node):
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
     labelmap.SetAndObserveImageData(healthy_node.GetImageData())
-    launch = ScriptedLauncher(TRAIN_LIKE_THE_CLI)
+    launch = AnsweringRunner(train_like_the_cli)
     with pytest.raises(MedAutoencoderError, match="segmentation"):
         slicer_job.WorkerJobs(str(tmp_path), launch=launch).startTraining([healthy_node, labelmap],
                                                                          str(tmp_path / "new.pt"))

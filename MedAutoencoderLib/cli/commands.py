@@ -19,14 +19,12 @@ from MedAutoencoderLib import __version__
 from MedAutoencoderLib.cli.exit_codes import EXIT_CANCELLED, EXIT_USER_ERROR
 from MedAutoencoderLib.config import (
     EXPORT_FORMATS,
-    MODEL_TYPES,
+    FOREGROUND_METHODS,
     PRECISIONS,
-    RECONSTRUCTION_LOSSES,
-    DetectionConfig,
     DetectOptions,
-    ModelConfig,
-    PreprocessConfig,
     TrainConfig,
+    from_options,
+    option_fields,
 )
 from MedAutoencoderLib.errors import (
     OUT_OF_MEMORY_ADVICE,
@@ -64,51 +62,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="progress as a bar (people), JSON lines on stdout (programs) or nothing")
 
 
+def _add_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """The options a config class declares (:func:`~MedAutoencoderLib.config.option`), in their help order."""
+    for spec in option_fields(config):
+        arguments: Dict[str, Any] = {"help": spec.option.help}
+        if spec.value_type is bool:  # a switch: giving it flips the default
+            arguments["action"] = "store_false" if spec.default else "store_true"
+        else:
+            if spec.value_type is not str:
+                arguments["type"] = spec.value_type
+            if spec.count != 1:
+                arguments["nargs"] = spec.count
+            if spec.option.choices is not None:
+                arguments["choices"] = spec.option.choices
+            if spec.option.required:
+                arguments["required"] = True
+            else:
+                arguments["default"] = spec.default
+        parser.add_argument(spec.option.flag, **arguments)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on healthy volumes",
                        description="Train an autoencoder on healthy volumes; a held-out share of them calibrates "
                                    "the anomaly threshold.")
-    p.add_argument("--data", nargs="+", required=True, help="volume files, folders or glob patterns (healthy)")
-    p.add_argument("--out", required=True, help="model file to write (refused if it exists, see --overwrite)")
-    p.add_argument("--model", choices=MODEL_TYPES, default="dae", help="autoencoder type (default: dae)")
-    p.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2, help="2: slice-wise; 3: patch-wise")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--max-minutes", type=float, default=None, help="time budget; the best model so far is kept")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128],
-                   help="features per level (the dae: its U-Net's first width, doubled per level)")
-    p.add_argument("--latent-channels", type=int, default=8, help="code width (ae, sparse, vae, aae)")
-    p.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="mse", help="reconstruction loss")
-    p.add_argument("--noise", choices=("coarse", "gaussian"), default="coarse", help="dae corruption")
-    p.add_argument("--noise-std", type=float, default=0.2)
-    p.add_argument("--sparsity", choices=("l1", "kl"), default="l1", help="sparse AE penalty")
-    p.add_argument("--kl-weight", type=float, default=1e-3, help="VAE beta")
-    p.add_argument("--adversarial-weight", type=float, default=0.01,
-                   help="aae: weight of the discriminator's verdict beside the reconstruction loss")
-    p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], help="model grid spacing, mm")
-    p.add_argument("--size", type=int, nargs=3, default=[128, 128, 112], help="model grid size, voxels (x y z)")
-    p.add_argument("--patch-size", type=int, nargs=3, default=[64, 64, 64], help="3D patch size (x y z)")
-    p.add_argument("--normalization", choices=("percentile", "zscore"), default="percentile")
-    p.add_argument("--foreground", choices=("otsu", "template"), default="otsu",
-                   help="otsu: bright region with holes filled; template: brain from registration to the MNI "
-                        "template (brain MRI with or without skull)")
-    p.add_argument("--residual", choices=("abs", "positive", "negative"), default="abs",
-                   help="which residual sign counts as anomalous (positive: brighter than expected)")
-    p.add_argument("--score", choices=("residual", "ssim"), default="residual",
-                   help="anomaly map: intensity residual, or 1 - local SSIM")
-    p.add_argument("--target-fpr", type=float, default=DetectionConfig.target_fpr,
-                   help="share of healthy validation voxels allowed above the automatic threshold")
-    p.add_argument("--min-component-ml", type=float, default=DetectionConfig.min_component_ml,
-                   help="smaller connected components are removed from the anomaly mask")
-    p.add_argument("--validation-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes (use several on a GPU)")
-    p.add_argument("--resume", help="continue training from this model file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--stop-file", help="stop cooperatively (keeping the best model) when this file appears")
+    _add_options(p, TrainConfig)
     _common(p)
 
 
@@ -173,7 +151,7 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--out", required=True, help="model file to write (refused if it exists, see --overwrite)")
     p.add_argument("--target-fpr", type=float, help="share of healthy voxels allowed above the threshold")
     p.add_argument("--min-component-ml", type=float, help="smaller connected components are removed")
-    p.add_argument("--foreground", choices=("otsu", "template"),
+    p.add_argument("--foreground", choices=FOREGROUND_METHODS,
                    help="template: brain extraction by registration to the MNI template (heads with skull)")
     p.add_argument("--overwrite", action="store_true")
     _common(p)
@@ -281,22 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    model = ModelConfig(name=args.model, spatial_dims=args.spatial_dims, channels=tuple(args.channels),
-                        latent_channels=args.latent_channels, patch_size=tuple(args.patch_size),
-                        sparsity=args.sparsity, kl_weight=args.kl_weight,
-                        adversarial_weight=args.adversarial_weight, noise=args.noise,
-                        noise_std=args.noise_std, reconstruction_loss=args.loss)
-    preprocess = PreprocessConfig(spacing=tuple(args.spacing), size=tuple(args.size),
-                                  normalization=args.normalization, foreground=args.foreground)
-    detection = DetectionConfig(score=args.score, residual=args.residual, target_fpr=args.target_fpr,
-                                min_component_ml=args.min_component_ml)
-    return TrainConfig(data=list(args.data), out=args.out, model=model, preprocess=preprocess,
-                       detection=detection, epochs=args.epochs, max_minutes=args.max_minutes,
-                       batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       validation_fraction=args.validation_fraction, patience=args.patience,
-                       augment=not args.no_augment, seed=args.seed, device=args.device,
-                       num_workers=args.workers, resume=args.resume,
-                       overwrite=args.overwrite, stop_file=args.stop_file)
+    """The :class:`TrainConfig` of a parsed ``train`` command line."""
+    return from_options(TrainConfig, vars(args), device=args.device)
 
 
 class StopOnSignal:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from MedAutoencoderLib.config import ModelConfig, TrainConfig
 from MedAutoencoderLib.slicer import bridge
 from MedAutoencoderLib.worker import jobs, standby
 
@@ -315,9 +316,9 @@ class WorkerJobs:
 
     # ---- training
 
-    def startTraining(self, data: list, outputPath: str, modelType: str = "dae", epochs: int = 50,
-                      maxMinutes: Optional[float] = None, device: str = "auto", overwrite: bool = False,
-                      extraArguments: Optional[Sequence[str]] = None) -> MedAutoencoderJob:
+    def startTraining(self, data: list, outputPath: str, modelType: str = ModelConfig.name,
+                      epochs: int = TrainConfig.epochs, maxMinutes: Optional[float] = None, device: str = "auto",
+                      overwrite: bool = False, extraArguments: Optional[Sequence[str]] = None) -> MedAutoencoderJob:
         """Start training in a worker process and return at once. Scene volumes are passed as NRRD files. An idle
         standby detection worker is ended first: the training needs the memory (on a GPU, all it can get).
 

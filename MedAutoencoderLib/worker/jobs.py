@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from MedAutoencoderLib.cli.exit_codes import EXIT_CANCELLED
+from MedAutoencoderLib.config import ModelConfig, TrainConfig
 
 #: Events the CLI writes with ``--progress json``.
 PROGRESS_EVENTS = ("start", "progress", "log", "done", "error", "cancelled")
@@ -128,21 +129,18 @@ def detect_arguments(input_paths: Sequence[str], output_dir: str, model_path: Op
 def train_command(python: str, data: Sequence[str], model_type: str, out: str, epochs: Optional[int] = None,
                   max_minutes: Optional[float] = None, device: str = "auto", stop_file: Optional[str] = None,
                   overwrite: bool = False, extra_arguments: Sequence[str] = ()) -> List[str]:
-    """Arguments of ``python -m MedAutoencoderLib train`` with JSON progress and an optional stop file.
+    """Arguments of ``python -m MedAutoencoderLib train`` with JSON progress and an optional stop file, built
+    from the :class:`~MedAutoencoderLib.config.TrainConfig` they give (``epochs`` None: the default).
 
     ``extra_arguments`` passes further ``train`` options through (e.g. a small ``--size`` for quick tests).
     """
-    command = cli_command(python, ["train", "--data", *[str(p) for p in data], "--model", model_type, "--out",
-                                   str(out), "--device", cli_device(device), "--progress", "json"])
+    config = TrainConfig(data=[str(p) for p in data], out=str(out), model=ModelConfig(name=model_type),
+                         max_minutes=float(max_minutes) if max_minutes else None, overwrite=overwrite,
+                         stop_file=str(stop_file) if stop_file else None)
     if epochs:
-        command += ["--epochs", str(int(epochs))]
-    if max_minutes:
-        command += ["--max-minutes", repr(float(max_minutes))]
-    if stop_file:
-        command += ["--stop-file", str(stop_file)]
-    if overwrite:
-        command.append("--overwrite")
-    return command + [str(a) for a in extra_arguments]
+        config.epochs = int(epochs)
+    return cli_command(python, ["train", *config.as_arguments(), "--device", cli_device(device), "--progress", "json",
+                                *[str(a) for a in extra_arguments]])
 
 
 # --------------------------------------------------------------------------------------------------
