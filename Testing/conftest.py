@@ -131,3 +131,14 @@ def vae_model_path(toy_cohort, tmp_path_factory) -> Path:
     return train_model(TrainConfig(
         data=[str(toy_cohort)], out=str(out), model=ModelConfig(name="vae", channels=(8, 16), latent_channels=4),
         preprocess=PreprocessConfig(spacing=(1.5,) * 3, size=(32, 32, 32)), epochs=2, augment=False, device="cpu"))
+
+
+#: Session fixtures that train a model: a test that needs one trains (once per session) and is slow.
+TRAINING_FIXTURES = frozenset({"dae_model_path", "ae_model_path", "vae_model_path", "aae_model_path",
+                               "tiny_model_path"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

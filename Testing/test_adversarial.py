@@ -49,6 +49,7 @@ def aae_model_path(toy_cohort, tmp_path_factory):
     return train_model(tiny_train_config([toy_cohort], out, model=aae_config(), epochs=EPOCHS))
 
 
+@pytest.mark.slow
 def test_aae_trains_without_diverging(aae_model_path):
     payload = read_model_file(aae_model_path)
     history = payload["training"]["history"]

@@ -29,6 +29,8 @@ block = libc.malloc(16 << 20)
 print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblkhd}))
 """
 
+pytestmark = pytest.mark.slow  # every test probes the allocator in a process of its own
+
 
 def _has_mallinfo2() -> bool:
     """glibc 2.33 or newer (``mallinfo2``), where the probe can read the statistics."""

@@ -17,6 +17,8 @@ import torch
 TINY = ["--size", "32", "32", "32", "--spacing", "1.5", "1.5", "1.5", "--batch-size", "16", "--device", "cpu",
         "--no-augment"]
 
+pytestmark = pytest.mark.slow  # every test runs the command line in a process of its own
+
 
 def cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "MedAutoencoderLib", *map(str, args)], capture_output=True,

@@ -93,6 +93,7 @@ def subject_with_brain():
     return make_healthy_subject_with_mask(template, template_brain_mask(template), np.random.default_rng(5))
 
 
+@pytest.mark.slow
 def test_template_registration_recovers_the_brain_of_a_generated_subject(subject_with_brain):
     image, brain = subject_with_brain
     mask = template_brain_mask_on(image, template_to_image_transform(image))
@@ -112,6 +113,7 @@ def test_template_registration_is_not_thrown_off_by_the_intensity_scale(subject_
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.93
 
 
+@pytest.mark.slow
 def test_template_foreground_excludes_a_skull_that_otsu_keeps(subject_with_brain):
     """A bright shell touching the brain (skull and scalp) is foreground for Otsu, not for the template."""
     image, brain = subject_with_brain
@@ -166,6 +168,7 @@ def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
         prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ellipsoid", "rimmed ellipsoid"])
 def test_a_head_shaped_object_without_tissue_contrast_is_refused_by_the_brain_model(kind):
     """A uniform phantom of a head's size and shape passes the registration's brain check (its outline matches a

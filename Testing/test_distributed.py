@@ -108,6 +108,7 @@ def runs(toy_cohort, tmp_path_factory) -> Dict[str, object]:
             "folder": folder}
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_reports_and_cancels(runs):
     first, cancelled, resumed = runs["first"], runs["cancelled"], runs["resumed"]
     assert first.returncode == 0, first.stderr[-2000:]
@@ -130,6 +131,7 @@ def test_only_rank_zero_writes_reports_and_cancels(runs):
     assert saved["calibration"]["threshold"] > 0
 
 
+@pytest.mark.slow
 def test_resumed_two_process_run_matches_one_process(runs, toy_cohort):
     samples = training_slice_count(toy_cohort, SEED)
     assert samples % 2 == 0 and samples <= GLOBAL_BATCH, "the comparison needs one unpadded full batch per epoch"
@@ -142,6 +144,7 @@ def test_resumed_two_process_run_matches_one_process(runs, toy_cohort):
     np.testing.assert_allclose(two_val, one_val, rtol=RELATIVE_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_two_process_model_loads_and_detects_on_the_input_grid(runs, lesion_case):
     model = load_model(runs["folder"] / "resumed.pt", device="cpu")
     assert np.isfinite(model.record.threshold)

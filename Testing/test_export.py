@@ -36,6 +36,7 @@ def assert_detects_like(exported_model, python_model, image) -> None:
     assert exported.summary["threshold"] == python.summary["threshold"]
 
 
+@pytest.mark.slow
 def test_torchscript_export_detects_exactly_like_the_python_model(vae_model, vae_model_path, lesion_case,
                                                                    tmp_path):
     out = tmp_path / "vae.ts"
@@ -54,6 +55,7 @@ def test_torchscript_export_detects_exactly_like_the_python_model(vae_model, vae
     assert main(["export", "--model", str(vae_model_path), "--out", str(out)]) == 1  # never overwritten silently
 
 
+@pytest.mark.slow
 def test_pt2_export_detects_exactly_like_the_python_model(vae_model, vae_model_path, lesion_case, tmp_path,
                                                           recwarn):
     """torch.export, TorchScript's successor: no deprecation warning, any batch size, the same detection."""

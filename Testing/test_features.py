@@ -62,6 +62,7 @@ def test_npy_table_round_trips_without_pickle(feature_csv, tmp_path):
     np.testing.assert_allclose(again.values, table.values, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_classify_reports_intervals_and_writes_the_latent_plot(feature_csv, labelled_cohort, tmp_path, capsys):
     plot = tmp_path / "latent.png"
     assert main(["classify", "--features", str(feature_csv), "--labels", str(labelled_cohort["labels"]),

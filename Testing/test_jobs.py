@@ -108,6 +108,7 @@ def test_python_launcher_prefers_python_slicer():
 # ---- real worker processes
 
 
+@pytest.mark.slow
 def test_worker_events_and_other_output_arrive_in_order():
     job = jobs.start_worker(python_script("""
         import json, sys
@@ -126,6 +127,7 @@ def test_worker_events_and_other_output_arrive_in_order():
     assert "error: printed on stderr" in job.recent_output()
 
 
+@pytest.mark.slow
 def test_failed_worker_keeps_error_and_last_lines():
     job = jobs.start_worker(python_script("""
         import json, sys
@@ -139,6 +141,7 @@ def test_failed_worker_keeps_error_and_last_lines():
     assert job.recent_output(1) == "error: model file is corrupt"
 
 
+@pytest.mark.slow
 def test_environment_update_reaches_worker():
     job = jobs.start_worker(python_script("import os; print(os.environ['MEDAE_TEST'])"), {"MEDAE_TEST": "42"})
     events = []
@@ -146,6 +149,7 @@ def test_environment_update_reaches_worker():
     assert events == [{"event": "output", "message": "42"}]
 
 
+@pytest.mark.slow
 def test_poll_does_not_block_while_worker_runs():
     job = jobs.start_worker(python_script("import time; time.sleep(30)"), {})
     try:
@@ -158,6 +162,7 @@ def test_poll_does_not_block_while_worker_runs():
     assert wait_until(lambda: job.finished) and job.was_cancelled
 
 
+@pytest.mark.slow
 def test_cancel_kills_the_whole_process_tree():
     job = jobs.start_worker(python_script("""
         import subprocess, sys, time
@@ -175,6 +180,7 @@ def test_cancel_kills_the_whole_process_tree():
     assert job.was_cancelled and not job.succeeded
 
 
+@pytest.mark.slow
 def test_cancel_uses_stop_file_first(tmp_path):
     stop_file = tmp_path / "stop"
     stop_file.write_text("stale")
@@ -204,10 +210,12 @@ def tiny_model_path(tmp_path_factory):
     return tiny_model(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_real_training_worker_reports_progress_and_model(tiny_model_path):
     assert tiny_model_path.is_file() and tiny_model_path.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_real_detection_worker_writes_outputs_on_input_grid(tmp_path, tiny_model_path):
     import numpy as np
     import SimpleITK as sitk
@@ -237,6 +245,7 @@ def test_real_detection_worker_writes_outputs_on_input_grid(tmp_path, tiny_model
     assert "threshold" in result.summary
 
 
+@pytest.mark.slow
 def test_real_worker_error_is_reported(tmp_path):
     command = jobs.detect_command(sys.executable, [str(tmp_path / "missing.nrrd")], str(tmp_path / "out"),
                                   model_path=str(tmp_path / "missing.pt"), device="cpu")
@@ -246,6 +255,7 @@ def test_real_worker_error_is_reported(tmp_path):
     assert "missing" in (job.error_message or "") + job.recent_output()
 
 
+@pytest.mark.slow
 def test_real_training_stops_on_stop_file(tmp_path):
     from worker_helpers import TINY_TRAIN_ARGUMENTS, write_toy_volumes
 

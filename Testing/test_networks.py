@@ -79,6 +79,7 @@ def test_vae_decodes_the_mean_in_eval_mode_and_samples_in_training():
     assert not torch.allclose(a["reconstruction"], b["reconstruction"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "l1", "ssim", "bce"])
 @pytest.mark.parametrize("name", ["ae", "sparse", "vae", "dae"])
 def test_loss_decreases_on_a_fixed_batch(name, loss):

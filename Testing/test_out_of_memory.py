@@ -25,6 +25,8 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 sys.exit(cli.main(["detect", *sys.argv[2:], "--device", "cpu", "--progress", "none"]))
 """
 
+pytestmark = pytest.mark.slow  # every test starts a process with a memory limit
+
 
 def template_volume(folder, name: str, size, spacing):
     """The MNI template resampled onto a grid of ``size`` voxels of ``spacing`` mm, as uncompressed NIfTI."""

@@ -112,6 +112,7 @@ def test_depth_zero_prepares_each_item_in_the_callers_thread_when_it_is_taken():
     assert threads == [threading.current_thread()] * 3
 
 
+@pytest.mark.slow
 def test_each_volume_is_announced_before_it_is_read_and_prepared(monkeypatch, tmp_path, lesion_case, dae_model):
     """A user watching the progress sees the volume being worked on, not the previous one's score, while the
     slow preparation (registration) of the next one runs."""
@@ -133,6 +134,7 @@ def test_each_volume_is_announced_before_it_is_read_and_prepared(monkeypatch, tm
         "a.nii.gz (1/2)", "prepare a.nii.gz", "b.nii.gz (2/2)", "prepare b.nii.gz"]
 
 
+@pytest.mark.slow
 def test_a_volume_is_freed_before_the_next_one_is_prepared(monkeypatch, tmp_path, lesion_case, dae_model):
     """One after the other, a batch holds one prepared volume (the input and its model-grid arrays) at a time."""
     volumes, alive_when_preparing = [], []
@@ -175,6 +177,7 @@ def test_a_batch_prepared_ahead_stops_at_the_failed_volume_and_writes_nothing_fo
     assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]
 
 
+@pytest.mark.slow
 def test_a_batch_prepared_ahead_with_keep_going_skips_the_failed_volume_and_finishes_the_others(
         capsys, tmp_path, batch_with_a_bad_middle_volume, dae_model_path):
     inputs, out = batch_with_a_bad_middle_volume, tmp_path / "out"

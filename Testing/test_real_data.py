@@ -21,7 +21,9 @@ from MedAutoencoderLib.io.volumes import read_image
 from MedAutoencoderLib.preprocessing.prepare import otsu_foreground
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+# real scans, read and registered to the template: seconds each
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")]
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -22,6 +23,7 @@ def untrained_model_file(path, name: str):
     return save_model(path, build_network(config), record)
 
 
+@pytest.mark.slow
 def test_sample_writes_a_stack_on_the_model_grid_and_a_picture(vae_model_path, tmp_path):
     out = tmp_path / "samples"
     assert main(["sample", "--model", str(vae_model_path), "--n", "6", "--output-dir", str(out), "--seed", "3",
@@ -39,6 +41,7 @@ def test_sample_writes_a_stack_on_the_model_grid_and_a_picture(vae_model_path, t
     assert main(["sample", "--model", str(vae_model_path), "--n", "2", "--output-dir", str(out)]) == 1  # exists
 
 
+@pytest.mark.slow
 def test_interpolation_runs_from_the_first_code_to_the_second(vae_model_path, toy_cohort, tmp_path):
     first, second = sorted(toy_cohort.glob("*.nii.gz"))[:2]
     out = tmp_path / "line"

@@ -279,6 +279,7 @@ def tiny_model_path(tmp_path_factory):
     return tiny_model(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_detect_in_process_puts_outputs_on_input_geometry(organ_node, tiny_model_path):
     from MedAutoencoderLib import api
     from MedAutoencoderLib.config import DetectOptions
@@ -294,6 +295,7 @@ def test_detect_in_process_puts_outputs_on_input_geometry(organ_node, tiny_model
     assert_same_snapshot(before, snapshot(organ_node))
 
 
+@pytest.mark.slow
 def test_detect_through_worker_process_like_the_module(tmp_path, scene, organ_node, tiny_model_path):
     import sys
 
@@ -323,6 +325,7 @@ def rotation_about_r(scene, name: str = "registration"):
     return transform
 
 
+@pytest.mark.slow
 def test_a_volume_under_a_transform_is_analysed_where_it_is_shown(scene, tiny_model_path):
     """The same voxels under a (not hardened) transform and hardened give the same result: the model sees the
     volume where the user sees it. Outputs keep the node's own geometry under the same transform."""

@@ -15,6 +15,8 @@ from MedAutoencoderLib.worker import jobs
 from MedAutoencoderLib.worker.serve import request_arguments
 from MedAutoencoderLib.worker.standby import StandbyWorker
 
+pytestmark = pytest.mark.slow  # every test starts standby worker processes
+
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):

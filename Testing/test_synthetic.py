@@ -47,6 +47,7 @@ def subject(template: sitk.Image, template_mask: sitk.Image) -> tuple[sitk.Image
 # ----------------------------------------------------------------------------------------------- template
 
 
+@pytest.mark.slow
 def test_template_is_bundled_mni_t1_with_a_filled_brain_mask(full_template: sitk.Image) -> None:
     assert full_template.GetSize() == (197, 233, 189)
     assert full_template.GetPixelID() == sitk.sitkFloat32
@@ -263,6 +264,7 @@ def test_lesion_in_oblique_toy_volume_stays_in_the_organ() -> None:
 # ------------------------------------------------------------------------------------------------ cohorts
 
 
+@pytest.mark.slow
 def test_make_cohort_writes_paired_healthy_and_lesioned_subjects(template: sitk.Image, tmp_path) -> None:
     common = dict(rng_seed=5, config=FAST_VARIATION, template=template)
     healthy = synthetic.make_cohort(tmp_path / "healthy", 2, **common)

@@ -44,6 +44,7 @@ def lesion_run(dae_model, lesion_case):
     return run_detection(lesion_case["image"], dae_model, name="case_000")
 
 
+@pytest.mark.slow
 def test_detection_outputs_lie_on_the_input_grid(lesion_run, lesion_case):
     image = lesion_case["image"]
     result = lesion_run.result
@@ -73,12 +74,14 @@ def test_anomaly_map_finds_the_lesion(lesion_run, lesion_case):
     assert scores[truth].mean() > 1.5 * scores[region & ~truth].mean()
 
 
+@pytest.mark.slow
 def test_healthy_volume_scores_lower_than_the_lesioned_one(dae_model, lesion_run, lesion_case):
     healthy = run_detection(lesion_case["healthy"], dae_model).result.summary
     assert healthy["anomaly_score"] < lesion_run.result.summary["anomaly_score"]
     assert healthy["anomalous_volume_ml"] <= lesion_run.result.summary["anomalous_volume_ml"]
 
 
+@pytest.mark.slow
 def test_bfloat16_changes_maps_and_masks_only_within_rounding(dae_model, lesion_run, lesion_case):
     """The default on a CPU is float32 (what ``lesion_run`` used); bfloat16 must give nearly the same result."""
     reduced = run_detection(lesion_case["image"], dae_model, DetectOptions(precision="bfloat16"), name="case_000")
@@ -92,6 +95,7 @@ def test_bfloat16_changes_maps_and_masks_only_within_rounding(dae_model, lesion_
         run_detection(lesion_case["image"], dae_model, DetectOptions(precision="float8"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prepare_ahead", [0, 2])
 def test_files_written_by_the_writer_threads_hold_each_volumes_own_outputs(dae_model, lesion_case, tmp_path,
                                                                            prepare_ahead):
@@ -142,6 +146,7 @@ def test_a_validation_volume_without_samples_is_refused_before_training(toy_coho
     assert not out.exists() and not any(e["event"] == "progress" for e in events)
 
 
+@pytest.mark.slow
 def test_without_held_out_validation_a_training_volume_without_samples_is_only_left_out(toy_cohort, tmp_path):
     """--validation-fraction 0 validates on the training volumes: one without samples is left out of both
     with a warning, not refused as if it had been held out."""
@@ -157,6 +162,7 @@ def test_without_held_out_validation_a_training_volume_without_samples_is_only_l
     assert any("tiny_object" in e.get("message", "") for e in events if e["event"] == "log")
 
 
+@pytest.mark.slow
 def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):
     out = tmp_path / "budget.pt"
     Trainer(tiny_train_config([toy_cohort], out, "ae", epochs=50, max_minutes=1e-4)).run()
@@ -165,6 +171,7 @@ def test_tiny_time_budget_stops_early(toy_cohort, tmp_path):
     assert np.isfinite(read_model_file(out)["calibration"]["threshold"])
 
 
+@pytest.mark.slow
 def test_resume_continues_the_epoch_count(ae_model_path, toy_cohort, tmp_path):
     before = read_model_file(ae_model_path)
     out = tmp_path / "resumed.pt"
@@ -178,6 +185,7 @@ def test_resume_continues_the_epoch_count(ae_model_path, toy_cohort, tmp_path):
     assert after["training"]["history"][:2] == before["training"]["history"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_records_the_training_time_of_all_its_runs(ae_model_path, toy_cohort, tmp_path):
     """It recorded the last run's seconds beside all runs' epochs."""
     payload = torch.load(ae_model_path, weights_only=True)
@@ -189,6 +197,7 @@ def test_a_resumed_run_records_the_training_time_of_all_its_runs(ae_model_path, 
     assert 1000.0 < read_model_file(out)["training"]["seconds"] < 1000.0 + 600
 
 
+@pytest.mark.slow
 def test_a_calibration_that_fails_after_training_says_where_the_model_is(toy_cohort, tmp_path, monkeypatch,
                                                                          ae_model_path):
     """The error of a calibration that failed (the held-out volumes out of memory, say) did not mention the
@@ -216,6 +225,7 @@ def test_resuming_with_no_more_epochs_than_done_is_refused(ae_model_path, toy_co
     assert not (tmp_path / "again.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_run_failing_midway_says_which_model_it_left_and_keeps_the_one_it_was_to_replace(
         toy_cohort, tmp_path, monkeypatch, ae_model_path):
     """A run that diverged (or ran out of memory, or was killed) after an epoch had saved its best model left that
@@ -291,6 +301,7 @@ def test_bad_model_files_give_model_file_error(kind, words, tmp_path, ae_model_p
     assert "weights_only" not in str(caught.value)  # torch's advice would run the file's code
 
 
+@pytest.mark.slow
 def test_3d_patch_model_trains_and_detects_on_the_input_grid(toy_cohort, tmp_path, lesion_case):
     out = tmp_path / "patch3d.pt"
     model_config = ModelConfig(name="dae", spatial_dims=3, channels=(8, 16), patch_size=(16, 16, 16))

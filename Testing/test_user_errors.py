@@ -108,6 +108,7 @@ def fail_scoring_of(monkeypatch, name: str) -> None:
     monkeypatch.setattr(pipeline, "score_volume", score_volume)
 
 
+@pytest.mark.slow
 def test_a_defect_in_a_batch_says_where_it_stopped_and_leaves_the_earlier_run_of_that_volume_whole(
         capsys, monkeypatch, tmp_path, lesion_case, dae_model_path):
     inputs = tmp_path / "inputs"
@@ -134,6 +135,7 @@ def test_a_defect_in_a_batch_says_where_it_stopped_and_leaves_the_earlier_run_of
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_keep_going_skips_a_volume_that_meets_a_defect_and_prints_its_traceback(capsys, monkeypatch, tmp_path,
                                                                                 lesion_case, dae_model_path):
     inputs = tmp_path / "inputs"
@@ -232,6 +234,7 @@ def test_invalid_training_settings_are_refused_before_any_work(tmp_path, toy_coh
         config.validate()
 
 
+@pytest.mark.slow
 def test_options_the_chosen_model_does_not_use_are_named_in_a_warning(capsys, tmp_path, toy_cohort):
     """They were stored in the model file and silently ignored (--kl-weight on an ae, widths after the first on
     a dae)."""
@@ -252,6 +255,7 @@ def test_options_the_chosen_model_does_not_use_are_named_in_a_warning(capsys, tm
                for m in logs)
 
 
+@pytest.mark.slow
 def test_a_bottleneck_thin_along_one_axis_only_is_accepted_and_trains(tmp_path, toy_cohort):
     """Instance norm fails on a single voxel, not on a 2x2x1 bottleneck."""
     model = ModelConfig(name="ae", spatial_dims=3, channels=(8, 16), patch_size=(8, 8, 4))
@@ -294,6 +298,7 @@ def test_demo_refuses_a_bad_request_before_writing_anything(capsys, tmp_path, ar
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_demo_keeps_existing_files_unless_told_to_overwrite(capsys, tmp_path, dae_model_path):
     overlay = tmp_path / "demo_overlay.png"
     overlay.write_text("mine")

@@ -22,7 +22,7 @@ speed_status=${PIPESTATUS[0]}
 [ "${1:-}" = speed ] && exit "$speed_status"
 python3 - <<'PY'
 import numpy as np, SimpleITK as sitk, os
-from MedAutoencoderLib.synthetic import toy_volume
+from MedAutoencoderLib.data.synthetic import toy_volume
 os.makedirs("/tmp/toy", exist_ok=True)
 for seed in range(4):
     sitk.WriteImage(toy_volume(np.random.default_rng(seed), shape=(48, 48, 40)), f"/tmp/toy/healthy{seed}.nrrd")
