@@ -119,7 +119,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     (``compress`` False: nrrd and mha outputs uncompressed, for a caller that reads them back at once).
 
     All target paths are checked before anything is written; the model is loaded once for all inputs. A
-    volume's files get their names together once all are written (:mod:`~MedAutoencoderLib.outputs`): one that
+    volume's files get their names together once all are written (:mod:`~MedAutoencoderLib.io.outputs`): one that
     fails writes nothing, and an earlier run's outputs of it stay as they were. A volume that fails its checks,
     runs out of memory, or meets a defect stops the batch, saying where; with ``keep_going`` it is skipped and
     the batch ends with :class:`BatchDetectionError` naming every such volume, as a cohort run on a server wants.
@@ -141,7 +141,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     in_flight: List[PendingOutputs] = []  # volumes done whose files may still be being written
     depth = options.volumes_ahead(len(paths))
     if depth and model.record.preprocess.foreground == "template":
-        from MedAutoencoderLib.brain_mask import prepare_registration_template
+        from MedAutoencoderLib.brain.registration import prepare_registration_template
 
         prepare_registration_template()  # once, here, not by each worker that finds the cache empty
     prepare = partial(_prepared_input, preprocess=model.record.preprocess)
