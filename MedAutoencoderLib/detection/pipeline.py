@@ -99,6 +99,8 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     scored = score_volume(prepared, reconstruction, record.detection)
     result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
+    result.summary.update(model=model.path.name if model.path else None, calibrated_threshold=record.threshold,
+                          threshold_source="calibrated" if options.threshold is None else "user")
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)

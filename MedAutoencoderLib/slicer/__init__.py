@@ -1,4 +1,5 @@
-"""3D Slicer's side without Qt: the MRML bridge (``slicer`` imported lazily) and the module's job logic.
+"""3D Slicer's side without Qt: the MRML bridge (``slicer`` imported lazily), the module's job logic and what a
+reader of a result needs (``results``: findings table and live threshold).
 
 Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
 """
@@ -8,7 +9,7 @@ from MedAutoencoderLib._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "bridge": ["ROLE_ATTRIBUTE", "INPUT_REFERENCE", "SELF_REFERENCE", "OWN_ID_ATTRIBUTE", "ROLE_RECONSTRUCTION",
-        "ROLE_ANOMALY_MAP", "ROLE_ANOMALY_MASK", "ROLE_ANOMALY_SEGMENTATION", "ROLE_MASK_COLORS",
+        "ROLE_ANOMALY_MAP", "ROLE_ANOMALY_MASK", "ROLE_ANOMALY_SEGMENTATION", "ROLE_MASK_COLORS", "ROLE_FINDINGS_TABLE",
         "ANOMALY_SEGMENT_ID", "ANOMALY_COLOR", "ANOMALY_MAP_COLOR_NODE_ID", "ANOMALY_MAP_SHOWN_FROM",
         "GEOMETRY_TOLERANCE", "DetectionNodes", "world_geometry", "volume_node_to_sitk", "ijk_to_ras_from_sitk",
         "update_volume_node_from_sitk", "check_on_input_grid", "default_input_volume", "output_node_name",
@@ -17,4 +18,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "detect_volume_node", "write_volume_for_worker", "read_worker_outputs", "WorkerResult"],
     "job": ["TRAINING_STOP_GRACE_MS", "POLL_INTERVAL_MS", "EventLoop", "removed_on_failure", "MedAutoencoderJob",
         "SharedStandby", "WorkerJobs"],
+    "results": ["SUMMARY_ATTRIBUTE", "THRESHOLD_ATTRIBUTE", "CALIBRATED_THRESHOLD_ATTRIBUTE",
+        "DEFAULT_MIN_COMPONENT_ML", "TABLE_COLUMNS", "Finding", "findings_from_summary", "anomaly_map_image",
+        "find_components", "read_summary", "calibrated_threshold", "threshold_range", "update_findings_table",
+        "finding_position", "write_findings_csv", "publish_findings", "result_nodes", "apply_threshold"],
 })

@@ -38,6 +38,7 @@ ROLE_ANOMALY_MAP = "anomaly_map"
 ROLE_ANOMALY_MASK = "anomaly_mask"
 ROLE_ANOMALY_SEGMENTATION = "anomaly_segmentation"
 ROLE_MASK_COLORS = "anomaly_mask_colors"
+ROLE_FINDINGS_TABLE = "findings_table"
 
 #: Segment ID used for the anomaly segment; fixed so re-running replaces the same segment.
 ANOMALY_SEGMENT_ID = "anomaly"
@@ -63,15 +64,19 @@ class DetectionNodes:
     anomaly_mask: Any
     segmentation: Any
     summary: Dict[str, Any]
+    findings_table: Any = None  # vtkMRMLTableNode, one row per finding (MedAutoencoderLib.slicer.results)
 
     def as_dict(self) -> Dict[str, Any]:
         """Nodes by role name, the form ``MedAutoencoderLogic.detectAnomalies`` returns."""
-        return {
+        nodes = {
             ROLE_RECONSTRUCTION: self.reconstruction,
             ROLE_ANOMALY_MAP: self.anomaly_map,
             ROLE_ANOMALY_MASK: self.anomaly_mask,
             ROLE_ANOMALY_SEGMENTATION: self.segmentation,
         }
+        if self.findings_table is not None:
+            nodes[ROLE_FINDINGS_TABLE] = self.findings_table
+        return nodes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +258,8 @@ def get_or_create_output_node(input_node, role: str, class_name: str):
         node.SetAttribute(ROLE_ATTRIBUTE, role)
         node.SetNodeReferenceID(SELF_REFERENCE, node.GetID())
         node.SetNodeReferenceID(INPUT_REFERENCE, input_node.GetID())
-    node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    if node.IsA("vtkMRMLTransformableNode"):  # a table is not placed in space
+        node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
     return node
 
 
@@ -350,8 +356,11 @@ def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple
                                "vtkMRMLLabelMapVolumeNode")
     mask.GetDisplayNode().SetAndObserveColorNodeID(anomaly_mask_color_node(input_node.GetScene()).GetID())
     segmentation = update_anomaly_segmentation(input_node, mask)
-    place_beside_input(input_node, (reconstruction, anomaly_map, mask, segmentation))
-    return DetectionNodes(reconstruction, anomaly_map, mask, segmentation, summary)
+    from MedAutoencoderLib.slicer.results import publish_findings
+
+    table = publish_findings(input_node, anomaly_map, mask, segmentation, summary)
+    place_beside_input(input_node, (reconstruction, anomaly_map, mask, segmentation, table))
+    return DetectionNodes(reconstruction, anomaly_map, mask, segmentation, summary, table)
 
 
 def place_beside_input(input_node, nodes) -> None:
