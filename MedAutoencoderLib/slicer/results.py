@@ -173,7 +173,6 @@ def update_findings_table(input_node, findings: Sequence[Finding]):
         region.InsertNextValue(finding.region)
     was_modifying = table_node.StartModify()
     table_node.SetAndObserveTable(table)
-    table_node.SetUseColumnNameAsColumnHeader(True)
     for name, unit, description in TABLE_COLUMNS:
         table_node.SetColumnUnitLabel(name, unit)
         table_node.SetColumnDescription(name, description)
@@ -284,3 +283,48 @@ def apply_threshold(nodes: Mapping[str, Any], threshold: float,
     bridge.show_anomaly_map_colors(map_node, threshold)
     _store((map_node, mask_node, segmentation_node, table_node), map_node, summary)
     return summary
+
+
+def jump_to_finding(scene, table_node, row: int) -> Tuple[float, float, float]:
+    """Centre every slice view on the finding in ``row`` (0-based) of a findings table; returns its position."""
+    import slicer
+
+    position = finding_position(table_node, row)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *position, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    return position
+
+
+def save_report(nodes: Mapping[str, Any], path: str) -> List[str]:
+    """Write the report of a result (:func:`MedAutoencoderLib.slicer.report.write_report`) from its nodes: slices
+    through the largest findings, the findings table, model, threshold and date, plus the summary JSON.
+
+    Args:
+        nodes: the result's nodes by role (``reconstruction``, ``anomaly_map``, ``anomaly_mask``).
+        path: the report's file name (``.png``; ``.pdf`` and ``.json`` are written beside it).
+
+    Returns:
+        The paths written.
+    """
+    import slicer.util
+
+    from MedAutoencoderLib.slicer.report import ReportData, write_report
+
+    map_node = nodes.get(bridge.ROLE_ANOMALY_MAP)
+    input_node = map_node.GetNodeReference(bridge.INPUT_REFERENCE) if map_node is not None else None
+    if input_node is None or nodes.get(bridge.ROLE_RECONSTRUCTION) is None or \
+            nodes.get(bridge.ROLE_ANOMALY_MASK) is None:
+        raise MedAutoencoderError("A report needs the input volume and the result's reconstruction, anomaly map "
+                                  "and anomaly mask in the scene.")
+    summary = read_summary(map_node)
+    findings = findings_from_summary(summary)
+    world_to_ijk = np.linalg.inv(bridge._ijk_to_world(map_node))
+    slices = [int(round((world_to_ijk @ np.array([*f.centroid_ras_mm, 1.0]))[2])) for f in findings]
+    data = ReportData(
+        input_name=input_node.GetName(),
+        image=slicer.util.arrayFromVolume(input_node),
+        reconstruction=slicer.util.arrayFromVolume(nodes[bridge.ROLE_RECONSTRUCTION]),
+        anomaly_map=slicer.util.arrayFromVolume(map_node),
+        mask=slicer.util.arrayFromVolume(nodes[bridge.ROLE_ANOMALY_MASK]),
+        spacing_ijk=tuple(float(s) for s in map_node.GetSpacing()),
+        findings=findings, finding_slices=slices, summary=summary)
+    return write_report(data, path)
