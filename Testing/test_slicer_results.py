@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not available for 
 vtk = pytest.importorskip("vtk")
 slicer_util = pytest.importorskip("slicer.util")
 
-from MedAutoencoderLib import slicer_bridge  # noqa: E402
+from MedAutoencoderLib.slicer import bridge as slicer_bridge  # noqa: E402
 from MedAutoencoderLib.detection import threshold_mask  # noqa: E402
 from MedAutoencoderLib.slicer import report, results, views  # noqa: E402
 from test_slicer_bridge import matrix_to_array, node_ijk_to_ras, rotation_matrix, scene  # noqa: E402,F401
@@ -227,6 +227,10 @@ def test_result_layout_links_three_views_and_restores_the_users_layout(scene, in
     assert all(c.GetLinkedControl() for c in composites.values())
     assert composites[views.OVERLAY_VIEW].GetForegroundOpacity() == pytest.approx(0.3)
     assert detected.segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
+    results.apply_threshold(detected.as_dict(), 2.0)  # a new threshold keeps the 3D surface, of the new mask
+    surface = vtk.vtkPolyData()
+    assert detected.segmentation.GetClosedSurfaceRepresentation(slicer_bridge.ANOMALY_SEGMENT_ID, surface)
+    assert surface.GetNumberOfPoints() > 0
     assert views.set_overlay_opacity(scene, detected.anomaly_map, 0.8) == 1
     assert composites[views.OVERLAY_VIEW].GetForegroundOpacity() == pytest.approx(0.8)
     views.restore_layout(scene, previous)

@@ -141,14 +141,50 @@ def voxel_volume_ml(image: sitk.Image) -> float:
     return float(np.prod(image.GetSpacing())) * abs(float(np.linalg.det(direction))) / 1000.0
 
 
+def min_component_voxels(voxel_ml: float, min_component_ml: float) -> int:
+    """The fewest voxels a component needs to be kept."""
+    return int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
+
+
+def _bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """The smallest box holding every True voxel of ``mask`` (None when there is none), found from the
+    projections, each over the box found so far."""
+    box: List[slice] = [slice(None)] * mask.ndim
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask[tuple(box)].any(axis=others))
+        if hits.size == 0:
+            return None
+        start = (box[axis].start or 0) + int(hits[0])
+        box[axis] = slice(start, start + int(hits[-1] - hits[0]) + 1)
+    return tuple(box)
+
+
+def component_labels_in_box(values: np.ndarray, threshold: float,
+                            min_voxels: int) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """Connected components (full connectivity) of ``values > threshold``, numbered 1.. largest first, those under
+    ``min_voxels`` removed, found only inside the bounding box of the voxels above: the labels of that box and the
+    box (an empty box when no voxel is above). Detection and the live threshold in Slicer both use this.
+    """
+    above = values > threshold
+    box = _bounding_box(above)
+    if box is None:
+        return np.zeros((0,) * values.ndim, np.uint32), tuple(slice(0, 0) for _ in range(values.ndim))
+    labels = _component_labels(sitk.GetImageFromArray(above[box].view(np.uint8)), min_voxels)
+    return sitk.GetArrayFromImage(labels), box
+
+
 def labels_above(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
     """Connected components of the voxels above ``threshold``, numbered 1.. largest first, those smaller than
-    ``min_component_ml`` removed: the components of the anomaly mask (detection and re-thresholding in Slicer
-    both use this)."""
-    above = sitk.Cast(sitk.Greater(anomaly_map, threshold), sitk.sitkUInt8)
-    voxel_ml = voxel_volume_ml(anomaly_map)
-    min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
-    return _component_labels(above, min_voxels)
+    ``min_component_ml`` removed (:func:`component_labels_in_box`), on the map's grid."""
+    values = sitk.GetArrayViewFromImage(anomaly_map)
+    box_labels, box = component_labels_in_box(values, threshold,
+                                              min_component_voxels(voxel_volume_ml(anomaly_map), min_component_ml))
+    labels = np.zeros(values.shape, np.uint32)
+    labels[box] = box_labels
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(anomaly_map)
+    return image
 
 
 def threshold_mask(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
@@ -163,28 +199,46 @@ def describe_components(mask: sitk.Image) -> List[Dict[str, Any]]:
 
 def describe_labels(labels: sitk.Image, values: Optional[sitk.Image] = None) -> List[Dict[str, Any]]:
     """Size, physical centroid (LPS and RAS, mm) and, with ``values`` (the anomaly map on the same grid), peak and
-    mean value of each label 1..N of ``labels``, in label order.
+    mean value of each label 1..N of ``labels``, in label order (:func:`describe_labels_in_box` on the whole
+    grid)."""
+    array = sitk.GetArrayViewFromImage(labels)
+    return describe_labels_in_box(array, tuple(slice(0, n) for n in array.shape), labels,
+                                  None if values is None else sitk.GetArrayViewFromImage(values))
+
+
+def describe_labels_in_box(box_labels: np.ndarray, box: Tuple[slice, ...], grid: sitk.Image,
+                           values: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
+    """:func:`describe_labels` of labels found in a box of a grid (:func:`component_labels_in_box`).
+
+    Args:
+        box_labels: labels (k, j, i) of the box.
+        box: where the box lies in the grid.
+        grid: an image with the grid's geometry (its voxels are not read).
+        values: the anomaly map (k, j, i) of the whole grid, for peak and mean; None to leave them out.
+
+    Returns:
+        One dict per label present, in label order.
 
     Vectorised over the labelled voxels only (bincounts), as a live threshold in Slicer calls it on every change.
     """
-    array = sitk.GetArrayViewFromImage(labels).ravel()
-    where = np.flatnonzero(array)
-    ids = array[where].astype(np.int64)
+    where = np.nonzero(box_labels)
+    ids = box_labels[where].astype(np.int64)
     count = int(ids.max()) if ids.size else 0
     voxels = np.bincount(ids, minlength=count + 1)[1:]
     present = np.flatnonzero(voxels) + 1
-    kji = np.unravel_index(where, sitk.GetArrayViewFromImage(labels).shape)
-    mean_index = np.stack([np.bincount(ids, weights=axis, minlength=count + 1)[present] for axis in kji[::-1]], 1)
+    offsets = [b.start or 0 for b in box]
+    mean_index = np.stack([np.bincount(ids, weights=where[axis] + offsets[axis], minlength=count + 1)[present]
+                           for axis in range(box_labels.ndim)[::-1]], 1)  # (i, j, k) per label
     mean_index = mean_index.astype(np.float64) / voxels[present - 1][:, None]
-    dimension = labels.GetDimension()
-    direction = np.array(labels.GetDirection()).reshape(dimension, dimension)
-    lps = np.array(labels.GetOrigin()) + mean_index @ (direction * np.array(labels.GetSpacing())).T
+    dimension = grid.GetDimension()
+    direction = np.array(grid.GetDirection()).reshape(dimension, dimension)
+    lps = np.array(grid.GetOrigin()) + mean_index @ (direction * np.array(grid.GetSpacing())).T
     lps = lps.reshape(-1, dimension)
     if values is not None:
-        picked = sitk.GetArrayViewFromImage(values).ravel()[where].astype(np.float64)
+        picked = values[box][where].astype(np.float64)
         sums = np.bincount(ids, weights=picked, minlength=count + 1)[present]
         peaks = ndimage.maximum(picked, ids, present) if present.size else []
-    voxel_ml = voxel_volume_ml(labels)
+    voxel_ml = voxel_volume_ml(grid)
     components = []
     for row, label in enumerate(present):
         n = int(voxels[label - 1])
@@ -196,7 +250,7 @@ def describe_labels(labels: sitk.Image, values: Optional[sitk.Image] = None) -> 
                                 round(float(lps[row][2]), 2)],
         }
         if values is not None:
-            component["peak_anomaly"] = round(float(peaks[row]), 6)
+            component["peak_anomaly"] = round(float(np.atleast_1d(peaks)[row]), 6)
             component["mean_anomaly"] = round(float(sums[row] / n), 6)
         components.append(component)
     return components

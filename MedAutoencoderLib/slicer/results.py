@@ -78,33 +78,43 @@ def findings_from_summary(summary: Mapping[str, Any]) -> List[Finding]:
 # Findings from an anomaly map
 
 
-def anomaly_map_image(map_node) -> sitk.Image:
-    """The anomaly map node's voxels on its world geometry (parent transform applied), in LPS like the library."""
-    import slicer.util
-
-    image = sitk.GetImageFromArray(slicer.util.arrayFromVolume(map_node))
-    spacing, origin, direction = bridge.world_geometry(map_node)
+def world_grid(volume_node, voxels: Optional[np.ndarray] = None) -> sitk.Image:
+    """An image with the node's world geometry (parent transform applied), in LPS like the library; its voxels
+    are ``voxels`` (copied) or a single placeholder voxel where only the geometry is needed."""
+    image = sitk.GetImageFromArray(voxels if voxels is not None else np.zeros((1, 1, 1), np.uint8))
+    spacing, origin, direction = bridge.world_geometry(volume_node)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
     return image
 
 
-def find_components(anomaly_map: sitk.Image, threshold: float,
-                    min_component_ml: float) -> Tuple[sitk.Image, List[Dict[str, Any]]]:
-    """Component labels (1.. largest first, small ones removed) and their descriptions (volume, centroid, peak and
-    mean anomaly), exactly as detection makes them.
+def anomaly_map_image(map_node) -> sitk.Image:
+    """The anomaly map node's voxels on its world geometry."""
+    import slicer.util
+
+    return world_grid(map_node, slicer.util.arrayFromVolume(map_node))
+
+
+def find_components(values: np.ndarray, grid: sitk.Image, threshold: float,
+                    min_component_ml: float) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+    """The anomaly mask and its components (volume, centroid, peak and mean anomaly), exactly as detection makes
+    them (:func:`MedAutoencoderLib.detection.component_labels_in_box`), from the map's voxels without a copy.
 
     Args:
-        anomaly_map: the anomaly map (float) on the input's grid.
+        values: the anomaly map's voxels (k, j, i), e.g. ``slicer.util.arrayFromVolume(map_node)``.
+        grid: an image with the map's world geometry (:func:`world_grid`).
         threshold: voxels above it are anomalous.
         min_component_ml: components smaller than this are dropped.
 
     Returns:
-        The label image and one dict per component, in label order.
+        The mask (uint8, shape of ``values``) and one dict per component, largest first.
     """
-    labels = scoring.labels_above(anomaly_map, threshold, min_component_ml)
-    return labels, scoring.describe_labels(labels, anomaly_map)
+    min_voxels = scoring.min_component_voxels(scoring.voxel_volume_ml(grid), min_component_ml)
+    box_labels, box = scoring.component_labels_in_box(values, threshold, min_voxels)
+    mask = np.zeros(values.shape, np.uint8)
+    mask[box] = box_labels > 0
+    return mask, scoring.describe_labels_in_box(box_labels, box, grid, values)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,6 +265,7 @@ def apply_threshold(nodes: Mapping[str, Any], threshold: float,
     Raises:
         MedAutoencoderError: a bad threshold, missing nodes, or an input volume no longer in the scene.
     """
+    import slicer
     import slicer.util
 
     threshold = float(threshold)
@@ -269,10 +280,15 @@ def apply_threshold(nodes: Mapping[str, Any], threshold: float,
     summary = read_summary(map_node)
     if min_component_ml is None:
         min_component_ml = float(summary.get("min_component_ml", DEFAULT_MIN_COMPONENT_ML))
-    labels, components = find_components(anomaly_map_image(map_node), threshold, min_component_ml)
-    mask = (sitk.GetArrayViewFromImage(labels) > 0).astype(np.uint8)
+    old_segmentation = nodes.get(bridge.ROLE_ANOMALY_SEGMENTATION)
+    shown_in_3d = old_segmentation is not None and old_segmentation.GetSegmentation().ContainsRepresentation(
+        slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName())
+    mask, components = find_components(slicer.util.arrayFromVolume(map_node), world_grid(map_node), threshold,
+                                       min_component_ml)
     slicer.util.updateVolumeFromArray(mask_node, mask)  # voxels only: the node keeps its IJK-to-RAS
     segmentation_node = bridge.update_anomaly_segmentation(input_node, mask_node)
+    if shown_in_3d:  # importing the new labelmap replaces the segment, its 3D surface with it
+        segmentation_node.CreateClosedSurfaceRepresentation()
     table_node = update_findings_table(input_node, [Finding.from_component(i + 1, c) for i, c in enumerate(components)])
     summary.update(threshold=threshold, min_component_ml=min_component_ml, components=components,
                    n_components=len(components),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from MedAutoencoderLib import slicer_bridge as bridge
+from MedAutoencoderLib.slicer import bridge
 from MedAutoencoderLib.errors import MedAutoencoderError
 
 #: Layout ID of the result layout (Slicer's own layouts use IDs under 1000; extensions pick large numbers).
