@@ -113,6 +113,9 @@ class MedAutoencoderParameterNode:
     trainingVolumes, trainingFolder - the healthy training data.
     modelType, epochs, maxMinutes - training settings (maxMinutes 0: no time limit).
     outputModelPath - model file to write; empty for a new file in the MedAutoencoder models folder.
+    resultThreshold - the threshold last applied to a result with the live threshold.
+    overlayOpacity - opacity of the anomaly map over the input in the slice views.
+    previousLayout - the layout shown before "Show linked views" (0: none recorded).
     """
 
     inputVolume: Optional[vtkMRMLScalarVolumeNode]
@@ -128,6 +131,9 @@ class MedAutoencoderParameterNode:
     epochs: Annotated[int, WithinRange(1, 10000)] = TrainConfig.epochs
     maxMinutes: Annotated[float, Minimum(0.0)] = 0.0
     outputModelPath: str = ""
+    resultThreshold: Annotated[float, Minimum(0.0)] = 0.0
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+    previousLayout: int = 0
 
 
 #
@@ -146,6 +152,8 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job: Optional[MedAutoencoderJob] = None
         self._jobButton = None
+        self._thresholdRangeKey = None
+        self._thresholdRangeValue = (0.0, 1.0)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -165,6 +173,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainingFolderLineEdit.connect("currentPathChanged(QString)", self._onPathChanged)
         self.ui.outputModelLineEdit.connect("currentPathChanged(QString)", self._onPathChanged)
         self.ui.trainingVolumesSelector.connect("checkedNodesChanged()", self._onTrainingVolumesChanged)
+        self._setupResults()
 
         self.initializeParameterNode()
 
@@ -233,6 +242,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "modelType": self.ui.modelTypeComboBox,
             "epochs": self.ui.epochsSpinBox,
             "maxMinutes": self.ui.maxMinutesSpinBox,
+            "overlayOpacity": self.ui.overlayOpacitySlider,
         }
 
     def _pathWidgetsByParameter(self) -> Dict[str, object]:
@@ -258,6 +268,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateTrainingVolumeChecks()
         self._updateTrainingSourceRows()
         self._updateButtons()
+        self._updateResults()
 
     def _updatePathWidgets(self) -> None:
         for name, widget in self._pathWidgetsByParameter().items():
@@ -419,6 +430,122 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(100)
         self.logic.showResults(inputVolume, nodes)
         self._appendLog(_("Done: {names}").format(names=", ".join(node.GetName() for node in nodes.values())))
+        self.ui.resultsCollapsibleButton.collapsed = False
+        self._updateResults()
+
+    # ---- results of the selected input: summary, findings, live threshold, views, report
+
+    def _setupResults(self) -> None:
+        self.ui.resultThresholdSlider.connect("valueChanged(double)", self.onResultThresholdChanged)
+        self.ui.resetThresholdButton.connect("clicked(bool)", self.onResetThreshold)
+        self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOverlayOpacityChanged)
+        self.ui.findingsTableView.connect("clicked(QModelIndex)", self.onFindingClicked)
+        self.ui.showLinkedViewsButton.connect("clicked(bool)", self.onShowLinkedViews)
+        self.ui.restoreLayoutButton.connect("clicked(bool)", self.onRestoreLayout)
+        self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
+
+    def _resultNodes(self) -> Dict[str, object]:
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            return {}
+        return self.logic.resultNodes(self._parameterNode.inputVolume)
+
+    def _updateResults(self) -> None:
+        """Show the result of the selected input (the last detection, or one saved with the scene)."""
+        from MedAutoencoderLib.slicer import results
+
+        nodes = self._resultNodes()
+        mapNode = nodes.get("anomaly_map")
+        for widget in (self.ui.resultThresholdSlider, self.ui.resetThresholdButton, self.ui.findingsTableView,
+                       self.ui.overlayOpacitySlider, self.ui.showLinkedViewsButton, self.ui.saveReportButton):
+            widget.enabled = bool(nodes)
+        self.ui.resultStatusLabel.visible = not nodes
+        self.ui.findingsTableView.setMRMLTableNode(nodes.get("findings_table"))
+        summary = results.read_summary(mapNode)
+        noValue = "\u2014"
+        self.ui.resultModelValueLabel.text = _("{model}, contrast: {contrast}").format(
+            model=summary.get("model") or noValue, contrast=summary.get("contrast") or noValue) if nodes else noValue
+        score = summary.get("anomaly_score")
+        self.ui.resultScoreValueLabel.text = f"{score:.4g}" if score is not None else noValue
+        flagged = summary.get("anomalous_volume_ml")
+        self.ui.resultFlaggedValueLabel.text = _("{ml:.2f} mL in {count} finding(s)").format(
+            ml=flagged, count=summary.get("n_components", 0)) if flagged is not None else noValue
+        calibrated = results.calibrated_threshold(mapNode)
+        threshold = summary.get("threshold")
+        if mapNode is not None and threshold is not None:
+            low, high = self._thresholdRange(mapNode)
+            slider = self.ui.resultThresholdSlider
+            wasBlocked = slider.blockSignals(True)
+            slider.setRange(low, max(high, threshold, calibrated or 0.0))
+            slider.tickInterval = calibrated or 0.0  # ticks at the calibrated value and its multiples
+            slider.value = threshold
+            slider.blockSignals(wasBlocked)
+        source = _("calibrated on healthy scans") if summary.get("threshold_source") == "calibrated" else _(
+            "your value")
+        self.ui.resultThresholdSourceLabel.text = (
+            source + (_("; calibrated: {value:.4g} (tick marks)").format(value=calibrated) if calibrated else "")
+            if nodes else "")
+        self.ui.resetThresholdButton.enabled = bool(nodes) and calibrated is not None
+
+    def _thresholdRange(self, mapNode) -> tuple:
+        """The slider's range for this map, computed again only when its voxels change (a max over the volume)."""
+        from MedAutoencoderLib.slicer import results
+
+        key = (mapNode.GetID(), mapNode.GetImageData().GetMTime() if mapNode.GetImageData() else 0)
+        if self._thresholdRangeKey != key:
+            self._thresholdRangeKey, self._thresholdRangeValue = key, results.threshold_range(mapNode)
+        return self._thresholdRangeValue
+
+    def onResultThresholdChanged(self, value: float) -> None:
+        nodes = self._resultNodes()
+        if not nodes:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Re-thresholding failed.")):
+            self.logic.applyThreshold(nodes, value)
+
+    def onResetThreshold(self) -> None:
+        from MedAutoencoderLib.slicer import results
+
+        calibrated = results.calibrated_threshold(self._resultNodes().get("anomaly_map"))
+        if calibrated is not None:
+            self.ui.resultThresholdSlider.value = calibrated
+
+    def onOverlayOpacityChanged(self, value: float) -> None:
+        self.logic.setOverlayOpacity(self._resultNodes(), value)
+
+    def onFindingClicked(self, index) -> None:
+        """Centre the slice views on the finding of the clicked row (read from its number: the view may sort)."""
+        nodes = self._resultNodes()
+        tableNode = nodes.get("findings_table")
+        if tableNode is None or not index.isValid():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not go to the finding.")):
+            number = int(float(index.sibling(index.row(), 0).data()))
+            self.logic.jumpToFinding(tableNode, number - 1)
+
+    def onShowLinkedViews(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not show the linked views."), waitCursor=True):
+            previous = self.logic.showLinkedViews(self._parameterNode.inputVolume, self._resultNodes(),
+                                                  self._parameterNode.overlayOpacity)
+            if previous is not None:
+                self._parameterNode.previousLayout = previous
+
+    def onRestoreLayout(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not restore the layout.")):
+            self.logic.restoreLayout(self._parameterNode.previousLayout or None)
+
+    def onSaveReport(self) -> None:
+        from MedAutoencoderLib.slicer import report
+
+        sceneFile = slicer.mrmlScene.GetURL()
+        folder = os.path.dirname(sceneFile) if sceneFile else slicer.app.defaultScenePath
+        suggested = report.default_report_path(folder, self._parameterNode.inputVolume.GetName())
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save report"), suggested,
+                                              _("PNG image (*.png)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not save the report."), waitCursor=True):
+            written = self.logic.saveReport(self._resultNodes(), path)
+            self._appendLog(_("Report saved: {files}").format(files=", ".join(written)))
 
 
 #
@@ -533,7 +660,8 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                         device: str = "auto", inProcess: bool = False, showResult: bool = False) -> Dict[str, object]:
         """Detect anomalies in ``volumeNode`` and return the output nodes by role, waiting for the result.
 
-        Roles: reconstruction, anomaly_map, anomaly_mask (labelmap), anomaly_segmentation. ``modelPath`` None
+        Roles: reconstruction, anomaly_map, anomaly_mask (labelmap), anomaly_segmentation, findings_table (one row
+        per finding; see ``applyThreshold`` to change the threshold afterwards). ``modelPath`` None
         uses the bundled default model, ``threshold`` None the model's calibrated threshold. With
         ``inProcess`` the work runs in Slicer's own process, otherwise in a worker process.
         """
@@ -574,6 +702,63 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
         """Input in the background, anomaly map over it in colour, anomaly segmentation as outline."""
         slicer.util.setSliceViewerLayers(background=inputVolume, foreground=nodes["anomaly_map"], label=None,
                                          foregroundOpacity=0.4)
+
+    # ---- results: live threshold, findings, views, report (MedAutoencoderLib.slicer)
+
+    def resultNodes(self, volumeNode) -> Dict[str, object]:
+        """The output nodes of the last detection of ``volumeNode`` by role ({} when it has none)."""
+        from MedAutoencoderLib.slicer import results
+
+        return results.result_nodes(volumeNode)
+
+    def applyThreshold(self, nodes: Dict[str, object], value: float) -> dict:
+        """Threshold a result again without running the model: mask, segmentation, findings table and summary
+        follow; the value is stored on the output nodes and in the parameter node. Returns the new summary."""
+        from MedAutoencoderLib.slicer import results
+
+        summary = results.apply_threshold(nodes, value)
+        self.getParameterNode().resultThreshold = float(value)
+        return summary
+
+    def jumpToFinding(self, tableNode, row: int) -> tuple:
+        """Centre the slice views on the finding in ``row`` (0-based) of a findings table; returns its RAS."""
+        from MedAutoencoderLib.slicer import results
+
+        return results.jump_to_finding(slicer.mrmlScene, tableNode, row)
+
+    def showLinkedViews(self, volumeNode, nodes: Dict[str, object], opacity: float = 0.4) -> int:
+        """Input, reconstruction and input + anomaly map side by side, linked, the segmentation in 3D below.
+        Returns the layout shown before (for ``restoreLayout``)."""
+        from MedAutoencoderLib.slicer import views
+
+        previous = views.show_result_layout(slicer.mrmlScene)
+        slicer.app.processEvents()  # the layout manager makes the views' slice and composite nodes
+        views.configure_result_views(slicer.mrmlScene, volumeNode, nodes, opacity)
+        layoutManager = slicer.app.layoutManager()
+        for name in views.VIEW_NAMES:
+            sliceWidget = layoutManager.sliceWidget(name)
+            if sliceWidget is not None:
+                sliceWidget.sliceLogic().FitSliceToAll()
+        if layoutManager.threeDViewCount:
+            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+        return previous
+
+    def restoreLayout(self, previous: Optional[int] = None) -> None:
+        """Show the layout the user had before ``showLinkedViews`` (conventional when not known)."""
+        from MedAutoencoderLib.slicer import views
+
+        views.restore_layout(slicer.mrmlScene, previous)
+
+    def setOverlayOpacity(self, nodes: Dict[str, object], opacity: float) -> None:
+        from MedAutoencoderLib.slicer import views
+
+        views.set_overlay_opacity(slicer.mrmlScene, nodes.get("anomaly_map"), opacity)
+
+    def saveReport(self, nodes: Dict[str, object], path: str) -> List[str]:
+        """Write the result's report (PNG, PDF with matplotlib, summary JSON); returns the files written."""
+        from MedAutoencoderLib.slicer import results
+
+        return results.save_report(nodes, path)
 
     # ---- training
 
@@ -704,7 +889,8 @@ class MedAutoencoderTest(ScriptedLoadableModuleTest):
     def _assertOnInputGeometry(self, inputVolume, nodes: Dict[str, object]) -> None:
         expected = vtk.vtkMatrix4x4()
         inputVolume.GetIJKToRASMatrix(expected)
-        self.assertEqual(set(nodes), {"reconstruction", "anomaly_map", "anomaly_mask", "anomaly_segmentation"})
+        self.assertEqual(set(nodes), {"reconstruction", "anomaly_map", "anomaly_mask", "anomaly_segmentation",
+                                      "findings_table"})
         for role in ("reconstruction", "anomaly_map", "anomaly_mask"):
             node = nodes[role]
             self.assertEqual(node.GetName(), f"toy_{role}")

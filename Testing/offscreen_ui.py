@@ -38,6 +38,7 @@ QT_STAND_INS = {
     "ctkCheckBox": "QCheckBox",
     "ctkCheckablePushButton": "QPushButton",
     "ctkMenuButton": "QPushButton",
+    "qMRMLTableView": "QTableView",
 }
 #: Properties renamed for the stand-in (a collapsible button's text is a group box's title).
 RENAMED_PROPERTIES = {("QGroupBox", "text"): "title"}

@@ -54,7 +54,36 @@ def test_every_widget_the_module_uses_exists(panel):
 
 def test_sections_for_detection_training_and_progress(panel):
     titles = [box.title() for box in panel.findChildren(QtWidgets.QGroupBox)]
-    assert titles == ["Detect anomalies", "Train", "Progress"]
+    assert titles == ["Detect anomalies", "Results", "Train", "Progress"]
+
+
+RESULT_WIDGETS = {  # name: (class in the .ui, class offscreen)
+    "resultModelValueLabel": ("QLabel", QtWidgets.QLabel),
+    "resultScoreValueLabel": ("QLabel", QtWidgets.QLabel),
+    "resultFlaggedValueLabel": ("QLabel", QtWidgets.QLabel),
+    "resultThresholdSlider": ("ctkSliderWidget", QtWidgets.QDoubleSpinBox),
+    "resetThresholdButton": ("QPushButton", QtWidgets.QPushButton),
+    "findingsTableView": ("qMRMLTableView", QtWidgets.QTableView),
+    "overlayOpacitySlider": ("ctkSliderWidget", QtWidgets.QDoubleSpinBox),
+    "showLinkedViewsButton": ("QPushButton", QtWidgets.QPushButton),
+    "restoreLayoutButton": ("QPushButton", QtWidgets.QPushButton),
+    "saveReportButton": ("QPushButton", QtWidgets.QPushButton),
+}
+
+
+def test_results_section_has_slicers_own_widgets(panel):
+    """Slicer's table view and CTK sliders in the .ui; offscreen they load as their Qt stand-ins."""
+    in_ui = {w.get("name"): w for w in ET.parse(MODULE_UI).getroot().iter("widget")}
+    results = panel.findChild(QtWidgets.QGroupBox, "resultsCollapsibleButton")
+    for name, (ui_class, offscreen_class) in RESULT_WIDGETS.items():
+        assert in_ui[name].get("class") == ui_class
+        assert isinstance(results.findChild(offscreen_class, name), offscreen_class), name
+    slider = in_ui["resultThresholdSlider"]
+    assert slider.find("property[@name='tickPosition']/enum").text == "QSlider::TicksBelow"  # calibrated mark
+    assert results.findChild(QtWidgets.QDoubleSpinBox, "overlayOpacitySlider").value() == pytest.approx(0.4)
+    assert [results.findChild(QtWidgets.QPushButton, n).text() for n in
+            ("showLinkedViewsButton", "restoreLayoutButton", "saveReportButton", "resetThresholdButton")] == \
+        ["Show linked views", "Restore layout", "Save report...", "Reset"]
 
 
 def test_threshold_value_follows_automatic_checkbox(panel):

@@ -4,8 +4,9 @@ A detection result is written into a real MRML scene (``slicer-core`` wheel, no 
 grid: an anomaly map shaped like a real one (smooth noise inside a head-sized ellipsoid, zero outside, a few
 lesion-like blobs). Then :func:`MedAutoencoderLib.slicer.results.apply_threshold` runs at several thresholds, as a
 user dragging the slider does: labelmap, segmentation, components with the minimum size, findings table and
-summary. The lowest threshold, with 2 % of the head above it, is the worst case: components all over the head. Prints, per threshold, the median of ``--repeats`` runs of the whole update and of its component search
-alone, with the number of findings, and the machine's load.
+summary. The lowest threshold, with 2 % of the head above it, is the worst case: components all over the head.
+Prints, per threshold, the median of ``--repeats`` runs of the whole update and of its component search alone,
+with the number of findings, and the machine's load; last, the update with the segmentation's 3D surface rebuilt.
 
     python benchmarks/benchmark_rethreshold.py --repeats 7
 """

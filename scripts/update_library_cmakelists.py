@@ -13,6 +13,7 @@ PACKAGE_DATA_DIRS = ("data", "models")
 
 
 def library_scripts() -> list:
+    """Every .py file of the package, subpackages' with their folder (WITH_SUBDIR keeps relative paths)."""
     return sorted(p.relative_to(LIB).as_posix() for p in LIB.rglob("*.py") if "__pycache__" not in p.parts)
 
 
