@@ -113,6 +113,7 @@ def test_findings_table_has_one_row_per_component_at_its_place_in_ras(input_node
     for row, blob in ((strong, STRONG), (weak, WEAK)):
         position = [float(row[axis]) for axis in "RAS"]
         np.testing.assert_allclose(position, blob_centre_ras(input_node, blob[0]), atol=0.01)
+    assert detected.summary["anomalous_volume_ml"] == pytest.approx(sum(float(r["Volume"]) for r in rows))
     assert strong["Region"] == ""  # no anatomy in this model's summary: left empty, not guessed
     assert table.GetColumnUnitLabel("Volume") == "mL"
 

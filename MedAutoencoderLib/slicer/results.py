@@ -224,6 +224,7 @@ def publish_findings(input_node, map_node, mask_node, segmentation_node, summary
         labels = scoring.labels_above(sitk.Cast(anomaly_map_image(mask_node), sitk.sitkFloat32), 0.5, 0.0)
         summary["components"] = scoring.describe_labels(labels, anomaly_map_image(map_node))
         summary["n_components"] = len(summary["components"])
+        summary["anomalous_volume_ml"] = round(sum(c["volume_ml"] for c in summary["components"]), 4)
     table_node = update_findings_table(input_node, findings_from_summary(summary))
     _store((map_node, mask_node, segmentation_node, table_node), map_node, summary)
     return table_node
