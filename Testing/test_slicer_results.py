@@ -191,7 +191,7 @@ def test_findings_table_exports_csv_and_is_saved_with_the_scene(scene, input_nod
     assert loaded.GetAttribute(results.THRESHOLD_ATTRIBUTE) == "1.0"
 
 
-def test_clicking_a_finding_centres_the_slice_views_on_it(scene, input_node, detected):  # noqa: F811
+def test_clicking_a_finding_centres_the_slice_views_on_it_and_selects_its_segment(scene, input_node, detected):  # noqa: F811
     slice_nodes = []
     for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal")):
         node = slicer.vtkMRMLSliceNode()
@@ -200,7 +200,10 @@ def test_clicking_a_finding_centres_the_slice_views_on_it(scene, input_node, det
         node.SetOrientation(orientation)
         scene.AddNode(node)
         slice_nodes.append(node)
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")  # as the Segment Editor makes it
     position = results.jump_to_finding(scene, detected.findings_table, 1)
+    assert editor.GetSegmentationNode() is detected.segmentation
+    assert editor.GetSelectedSegmentID() == slicer_bridge.ANOMALY_SEGMENT_ID
     np.testing.assert_allclose(position, blob_centre_ras(input_node, WEAK[0]), atol=0.01)
     for node in slice_nodes:
         np.testing.assert_allclose(matrix_to_array(node.GetSliceToRAS())[:3, 3], position, atol=1e-6)

@@ -303,11 +303,20 @@ def apply_threshold(nodes: Mapping[str, Any], threshold: float,
 
 
 def jump_to_finding(scene, table_node, row: int) -> Tuple[float, float, float]:
-    """Centre every slice view on the finding in ``row`` (0-based) of a findings table; returns its position."""
+    """Centre every slice view on the finding in ``row`` (0-based) of a findings table, and select the result's
+    anomaly segment in the Segment Editor (where one has been opened), ready to edit it there; returns the
+    finding's position."""
     import slicer
 
     position = finding_position(table_node, row)
     slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *position, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    input_node = table_node.GetNodeReference(bridge.INPUT_REFERENCE)
+    segmentation = bridge.find_output_node(input_node, bridge.ROLE_ANOMALY_SEGMENTATION,
+                                           "vtkMRMLSegmentationNode") if input_node is not None else None
+    if segmentation is not None:
+        for editor in scene.GetNodesByClass("vtkMRMLSegmentEditorNode"):
+            editor.SetAndObserveSegmentationNode(segmentation)
+            editor.SetSelectedSegmentID(bridge.ANOMALY_SEGMENT_ID)
     return position
 
 
