@@ -726,9 +726,9 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
 
         return results.jump_to_finding(slicer.mrmlScene, tableNode, row)
 
-    def showLinkedViews(self, volumeNode, nodes: Dict[str, object], opacity: float = 0.4) -> int:
+    def showLinkedViews(self, volumeNode, nodes: Dict[str, object], opacity: float = 0.4) -> Optional[int]:
         """Input, reconstruction and input + anomaly map side by side, linked, the segmentation in 3D below.
-        Returns the layout shown before (for ``restoreLayout``)."""
+        Returns the layout shown before (for ``restoreLayout``), None when the linked views were shown already."""
         from MedAutoencoderLib.slicer import views
 
         previous = views.show_result_layout(slicer.mrmlScene)

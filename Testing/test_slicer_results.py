@@ -216,6 +216,7 @@ def test_result_layout_links_three_views_and_restores_the_users_layout(scene, in
     layout.SetViewArrangement(layout.SlicerLayoutFourUpView)
     previous = views.show_result_layout(scene)
     assert previous == layout.SlicerLayoutFourUpView and layout.GetViewArrangement() == views.LAYOUT_ID
+    assert views.show_result_layout(scene) is None  # shown again: the user's layout stays the one to restore
     assert all(f'singletontag="{name}"' in layout.GetCurrentLayoutDescription() for name in views.VIEW_NAMES)
     with pytest.raises(views.MedAutoencoderError, match="not shown"):  # the views are made by Slicer's layout manager
         views.configure_result_views(scene, input_node, detected.as_dict())

@@ -48,19 +48,19 @@ def layout_node(scene):
     return node
 
 
-def show_result_layout(scene) -> int:
+def show_result_layout(scene) -> Optional[int]:
     """Switch to the result layout (registered once) and return the layout that was shown before it.
 
     Returns:
-        The previous view arrangement, to give to :func:`restore_layout`; when the result layout was already
-        shown, the layout shown before it is not known here and Slicer's conventional layout is returned.
+        The previous view arrangement, to give to :func:`restore_layout`; None when the result layout was already
+        shown (the user's layout recorded the first time must then be kept).
     """
     node = layout_node(scene)
     if not node.IsLayoutDescription(LAYOUT_ID):
         node.AddLayoutDescription(LAYOUT_ID, layout_description())
     previous = node.GetViewArrangement()
     node.SetViewArrangement(LAYOUT_ID)
-    return previous if previous != LAYOUT_ID else node.SlicerLayoutConventionalView
+    return previous if previous != LAYOUT_ID else None
 
 
 def restore_layout(scene, previous: Optional[int]) -> None:
