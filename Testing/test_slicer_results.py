@@ -20,7 +20,14 @@ slicer_util = pytest.importorskip("slicer.util")
 from MedAutoencoderLib.slicer import bridge as slicer_bridge  # noqa: E402
 from MedAutoencoderLib.detection import threshold_mask  # noqa: E402
 from MedAutoencoderLib.slicer import report, results, views  # noqa: E402
-from test_slicer_bridge import matrix_to_array, node_ijk_to_ras, rotation_matrix, scene  # noqa: E402,F401
+from test_slicer_bridge import (  # noqa: E402,F401
+    matrix_to_array,
+    node_ijk_to_ras,
+    organ_node,
+    rotation_matrix,
+    scene,
+    tiny_model_path,
+)
 
 SHAPE_KJI = (18, 22, 26)
 SPACING = (0.8, 1.1, 2.2)
@@ -262,3 +269,25 @@ def test_report_without_matplotlib_is_a_montage_of_the_same_slices(input_node, d
     assert written == [str(tmp_path / "r.png"), str(tmp_path / "r.json")]
     picture = sitk.ReadImage(written[0])
     assert picture.GetSize() == (3 * SHAPE_KJI[2], 2 * SHAPE_KJI[1])  # three panels wide, a row per finding
+
+
+@pytest.mark.slow
+def test_a_real_detection_rethresholded_at_its_own_threshold_is_unchanged(organ_node, tiny_model_path):
+    """The live threshold finds exactly the components detection found (the same code), and the summary names the
+    model and its calibrated threshold."""
+    from MedAutoencoderLib import api
+    from MedAutoencoderLib.config import DetectOptions
+
+    model = api.load_model(str(tiny_model_path), device="cpu")
+    detected = slicer_bridge.detect_volume_node(organ_node, model, DetectOptions(device="cpu", threshold=0.05))
+    nodes = detected.as_dict()
+    assert detected.summary["model"] == tiny_model_path.name
+    assert detected.summary["calibrated_threshold"] == pytest.approx(model.record.threshold)
+    assert detected.summary["threshold_source"] == "user"
+    mask_before = np.array(slicer_util.arrayFromVolume(nodes["anomaly_mask"]), copy=True)
+    rows_before = table_rows(nodes["findings_table"])
+    assert mask_before.any() and len(rows_before) == detected.summary["n_components"]
+    summary = results.apply_threshold(nodes, 0.05)
+    np.testing.assert_array_equal(slicer_util.arrayFromVolume(nodes["anomaly_mask"]), mask_before)
+    assert table_rows(nodes["findings_table"]) == rows_before
+    assert summary["anomalous_volume_ml"] == pytest.approx(detected.summary["anomalous_volume_ml"])
