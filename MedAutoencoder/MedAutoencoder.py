@@ -858,6 +858,19 @@ class MedAutoencoderTest(ScriptedLoadableModuleTest):
         self.assertEqual({role: node.GetID() for role, node in nodes.items()},
                          {role: node.GetID() for role, node in again.items()})
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+
+        self.delayDisplay("Live threshold, linked views, report")
+        summary = logic.applyThreshold(again, 0.0)  # everything scored is flagged
+        self.assertEqual(summary["n_components"], again["findings_table"].GetTable().GetNumberOfRows())
+        self.assertEqual(float(again["anomaly_mask"].GetAttribute("MedAutoencoder.Threshold")), 0.0)
+        previous = logic.showLinkedViews(inputVolume, again)
+        self.assertEqual(slicer.app.layoutManager().sliceWidget("MedAutoencoderOverlay").mrmlSliceCompositeNode()
+                         .GetForegroundVolumeID(), again["anomaly_map"].GetID())
+        if summary["n_components"]:
+            logic.jumpToFinding(again["findings_table"], 0)
+        logic.restoreLayout(previous)
+        written = logic.saveReport(again, os.path.join(slicer.app.temporaryPath, "MedAutoencoderTest_report.png"))
+        self.assertTrue(all(os.path.getsize(path) > 0 for path in written))
         self.delayDisplay("Test passed")
 
     def _model(self, logic: MedAutoencoderLogic) -> Optional[str]:
