@@ -476,6 +476,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slider = self.ui.resultThresholdSlider
             wasBlocked = slider.blockSignals(True)
             slider.setRange(low, max(high, threshold, calibrated or 0.0))
+            slider.singleStep = max((slider.maximum - low) / 1000.0, 1e-4)  # maps range from 0.01 to 100s
             slider.tickInterval = calibrated or 0.0  # ticks at the calibrated value and its multiples
             slider.value = threshold
             slider.blockSignals(wasBlocked)
