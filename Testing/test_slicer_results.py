@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +293,18 @@ def test_a_real_detection_rethresholded_at_its_own_threshold_is_unchanged(organ_
     np.testing.assert_array_equal(slicer_util.arrayFromVolume(nodes["anomaly_mask"]), mask_before)
     assert table_rows(nodes["findings_table"]) == rows_before
     assert summary["anomalous_volume_ml"] == pytest.approx(detected.summary["anomalous_volume_ml"])
+
+
+@pytest.mark.slow
+def test_what_the_panel_reads_of_a_result_needs_neither_torch_nor_scipy():
+    """The module's panel reads a result's summary whenever it updates, also before the dependencies are installed
+    (a fresh Slicer has no torch); only re-thresholding imports detection's component search."""
+    code = ("import sys\n"
+            "for name in ('torch', 'scipy', 'monai'):\n"
+            "    sys.modules[name] = None  # importing it raises ImportError\n"
+            "from MedAutoencoderLib.slicer import report, results, views\n"
+            "assert results.read_summary(None) == {} and results.calibrated_threshold(None) is None\n"
+            "assert results.result_nodes(None) == {} and views.VIEW_NAMES and report.MAX_TABLE_ROWS\n")
+    finished = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr

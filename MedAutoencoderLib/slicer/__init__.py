@@ -1,5 +1,6 @@
 """3D Slicer's side without Qt: the MRML bridge (``slicer`` imported lazily), the module's job logic and what a
-reader of a result needs (``results``: findings table and live threshold).
+reader of a result needs (``results``: findings table and live threshold; ``views``: the linked result layout;
+``report``: the saved report, numpy and matplotlib only).
 
 Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
 """
@@ -18,8 +19,13 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "detect_volume_node", "write_volume_for_worker", "read_worker_outputs", "WorkerResult"],
     "job": ["TRAINING_STOP_GRACE_MS", "POLL_INTERVAL_MS", "EventLoop", "removed_on_failure", "MedAutoencoderJob",
         "SharedStandby", "WorkerJobs"],
+    "report": ["MAX_FINDINGS_SHOWN", "MAX_TABLE_ROWS", "ReportData", "write_report", "default_report_path"],
     "results": ["SUMMARY_ATTRIBUTE", "THRESHOLD_ATTRIBUTE", "CALIBRATED_THRESHOLD_ATTRIBUTE",
-        "DEFAULT_MIN_COMPONENT_ML", "TABLE_COLUMNS", "Finding", "findings_from_summary", "anomaly_map_image",
-        "find_components", "read_summary", "calibrated_threshold", "threshold_range", "update_findings_table",
-        "finding_position", "write_findings_csv", "publish_findings", "result_nodes", "apply_threshold"],
+        "DEFAULT_MIN_COMPONENT_ML", "TABLE_COLUMNS", "Finding", "findings_from_summary", "world_grid",
+        "anomaly_map_image", "find_components", "read_summary", "calibrated_threshold", "threshold_range",
+        "update_findings_table", "finding_position", "write_findings_csv", "publish_findings", "result_nodes",
+        "apply_threshold", "jump_to_finding", "save_report"],
+    "views": ["LAYOUT_ID", "INPUT_VIEW", "RECONSTRUCTION_VIEW", "OVERLAY_VIEW", "VIEW_NAMES",
+        "DEFAULT_OVERLAY_OPACITY", "layout_description", "layout_node", "show_result_layout", "restore_layout",
+        "result_composite_nodes", "configure_result_views", "show_segmentation_in_3d", "set_overlay_opacity"],
 })

@@ -9,7 +9,9 @@ where the model's summary names one.
 :func:`apply_threshold` thresholds the stored anomaly map again, without the network: labelmap, segmentation,
 table and summary follow; the volume's anomaly score does not depend on the threshold and stays.
 
-Runs on the ``slicer-core`` wheel (no Qt); ``slicer`` and ``vtk`` are imported inside the functions.
+Runs on the ``slicer-core`` wheel (no Qt); ``slicer`` and ``vtk`` are imported inside the functions, and so is
+detection's component search, which brings torch: the module's panel reads a result's summary before the
+dependencies are installed.
 """
 from __future__ import annotations
 
@@ -21,9 +23,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib.detection import scoring
-from MedAutoencoderLib.slicer import bridge
 from MedAutoencoderLib.errors import MedAutoencoderError
+from MedAutoencoderLib.slicer import bridge
 
 #: Attribute of the anomaly map node holding the detection's summary (JSON), kept up to date by re-thresholding.
 SUMMARY_ATTRIBUTE = "MedAutoencoder.Summary"
@@ -110,6 +111,8 @@ def find_components(values: np.ndarray, grid: sitk.Image, threshold: float,
     Returns:
         The mask (uint8, shape of ``values``) and one dict per component, largest first.
     """
+    from MedAutoencoderLib.detection import scoring  # imports torch: not when the module's panel opens
+
     min_voxels = scoring.min_component_voxels(scoring.voxel_volume_ml(grid), min_component_ml)
     box_labels, box = scoring.component_labels_in_box(values, threshold, min_voxels)
     mask = np.zeros(values.shape, np.uint8)
@@ -221,6 +224,8 @@ def publish_findings(input_node, map_node, mask_node, segmentation_node, summary
     A summary without components (a result made elsewhere) gets them from the mask and the map.
     """
     if "components" not in summary:
+        from MedAutoencoderLib.detection import scoring  # imports torch: only for a result made elsewhere
+
         labels = scoring.labels_above(sitk.Cast(anomaly_map_image(mask_node), sitk.sitkFloat32), 0.5, 0.0)
         summary["components"] = scoring.describe_labels(labels, anomaly_map_image(map_node))
         summary["n_components"] = len(summary["components"])

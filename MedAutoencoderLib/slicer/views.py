@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from MedAutoencoderLib.slicer import bridge
 from MedAutoencoderLib.errors import MedAutoencoderError
+from MedAutoencoderLib.slicer import bridge
 
 #: Layout ID of the result layout (Slicer's own layouts use IDs under 1000; extensions pick large numbers).
 LAYOUT_ID = 51523
