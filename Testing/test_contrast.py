@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,11 @@ def _nonzero(image: sitk.Image) -> np.ndarray:
 
 _SHARED_SCANS = [("ms_lesion_patient26/T1.nii.gz", "T1"), ("ms_lesion_patient26/T1POST.nii.gz", "T1"),
                  ("ms_lesion_patient26/T2.nii.gz", "T2"), ("ms_lesion_patient26/FLAIR.nii.gz", "FLAIR"),
-                 ("brats_glioma_case/t1n.nii.gz", "T1"), ("brats_glioma_case/t1c.nii.gz", "T1"),
+                 ("brats_glioma_case/t1n.nii.gz", "T1"),
+                 pytest.param("brats_glioma_case/t1c.nii.gz", "T1", marks=pytest.mark.xfail(
+                     strict=True, reason="known miss with the native non-zero mask: enhancing vessels and meninges "
+                                         "at the brain's surface are taken for bright CSF (read as T2); the detect "
+                                         "path's brain mask reads it right (test below)")),
                  ("brats_glioma_case/t2w.nii.gz", "T2"),
                  pytest.param("brats_glioma_case/t2f.nii.gz", "FLAIR", marks=pytest.mark.xfail(
                      strict=True, reason="known miss: the ribbon's CSF-like voxels of this tightly stripped glioma "
@@ -219,6 +224,28 @@ def test_shared_skull_stripped_scans_are_identified(scan, contrast):
     image = read_image(SHARED / scan)
     estimate = identify_contrast(image, _nonzero(image))
     assert estimate.name == contrast, estimate
+
+
+@needs_shared
+@pytest.mark.slow
+def test_shared_scans_through_detection_are_identified():
+    """As detect sees them: the brain mask of the template registration on the bundled model's grid."""
+    from MedAutoencoderLib.detection.pipeline import input_contrast
+    from MedAutoencoderLib.io.loaded_model import load_model
+    from MedAutoencoderLib.preprocessing.prepare import prepare_volume
+
+    model = load_model(None, device="cpu")
+    scans = [*(getattr(p, "values", p) for p in _SHARED_SCANS), ("healthy_t1_head/chris_t1.nii.gz", "T1")]
+    found = {}
+    for scan, _ in scans:
+        prepared = prepare_volume(read_image(SHARED / scan), model.record.preprocess, name=scan)
+        try:
+            found[scan] = input_contrast(prepared, model)["contrast"]["name"]
+        except InputImageError as refusal:
+            found[scan] = str(refusal).split(": ", 1)[1].split(" (")[0]
+    expected = {scan: ("T1" if contrast == "T1" else f"looks like {contrast}") for scan, contrast in scans}
+    expected["brats_glioma_case/t2f.nii.gz"] = "its contrast cannot be told"  # the known miss (refused, not run)
+    assert found == expected
 
 
 @needs_shared
@@ -239,7 +266,7 @@ def test_shared_healthy_head_and_ixi_test_heads_are_t1():
 
 def _detect(tmp_path: Path, scan: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "MedAutoencoderLib", "detect", str(scan), "--output-dir",
-                           str(tmp_path), "--device", "cpu", *extra], capture_output=True, text=True, cwd=REPO,
+                           str(tmp_path), "--device", "cpu", "--progress", "none", *extra], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
@@ -249,9 +276,9 @@ def test_cli_refuses_a_flair_for_the_t1_model_and_runs_it_when_told(tmp_path):
     flair = SHARED / "ms_lesion_patient26" / "FLAIR.nii.gz"
     refused = _detect(tmp_path, flair)
     assert refused.returncode == 1, refused.stderr
-    line = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
-    assert line == [f"error: {flair}: looks like FLAIR ({line[0].split('(', 1)[1].split(')')[0]}); the model "
-                    "default_brain_t1 is made for T1 — pass --contrast T1 to run it anyway"], refused.stderr
+    assert re.fullmatch(rf"error: {re.escape(str(flair))}: looks like FLAIR \(grey matter brighter than white "
+                        r"matter, CSF dark; GM/WM [\d.]+, CSF/GM [\d.]+\); the model default_brain_t1 is made for "
+                        r"T1 — pass --contrast T1 to run it anyway", refused.stderr.strip()), refused.stderr
     assert "Traceback" not in refused.stderr and not list(tmp_path.iterdir())
     forced = _detect(tmp_path, flair, "--contrast", "T1")
     assert forced.returncode == 0, forced.stderr
@@ -276,7 +303,7 @@ def test_keep_going_reports_a_refusal_like_other_failures(tmp_path):
     t1 = SHARED / "brats_glioma_case" / "t1n.nii.gz"
     flair = SHARED / "ms_lesion_patient26" / "FLAIR.nii.gz"
     done = subprocess.run([sys.executable, "-m", "MedAutoencoderLib", "detect", str(t1), str(flair), "--output-dir",
-                           str(tmp_path), "--device", "cpu", "--keep-going"], capture_output=True, text=True,
+                           str(tmp_path), "--device", "cpu", "--progress", "none", "--keep-going"], capture_output=True, text=True,
                           cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 1
     assert f"{flair}: looks like FLAIR" in done.stderr and "1 of 2 volumes failed" in done.stderr
