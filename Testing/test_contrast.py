@@ -266,7 +266,8 @@ def test_shared_healthy_head_and_ixi_test_heads_are_t1():
 
 def _detect(tmp_path: Path, scan: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "MedAutoencoderLib", "detect", str(scan), "--output-dir",
-                           str(tmp_path), "--device", "cpu", "--progress", "none", *extra], capture_output=True, text=True, cwd=REPO,
+                           str(tmp_path), "--device", "cpu", "--progress", "none", *extra], capture_output=True,
+                          text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
@@ -303,7 +304,8 @@ def test_keep_going_reports_a_refusal_like_other_failures(tmp_path):
     t1 = SHARED / "brats_glioma_case" / "t1n.nii.gz"
     flair = SHARED / "ms_lesion_patient26" / "FLAIR.nii.gz"
     done = subprocess.run([sys.executable, "-m", "MedAutoencoderLib", "detect", str(t1), str(flair), "--output-dir",
-                           str(tmp_path), "--device", "cpu", "--progress", "none", "--keep-going"], capture_output=True, text=True,
+                           str(tmp_path), "--device", "cpu", "--progress", "none", "--keep-going"],
+                          capture_output=True, text=True,
                           cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 1
     assert f"{flair}: looks like FLAIR" in done.stderr and "1 of 2 volumes failed" in done.stderr
