@@ -451,7 +451,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateResults(self) -> None:
         """Show the result of the selected input (the last detection, or one saved with the scene)."""
-        from MedAutoencoderLib.slicer import results
+        from MedAutoencoderLib.slicer import report, results
 
         nodes = self._resultNodes()
         mapNode = nodes.get("anomaly_map")
@@ -463,7 +463,7 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         summary = results.read_summary(mapNode)
         noValue = "\u2014"
         self.ui.resultModelValueLabel.text = _("{model}, contrast: {contrast}").format(
-            model=summary.get("model") or noValue, contrast=summary.get("contrast") or noValue) if nodes else noValue
+            model=summary.get("model") or noValue, contrast=report.contrast_text(summary) or noValue) if nodes else noValue
         score = summary.get("anomaly_score")
         self.ui.resultScoreValueLabel.text = f"{score:.4g}" if score is not None else noValue
         flagged = summary.get("anomalous_volume_ml")

@@ -20,7 +20,13 @@ from MedAutoencoderLib.detection.pipeline import (
     run_detection,
 )
 from MedAutoencoderLib.detection.scoring import calibrate_threshold, reconstruct_and_score, require_scoring_region
-from MedAutoencoderLib.io.checkpoint import network_from_payload, read_model_file, record_from_payload, save_model
+from MedAutoencoderLib.io.checkpoint import (
+    ModelRecord,
+    network_from_payload,
+    read_model_file,
+    record_from_payload,
+    save_model,
+)
 from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL, LoadedModel, load_model
 from MedAutoencoderLib.io.volumes import OUTPUT_KINDS, find_volumes, read_image, require_new_file
 from MedAutoencoderLib.preprocessing.prepare import prepare_volume
@@ -103,4 +109,13 @@ def describe_model(model_path: Union[str, Path, None] = None) -> Dict[str, objec
             "preprocess": to_plain(record.preprocess), "detection": to_plain(record.detection),
             "calibration": record.calibration, "training": training,
             "last_epoch": history[-1] if history else None,
-            "parameters": sum(t.numel() for t in network.state_dict().values())}
+            "parameters": sum(t.numel() for t in network.state_dict().values()),
+            **_contrasts_card(record)}
+
+
+def _contrasts_card(record: ModelRecord) -> Dict[str, object]:
+    """The model card's contrasts: those recorded, or those assumed for an older file, with a note."""
+    from MedAutoencoderLib.brain.contrast import model_contrasts
+
+    contrasts, note = model_contrasts(record.contrasts, record.preprocess.foreground)
+    return {"contrasts": contrasts, **({"contrasts_note": note} if note else {})}

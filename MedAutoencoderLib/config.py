@@ -380,6 +380,8 @@ class DetectionConfig:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: ``DetectOptions.contrast``: found from the input, or stated (the MRI contrasts of MedAutoencoderLib.brain.contrast)
+CONTRAST_CHOICES = ("auto", "T1", "T2", "FLAIR", "PD")
 EXPORT_FORMATS = ("torchscript", "pt2", "onnx")  # MedAutoencoderLib.io.export
 
 
@@ -395,6 +397,12 @@ class DetectOptions:
     # volumes of a batch read and preprocessed in worker threads ahead of the network (MedAutoencoderLib.detection.read_ahead;
     # 0: one volume after the other)
     prepare_ahead: int = 0
+    # the input's MRI contrast: "auto" finds it (MedAutoencoderLib.brain.contrast) and a model made for another refuses
+    # the scan; a contrast name states it
+    contrast: str = option("auto", flag="--contrast", position=10, choices=CONTRAST_CHOICES,
+                           help="the inputs' MRI contrast: auto (default) finds it from DICOM tags or the tissue "
+                                "ordering inside the brain, and a scan of a contrast the model is not made for is "
+                                "refused; a contrast name states it (to run a scan the check misreads)")
 
     def volumes_ahead(self, count: int) -> int:
         """How many of a batch of ``count`` volumes to prepare ahead of the one in the network."""
@@ -406,6 +414,8 @@ class DetectOptions:
             raise ConfigurationError(f"prepare_ahead must be a whole number >= 0, not {self.prepare_ahead!r}")
         if self.precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.contrast not in CONTRAST_CHOICES:
+            raise ConfigurationError(f"contrast must be one of {', '.join(CONTRAST_CHOICES)}, not {self.contrast!r}")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise ConfigurationError(f"threshold must be a finite number >= 0, not {self.threshold!r} (anomaly maps "
                                      "are never negative: a negative threshold would flag the whole field of view)")

@@ -308,3 +308,13 @@ def test_what_the_panel_reads_of_a_result_needs_neither_torch_nor_scipy():
     finished = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
+
+
+def test_contrast_text_names_the_contrast_as_the_summary_states_it():
+    assert report.contrast_text({}) == ""
+    assert report.contrast_text({"contrast": {"name": "FLAIR", "enhanced": False, "source": "tissue ordering"}}) \
+        == "FLAIR"
+    assert report.contrast_text({"contrast": {"name": "T1", "enhanced": True, "source": "dicom"}}) \
+        == "T1 (contrast-enhanced)"
+    assert report.contrast_text({"contrast": {"name": "T2", "enhanced": False, "source": "user"}}) \
+        == "T2 (stated by the user)"

@@ -110,6 +110,7 @@ def _add_detect(sub) -> None:
                    help="volumes of a batch read and preprocessed in worker threads while the network runs, for "
                         "a GPU machine with many cores; each holds its input and model-grid copy in memory "
                         "(default 0: one after the other, fastest on a few cores)")
+    _add_options(p, DetectOptions)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--keep-going", action="store_true",
                    help="skip a volume that fails its checks, runs out of memory or meets a defect, and go on "
@@ -127,6 +128,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _add_precision(p)
+    _add_options(p, DetectOptions)
     _common(p)
 
 
@@ -320,7 +322,7 @@ def run_detect(args: argparse.Namespace) -> int:
     inputs = find_volumes(args.inputs)
     model = load_model(args.model, device=args.device)
     options = DetectOptions(threshold=args.threshold, device=args.device, precision=args.precision,
-                            prepare_ahead=args.prepare_ahead)
+                            prepare_ahead=args.prepare_ahead, contrast=args.contrast)
     with sigterm_cancels():
         detect_files(inputs, args.output_dir, model, options, output_format=args.format, overwrite=args.overwrite,
                      progress=make_reporter(args.progress), keep_going=args.keep_going,
@@ -344,7 +346,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         require_new_file(args.json_out, "report.json", overwrite=args.overwrite,
                          protected=[*scans, *([Path(args.model)] if args.model else [])])
     model = load_model(args.model, device=args.device)
-    options = DetectOptions(device=args.device, precision=args.precision)
+    options = DetectOptions(device=args.device, precision=args.precision, contrast=args.contrast)
     report = finite_or_none(evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress),
                                            options=options))
     if args.json_out:
@@ -374,6 +376,8 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         print("  data and training: not recorded")
     print(f"  threshold: {_calibration_text(calibration)}")
+    contrasts = ", ".join(card["contrasts"]) if card["contrasts"] else "not recorded (the input's is not checked)"
+    print(f"  made for contrasts: {contrasts}" + (f" ({card['contrasts_note']})" if card.get("contrasts_note") else ""))
     return 0
 
 

@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "summarise", "format_report"],
     "inference": ["WINDOW_OVERLAP", "WINDOW_BLEND", "foreground_slices", "reconstruct"],
     "median": ["median_network", "in_plane_median"],
-    "pipeline": ["DetectionRun", "OutputCallback", "run_detection", "detect_prepared", "detect_image",
+    "pipeline": ["DetectionRun", "OutputCallback", "run_detection", "detect_prepared", "model_name", "input_contrast", "detect_image",
         "detect_files", "detection_targets"],
     "read_ahead": ["prepared_in_order"],
     "scoring": ["ScoredVolume", "DetectionResult", "structural_dissimilarity", "scoring_region",

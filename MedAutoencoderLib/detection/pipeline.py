@@ -92,6 +92,7 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
     options.validate()
     threshold = _threshold(model, options)
     record = model.record
+    contrast = input_contrast(prepared, model, options.contrast)  # before the network: a refusal costs nothing
     reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device,
                                  options.precision)
     reconstruction_image = reconstruction_on_input_grid(prepared, reconstruction)
@@ -99,12 +100,64 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     scored = score_volume(prepared, reconstruction, record.detection)
     result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
-    result.summary.update(model=model.path.name if model.path else None, calibrated_threshold=record.threshold,
-                          threshold_source="calibrated" if options.threshold is None else "user")
+    result.summary.update(calibrated_threshold=record.threshold,
+                          threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
+
+
+def model_name(model: LoadedModel) -> str:
+    """How a summary and a refusal name the model: its file's name without .pt."""
+    return model.path.stem if model.path is not None else "in memory"
+
+
+def input_contrast(prepared: PreparedVolume, model: LoadedModel, choice: str = "auto") -> Dict[str, object]:
+    """The input's MRI contrast checked against the model's: the summary's "model" and "contrast" entries.
+
+    Args:
+        prepared: the input on the model grid (its brain mask is the foreground of a brain-template model).
+        model: the model; its file's contrasts, or those of its kind (:func:`~MedAutoencoderLib.brain.contrast.
+            model_contrasts`).
+        choice: "auto" identifies the contrast (:func:`~MedAutoencoderLib.brain.contrast.identify_contrast`:
+            DICOM tags, else the tissue ordering inside the brain mask); a contrast name states it.
+
+    Returns:
+        The entries the summary gets: "model", "model_contrasts", "contrast" (and "contrast_note" for a model file
+        that does not record its contrasts).
+
+    Raises:
+        InputImageError: the input's contrast is not one the model is made for, or cannot be told.
+    """
+    from MedAutoencoderLib.brain.contrast import (
+        dicom_tags_of,
+        identify_contrast,
+        model_contrasts,
+        require_model_contrast,
+        user_contrast,
+    )
+
+    contrasts, note = model_contrasts(model.record.contrasts, model.record.preprocess.foreground)
+    entries: Dict[str, object] = {"model": model_name(model), "model_contrasts": contrasts}
+    if note:
+        entries["contrast_note"] = note
+    if choice != "auto":
+        estimate = user_contrast(choice)
+    elif contrasts is None and model.record.preprocess.foreground != "template":
+        entries["contrast"] = None  # no brain mask to read tissues in, nor contrasts to check against
+        return entries
+    else:
+        # the model grid's values in the input's units, its background outside the brain: the tissue ratios are
+        # taken above the background
+        values = np.where(prepared.foreground, prepared.denormalise(prepared.image), prepared.background)
+        estimate = identify_contrast(prepared.on_grid(values.astype(np.float32)),
+                                     prepared.on_grid(prepared.foreground.astype(np.uint8)),
+                                     tags=dicom_tags_of(prepared.source))
+    if contrasts is not None:
+        require_model_contrast(estimate, contrasts, prepared.name, model_name(model))
+    entries["contrast"] = estimate.summary()
+    return entries
 
 
 def detect_image(image: sitk.Image, model: LoadedModel, options: Optional[DetectOptions] = None,

@@ -12,7 +12,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -37,6 +37,8 @@ class ModelRecord:
     calibration: Dict[str, Any] = field(default_factory=dict)  # threshold, target_fpr, volumes, voxels
     training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
     library_version: str = __version__
+    # the MRI contrasts (brain.contrast.CONTRASTS) the model is made for; None: not recorded (older files)
+    contrasts: Optional[List[str]] = None
 
     @property
     def threshold(self) -> Optional[float]:
@@ -57,6 +59,8 @@ def save_model(path: Path, network: nn.Module, record: ModelRecord,
         "training": dict(record.training),
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
     }
+    if record.contrasts is not None:
+        payload["contrasts"] = list(record.contrasts)
     if training_state is not None:
         payload["training_state"] = training_state
     path = Path(path)
@@ -146,8 +150,11 @@ def record_from_payload(payload: Dict[str, Any], path: Path) -> ModelRecord:
     for optional in ("calibration", "training"):
         if not isinstance(payload.get(optional, {}), dict):
             raise ModelFileError(f"{path}: damaged model file (its '{optional}' section is not a table)")
+    contrasts = payload.get("contrasts")
+    if contrasts is not None and not (isinstance(contrasts, list) and all(isinstance(c, str) for c in contrasts)):
+        raise ModelFileError(f"{path}: damaged model file (its 'contrasts' are not a list of names)")
     return ModelRecord(calibration=payload.get("calibration", {}), training=payload.get("training", {}),
-                       library_version=version, **configs)
+                       library_version=version, contrasts=contrasts, **configs)
 
 
 def network_from_payload(payload: Dict[str, Any], record: ModelRecord, path: Path) -> nn.Module:

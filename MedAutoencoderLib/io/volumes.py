@@ -69,7 +69,24 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, for the check below
     image = reader.Execute()
     _require_even_slices(reader, image, folder)
+    for key in DICOM_SERIES_TAGS:  # the series' own description, as a single DICOM file's image carries it
+        if reader.HasMetaDataKey(0, key):
+            image.SetMetaData(key, reader.GetMetaData(0, key))
     return image
+
+
+#: DICOM tags of a series' first slice that its volume carries in its metadata (what the sequence was, for the
+#: contrast check of :mod:`MedAutoencoderLib.brain.contrast`), and what they are.
+DICOM_SERIES_TAGS = {
+    "0008|103e": "series description",
+    "0018|1030": "protocol name",
+    "0018|0024": "sequence name",
+    "0018|0020": "scanning sequence",
+    "0018|0080": "repetition time",
+    "0018|0081": "echo time",
+    "0018|0082": "inversion time",
+    "0018|0010": "contrast agent",
+}
 
 
 # Of the median distance between neighbouring slices: a missing slice makes one gap twice that (or a repeated

@@ -11,7 +11,7 @@ import datetime
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,6 +46,27 @@ class ReportData:
         return self.image.shape[0] // 2
 
 
+
+def contrast_text(summary: Mapping[str, Any]) -> str:
+    """The input's contrast as a summary states it, for a reader: "FLAIR", "T1 (contrast-enhanced)", "" if none.
+
+    Args:
+        summary: a detection summary (:func:`read_summary`).
+
+    Returns:
+        The contrast's name, "(contrast-enhanced)" when the DICOM tags said so, "(stated by the user)" when the
+        user chose it; an empty string for summaries without a contrast.
+    """
+    contrast = summary.get("contrast")
+    if not isinstance(contrast, Mapping):
+        return str(contrast) if contrast else ""
+    name = str(contrast.get("name") or "")
+    if name and contrast.get("enhanced"):
+        name += " (contrast-enhanced)"
+    if name and contrast.get("source") == "user":
+        name += " (stated by the user)"
+    return name
+
 def _window(array: np.ndarray) -> Tuple[float, float]:
     low, high = np.percentile(array, (1, 99)) if array.size else (0.0, 1.0)
     return float(low), float(high if high > low else low + 1.0)
@@ -57,7 +78,7 @@ def _facts(data: ReportData) -> List[str]:
     source = summary.get("threshold_source", "")
     return [
         f"MedAutoencoder anomaly report: {data.input_name}",
-        f"Model: {summary.get('model') or 'unknown'}    Contrast: {summary.get('contrast') or '-'}    "
+        f"Model: {summary.get('model') or 'unknown'}    Contrast: {contrast_text(summary) or '-'}    "
         f"Date: {data.date}",
         f"Threshold: {threshold:.4g} ({source or 'unknown source'})" if threshold is not None else "Threshold: -",
         f"Volume score: {summary.get('anomaly_score', float('nan')):.4g}    Flagged: "
