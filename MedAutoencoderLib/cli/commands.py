@@ -1,8 +1,9 @@
 """Command line: ``python -m MedAutoencoderLib {train,detect,evaluate,info}`` (alias ``medautoencoder``).
 
 Errors meant for the user print as ``error: ...`` (exit 1) instead of a traceback; a cancelled training run
-exits 130 after saving its best model (cancelled before training began, it writes nothing). ``--progress json``
-prints one JSON event per line on stdout for programs such as the Slicer module.
+exits 130 after saving its best model (cancelled before training began, it writes nothing). Progress is a bar on a
+terminal and plain lines elsewhere (logs); ``--progress json`` prints one JSON event per line on stdout for
+programs such as the Slicer module.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from MedAutoencoderLib.errors import (
     is_out_of_memory,
 )
 from MedAutoencoderLib.io.volumes import write_text
-from MedAutoencoderLib.runtime.progress import make_reporter
+from MedAutoencoderLib.runtime.progress import PROGRESS_KINDS, make_reporter
 
 
 def _threshold(text: str) -> Optional[float]:
@@ -58,8 +59,9 @@ def _device(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     _device(parser)
-    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
-                        help="progress as a bar (people), JSON lines on stdout (programs) or nothing")
+    parser.add_argument("--progress", choices=PROGRESS_KINDS, default="auto",
+                        help="auto (default): a bar on a terminal, else (a log file, CI, a cluster job) plain lines, "
+                             "one per epoch or volume; bar; lines; json: JSON lines on stdout (programs); none")
 
 
 def _add_options(parser: argparse.ArgumentParser, config: type) -> None:

@@ -1,8 +1,9 @@
 """Progress reporting shared by training and detection.
 
 Jobs emit plain dict events (``event``, ``fraction``, ``message``, ``elapsed_s``, ``eta_s`` and extras). The
-command line renders them as a progress bar for people or as JSON lines (``--progress json``) for programs;
-the Slicer module reads the JSON lines of a background process.
+command line renders them as a progress bar on a terminal, as plain lines where its output is not one (a log
+file, CI, a cluster job: one line per epoch or volume, no carriage returns), or as JSON lines (``--progress
+json``) for programs; the Slicer module reads the JSON lines of a background process.
 """
 from __future__ import annotations
 
@@ -66,6 +67,65 @@ def progress_bar(stream: Optional[TextIO] = None, width: int = 30) -> ProgressCa
     return draw
 
 
+def _time(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def plain_lines(stream: Optional[TextIO] = None, step_interval_s: float = 60.0) -> ProgressCallback:
+    """One plain line per event for logs that are not read on a terminal, by default on ``sys.stderr`` as it is
+    when each event is written: every event but the steps inside a training epoch (a line at most every
+    ``step_interval_s`` seconds, so that a long epoch still shows it is alive), which the epoch's own line
+    follows.
+
+    Args:
+        stream: where to write; None for ``sys.stderr`` at each event.
+        step_interval_s: the least time between two lines of steps within an epoch.
+
+    Returns:
+        The progress callback.
+    """
+    last_line = [float("-inf")]
+
+    def write(event: Dict[str, Any]) -> None:
+        now = time.monotonic()
+        if "step" in event and event["event"] == "progress" and now - last_line[0] < step_interval_s:
+            return
+        last_line[0] = now
+        out = stream or sys.stderr
+        if event["event"] in ("log", "error"):
+            out.write(f"{event['message']}\n")
+        else:
+            eta = event.get("eta_s")
+            left = f", {_time(eta)} left" if eta else ""
+            out.write(f"[{event['fraction'] * 100:5.1f}% {_time(event.get('elapsed_s') or 0.0)}{left}] "
+                      f"{event['message']}\n")
+        out.flush()
+    return write
+
+
+def _is_terminal(stream: Optional[TextIO]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (ValueError, OSError):  # a closed or detached stream
+        return False
+
+
+def terminal_or_lines() -> ProgressCallback:
+    """A bar while ``sys.stderr`` is a terminal, plain lines (:func:`plain_lines`) while it is not (a file, a
+    pipe, a cluster job's log); decided at each event, so that a redirection made later is followed."""
+    bar, lines = progress_bar(), plain_lines()
+
+    def report(event: Dict[str, Any]) -> None:
+        (bar if _is_terminal(sys.stderr) else lines)(event)
+    return report
+
+
+#: Choices of ``--progress``: auto (a bar on a terminal, plain lines elsewhere), bar, lines, json, none.
+PROGRESS_KINDS = ("auto", "bar", "lines", "json", "none")
+
+
 def make_reporter(kind: str) -> Optional[ProgressCallback]:
-    """The reporter for ``--progress bar|json|none``."""
-    return {"bar": progress_bar, "json": json_lines}.get(kind, lambda: None)()
+    """The reporter for ``--progress auto|bar|lines|json|none``."""
+    return {"auto": terminal_or_lines, "bar": progress_bar, "lines": plain_lines,
+            "json": json_lines}.get(kind, lambda: None)()
