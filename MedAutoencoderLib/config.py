@@ -24,6 +24,8 @@ from MedAutoencoderLib.errors import ConfigurationError
 T = TypeVar("T")
 
 MODEL_TYPES = ("ae", "sparse", "dae", "vae", "aae")
+#: Preprocessing settings that training can choose from its data (MedAutoencoderLib.preprocessing.fingerprint).
+PLANNABLE_PREPROCESSING = ("spacing", "size", "normalization")
 RECONSTRUCTION_LOSSES = ("mse", "l1", "ssim", "bce")
 SPATIAL_DIMS = (2, 3)
 SPARSITY_PENALTIES = ("l1", "kl")
@@ -228,11 +230,15 @@ class PreprocessConfig:
     """
 
     spacing: Tuple[float, float, float] = option((1.5, 1.5, 1.5), flag="--spacing", position=170,
-                                                 help="model grid spacing, mm")
+                                                 help="model grid spacing, mm (without it and --size: chosen "
+                                                      "from the data, see --grid-as-given)")
     size: Tuple[int, int, int] = option((128, 128, 112), flag="--size", position=180,
-                                        help="model grid size, voxels (x y z)")
+                                        help="model grid size, voxels (x y z) (without it and --spacing: "
+                                             "chosen from the data)")
     # "percentile": divide by the foreground's upper percentile; "zscore"
-    normalization: str = option("percentile", flag="--normalization", position=200, choices=NORMALIZATIONS)
+    normalization: str = option("percentile", flag="--normalization", position=200, choices=NORMALIZATIONS,
+                                help="without it (and without a grid given): percentile, or zscore where the "
+                                     "background is not the darkest part of the training volumes")
     upper_percentile: float = 99.0
     clip_max: float = 1.5  # normalised intensities are clipped to [0, clip_max] ("percentile" only)
     mask_min_fraction: float = 0.05  # 2D training keeps slices whose foreground covers at least this share
@@ -451,6 +457,29 @@ class TrainConfig:
     overwrite: bool = option(False, flag="--overwrite", position=320, help="replace an existing --out file")
     stop_file: Optional[str] = option(None, flag="--stop-file", position=330,
                                       help="stop cooperatively (keeping the best model) when this file appears")
+    # Neither spacing nor size off its default: the model grid, and the normalisation unless it is off its default
+    # too, are chosen from the training data (MedAutoencoderLib.preprocessing.fingerprint); False keeps them.
+    grid_from_data: bool = option(True, flag="--grid-as-given", position=185,
+                                  help="keep the default --spacing, --size and --normalization even where none is "
+                                       "given (without this, and without --spacing and --size, the model grid is "
+                                       "chosen from the data: brain cohorts get 1.5 mm and 128 128 112, others "
+                                       "their median spacing and a grid holding their largest foreground; the "
+                                       "choice is printed and recorded in the model)")
+
+    def preprocessing_to_plan(self) -> Tuple[str, ...]:
+        """The settings of ``preprocess`` that training chooses from its data (see :attr:`grid_from_data`): none
+        when resuming or when the grid is given (spacing or size off its default); else the spacing and size, and
+        the normalisation unless it is off its default.
+
+        Returns:
+            Names among :data:`PLANNABLE_PREPROCESSING`.
+        """
+        defaults = PreprocessConfig()
+        grid_given = tuple(self.preprocess.spacing) != defaults.spacing or tuple(self.preprocess.size) != defaults.size
+        if not self.grid_from_data or self.resume or grid_given:
+            return ()
+        return tuple(name for name in PLANNABLE_PREPROCESSING
+                     if name != "normalization" or self.preprocess.normalization == defaults.normalization)
 
     def validate(self) -> None:
         if not self.data:

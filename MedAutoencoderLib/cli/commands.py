@@ -371,6 +371,9 @@ def run_info(args: argparse.Namespace) -> int:
           f"{card['parameters']:,} parameters, loss {card['model']['reconstruction_loss']}")
     print(f"  preprocessing: spacing {card['preprocess']['spacing']} mm, grid {card['preprocess']['size']}, "
           f"{card['preprocess']['normalization']} normalisation, {card['preprocess'].get('foreground', 'otsu')} foreground")
+    plan = (training or {}).get("grid_plan")
+    if plan:
+        print(f"  chosen from the data: {', '.join(plan['chosen'])} ({plan['reason']})")
     if training:
         print(f"  data: {training.get('n_volumes')} volume(s); validation {training.get('validation_files')}")
         print(f"  training: {training.get('epochs')} epochs, {training.get('seconds')} s on {training.get('device')}, "

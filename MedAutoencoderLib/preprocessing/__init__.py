@@ -1,4 +1,5 @@
-"""Bringing a volume onto a model's grid: resampling, foreground and brain masks, normalisation, morphology.
+"""Bringing a volume onto a model's grid: resampling, foreground and brain masks, normalisation, morphology, and
+the grid chosen from a training cohort (its fingerprint).
 
 Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 from MedAutoencoderLib._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "fingerprint": ["PLANNABLE", "VolumeFingerprint", "CohortFingerprint", "GridPlan", "fingerprint_volume",
+        "fingerprint_cohort", "plan_preprocessing"],
     "morphology": ["Radius", "ball_as_boxes", "dilate", "erode", "close"],
     "prepare": ["PreparedVolume", "otsu_foreground", "fill_holes_per_slice", "foreground_centroid", "model_grid",
         "normalise", "prepare_volume", "erode_mask"],

@@ -222,6 +222,21 @@ class Trainer:
             volumes.append(prepare_volume(read_image(path), self.config.preprocess, name=str(path)))
         return volumes
 
+    def _plan_grid(self, paths: Sequence[Path], choose: Sequence[str], tracker: ProgressTracker) -> None:
+        """Choose the preprocessing settings not given from the training volumes' fingerprint, record the plan in
+        the model's training record and say it."""
+        from MedAutoencoderLib.preprocessing.fingerprint import fingerprint_cohort, plan_preprocessing
+
+        tracker.emit("log", 0, f"measuring {len(paths)} volume(s) to choose the "
+                               f"{', '.join(choose)} of the model grid")
+        fingerprint = fingerprint_cohort(paths, on_volume=lambda i, p: self._cancel_if_stopped_before_training(tracker))
+        plan = plan_preprocessing(fingerprint, self.config.model, self.config.preprocess,
+                                  choose)
+        self.config.preprocess, self.config.model = plan.preprocess, plan.model
+        self.config.validate()
+        self.data_summary["grid_plan"] = plan.record()
+        tracker.emit("log", 0, plan.describe())
+
     def _grid_advice(self) -> str:
         """Why a volume gives no 2D sample on the model grid, and which options change it."""
         preprocess = self.config.preprocess
@@ -438,6 +453,9 @@ class Trainer:
             why = "a single healthy volume" if len(paths) == 1 else "no volume held out (--validation-fraction 0)"
             tracker.emit("log", 0, f"warning: {why}, so the threshold is calibrated on the training volumes "
                                    "themselves and will be too low; give more healthy volumes to hold some out")
+        choose = self.config.preprocessing_to_plan()
+        if choose:
+            self._plan_grid(paths, choose, tracker)
         for option in [] if self.config.resume else self.config.model.ignored_settings():
             tracker.emit("log", 0, f"warning: {option}: this {self.config.model.name} model ignores it")
         self._build()
