@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from MedAutoencoderLib.progress import ProgressTracker, make_reporter, plain_lines
+from MedAutoencoderLib.runtime.progress import ProgressTracker, make_reporter, plain_lines
 
 TINY = ["--size", "32", "32", "32", "--spacing", "1.5", "1.5", "1.5", "--batch-size", "16", "--device", "cpu",
         "--no-augment"]

@@ -53,6 +53,12 @@ def _threshold(text: str) -> Optional[float]:
     return value
 
 
+def _shard(text: str):
+    from MedAutoencoderLib.detection.shards import parse_shard
+
+    return parse_shard(text)
+
+
 def _device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
 
@@ -117,6 +123,11 @@ def _add_detect(sub) -> None:
     p.add_argument("--keep-going", action="store_true",
                    help="skip a volume that fails its checks, runs out of memory or meets a defect, and go on "
                         "with the others; the failures are listed at the end (exit code 1)")
+    p.add_argument("--shard", type=_shard, metavar="K/N",
+                   help="detect only share K of N of the inputs (K from 1 to N): every N-th input of the input "
+                        "list (files as given, folders and globs sorted), starting at the K-th, for a cluster's "
+                        "job array (SLURM: --array=1-N and --shard $SLURM_ARRAY_TASK_ID/N); the shards write the "
+                        "files one run writes. Under torchrun each process takes its rank's share by itself")
     _common(p)
 
 
@@ -322,14 +333,60 @@ def run_detect(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.io.volumes import find_volumes
 
     inputs = find_volumes(args.inputs)
-    model = load_model(args.model, device=args.device)
-    options = DetectOptions(threshold=args.threshold, device=args.device, precision=args.precision,
+    shard, device = _this_share(args, inputs)
+    if shard is not None:
+        share = shard.share(inputs)
+        if args.progress != "none" or not share:
+            print(f"shard {shard}: {len(share)} of {len(inputs)} input(s)" + ("; nothing to do" if not share else ""),
+                  file=sys.stderr, flush=True)
+        if not share:
+            return 0
+        inputs = share
+    model = load_model(args.model, device=device)
+    options = DetectOptions(threshold=args.threshold, device=device, precision=args.precision,
                             prepare_ahead=args.prepare_ahead, contrast=args.contrast)
     with sigterm_cancels():
         detect_files(inputs, args.output_dir, model, options, output_format=args.format, overwrite=args.overwrite,
                      progress=make_reporter(args.progress), keep_going=args.keep_going,
                      compress=not args.uncompressed)
     return 0
+
+
+def _this_share(args: argparse.Namespace, inputs: Sequence[Path]):
+    """This process's shard of ``inputs`` (None: all) and device, from --shard and, under torchrun, its rank
+    (whose GPU is cuda:LOCAL_RANK). Inputs of other shards that would write the same outputs are refused here,
+    as a single run refuses them."""
+    from MedAutoencoderLib.detection.pipeline import detection_targets, refuse_shared_targets
+    from MedAutoencoderLib.detection.shards import process_shard
+    from MedAutoencoderLib.training.distributed import context_from_environment, training_device
+
+    context = context_from_environment()
+    shard = process_shard(args.shard, context)
+    if shard is None:
+        return None, args.device
+    refuse_shared_targets({p: detection_targets(p, args.output_dir, args.format) for p in inputs})
+    device = training_device(args.device, context)
+    return shard, str(device) if context.launched else args.device
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    """``detect`` as one shard of a cohort: errors name the shard; under torchrun the processes finish
+    together (see :mod:`~MedAutoencoderLib.detection.shards`)."""
+    from MedAutoencoderLib.detection.shards import process_shard, ranks_finish_together
+    from MedAutoencoderLib.training.distributed import context_from_environment
+
+    context = context_from_environment()
+    shard = process_shard(args.shard, context)
+    if shard is None:
+        return run_detect(args)
+    where = f"shard {shard}" + (f" (rank {context.rank} of {context.world_size})" if context.launched else "")
+    with ranks_finish_together(context):
+        try:
+            return run_detect(args)
+        except MedAutoencoderError as exc:
+            if exc.args and isinstance(exc.args[0], str):  # the same error, its message naming the shard
+                exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+            raise
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -494,7 +551,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(sys.stdin, run=main)
 
 
-COMMANDS = {"train": run_train, "detect": run_detect, "evaluate": run_evaluate, "info": run_info,
+COMMANDS = {"train": run_train, "detect": _run_shard, "evaluate": run_evaluate, "info": run_info,
             "demo": run_demo, "calibrate": run_calibrate,
             "features": run_features, "classify": run_classify, "sample": run_sample,
             "interpolate": run_interpolate, "export": run_export, "serve": run_serve}

@@ -1,4 +1,5 @@
-"""Detection: reconstruction, scoring, median filter, batch detection of files, read-ahead and evaluation.
+"""Detection: reconstruction, scoring, median filter, batch detection of files, read-ahead, shards of a cohort
+and evaluation.
 
 Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
 """
@@ -13,8 +14,9 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "inference": ["WINDOW_OVERLAP", "WINDOW_BLEND", "foreground_slices", "reconstruct"],
     "median": ["median_network", "in_plane_median"],
     "pipeline": ["DetectionRun", "OutputCallback", "run_detection", "detect_prepared", "model_name", "input_contrast", "detect_image",
-        "detect_files", "detection_targets"],
+        "detect_files", "detection_targets", "refuse_shared_targets"],
     "read_ahead": ["prepared_in_order"],
+    "shards": ["Shard", "parse_shard", "process_shard", "ranks_finish_together"],
     "scoring": ["ScoredVolume", "DetectionResult", "structural_dissimilarity", "scoring_region",
         "require_scoring_region", "score_volume", "reconstruct_and_score", "calibrate_threshold", "anomaly_score",
         "voxel_volume_ml", "min_component_voxels", "component_labels_in_box", "labels_above", "threshold_mask",

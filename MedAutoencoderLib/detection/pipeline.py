@@ -186,7 +186,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
     targets = {p: detection_targets(p, output_dir, output_format) for p in paths}
     if not compress:
         _refuse_compressed_format(targets)
-    _refuse_shared_targets(targets)
+    refuse_shared_targets(targets)
     refuse_overwrite([t for group in targets.values() for t in group.values()], protected=paths, overwrite=overwrite)
     tracker = ProgressTracker(progress, total=len(paths))
     tracker.emit("start", 0, f"detecting anomalies in {len(paths)} volume(s) on {model.device}")
@@ -336,7 +336,7 @@ def _refuse_compressed_format(targets: Dict[Path, Dict[str, Path]]) -> None:
                                      "compressed; choose another output format (--format nii, nrrd or mha)")
 
 
-def _refuse_shared_targets(targets: Dict[Path, Dict[str, Path]]) -> None:
+def refuse_shared_targets(targets: Dict[Path, Dict[str, Path]]) -> None:
     """Two inputs with the same name (a/x.nrrd, b/x.nrrd) would write the same outputs: refuse, naming both."""
     owner: Dict[str, Path] = {}
     for source, group in targets.items():
