@@ -457,6 +457,14 @@ class TrainConfig:
     overwrite: bool = option(False, flag="--overwrite", position=320, help="replace an existing --out file")
     stop_file: Optional[str] = option(None, flag="--stop-file", position=330,
                                       help="stop cooperatively (keeping the best model) when this file appears")
+    # fine-tuning: start from this model file's weights ("default": the bundled brain T1 model), keeping its
+    # architecture, preprocessing and detection settings, with a fresh optimiser and epoch count
+    init: Optional[str] = option(
+        None, flag="--init", position=315,
+        help="fine-tune: start from this model file's weights, or 'default' for the bundled brain T1 model, keeping "
+             "its architecture, preprocessing and detection settings (options given for them are ignored); the "
+             "optimiser and the epochs start afresh, the threshold is calibrated on the held-out share of --data, "
+             "and the result is never worse there, on the validation loss, than the model it started from")
     # Neither spacing nor size off its default: the model grid, and the normalisation unless it is off its default
     # too, are chosen from the training data (MedAutoencoderLib.preprocessing.fingerprint); False keeps them.
     grid_from_data: bool = option(True, flag="--grid-as-given", position=185,
@@ -468,7 +476,7 @@ class TrainConfig:
 
     def preprocessing_to_plan(self) -> Tuple[str, ...]:
         """The settings of ``preprocess`` that training chooses from its data (see :attr:`grid_from_data`): none
-        when resuming or when the grid is given (spacing or size off its default); else the spacing and size, and
+        when resuming, fine-tuning, or when the grid is given (spacing or size off its default); else the spacing and size, and
         the normalisation unless it is off its default.
 
         Returns:
@@ -476,7 +484,7 @@ class TrainConfig:
         """
         defaults = PreprocessConfig()
         grid_given = tuple(self.preprocess.spacing) != defaults.spacing or tuple(self.preprocess.size) != defaults.size
-        if not self.grid_from_data or self.resume or grid_given:
+        if not self.grid_from_data or self.resume or self.init or grid_given:
             return ()
         return tuple(name for name in PLANNABLE_PREPROCESSING
                      if name != "normalization" or self.preprocess.normalization == defaults.normalization)
@@ -494,6 +502,9 @@ class TrainConfig:
             raise ConfigurationError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         _require_at_least(1, batch_size=self.batch_size, patience=self.patience)
         _require_at_least(0, workers=self.num_workers)
+        if self.init and self.resume:
+            raise ConfigurationError("give either --init (fine-tune a model: fresh optimiser and epochs) or --resume "
+                                     "(continue its run), not both")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ConfigurationError(f"learning rate must be a positive finite number, got {self.learning_rate}")
         self.model.validate()

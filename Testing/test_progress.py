@@ -5,6 +5,7 @@ import io
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
 
@@ -48,13 +49,21 @@ def test_plain_lines_show_steps_of_a_long_epoch_now_and_then():
     assert len([line for line in out.getvalue().splitlines() if "loss" in line]) == 3
 
 
+def read_all(fd: int) -> str:
+    """Everything written to a pty so far (a single read may return only part of it)."""
+    chunks = []
+    while select.select([fd], [], [], 0.5)[0]:
+        chunks.append(os.read(fd, 65536))
+    return b"".join(chunks).decode()
+
+
 def test_auto_draws_a_bar_on_a_terminal_and_lines_elsewhere(monkeypatch):
     master, replica = pty.openpty()
     try:
         with os.fdopen(replica, "w", closefd=False) as terminal:
             monkeypatch.setattr(sys, "stderr", terminal)
             training_events(make_reporter("auto"), epochs=1, steps=2)
-        drawn = os.read(master, 65536).decode()
+        drawn = read_all(master)
     finally:
         os.close(master)
         os.close(replica)

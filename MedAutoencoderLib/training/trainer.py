@@ -127,7 +127,9 @@ class Trainer:
         """Refuse, before any work, an --out that cannot be written (a folder, a read-only place), that is one of
         the training volumes (with --overwrite too: that would replace the user's data), or an existing file
         without --overwrite (unless it is the model being resumed)."""
-        require_new_file(self.config.out, "model.pt", overwrite=True, protected=inputs)  # an existing one: below
+        init = self._init_model_path()
+        require_new_file(self.config.out, "model.pt", overwrite=True,  # an existing one: below
+                         protected=[*inputs, *([init] if init else [])])
         resuming_in_place = self.config.resume and Path(self.config.resume).resolve() == self.out.resolve()
         if self.out.exists() and not (self.config.overwrite or resuming_in_place):
             raise OutputExistsError(f"{self.out}: a model file already exists; pass --overwrite to replace it "
@@ -138,15 +140,29 @@ class Trainer:
             # beside it
             self.checkpoint = unfinished_model_path(self.out)
 
+    def _init_model_path(self) -> Optional[Path]:
+        """The model file a fine-tuning run starts from (None: not fine-tuning)."""
+        if not self.config.init:
+            return None
+        if self.config.init == "default":
+            from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL
+
+            return DEFAULT_MODEL
+        return Path(self.config.init)
+
     def _build(self) -> None:
         seed_everything(self.config.seed)
         configure_for_speed(self.device)
-        resumed = read_model_file(Path(self.config.resume)) if self.config.resume else None
-        if resumed is not None:  # a resumed run continues with the stored model, preprocessing and detection
-            record = record_from_payload(resumed, Path(self.config.resume))
+        source = Path(self.config.resume) if self.config.resume else self._init_model_path()
+        resumed = read_model_file(source) if source else None
+        if resumed is not None:  # resumed or fine-tuned: the stored model, preprocessing and detection settings
+            record = record_from_payload(resumed, source)
             self.config.model, self.config.preprocess, self.config.detection = (
                 record.model, record.preprocess, record.detection)
-            self.network: nn.Module = network_from_payload(resumed, record, Path(self.config.resume))
+            self.network: nn.Module = network_from_payload(resumed, record, source)
+            if self.config.init:
+                self.data_summary["init"] = {"model": "bundled " + source.name if self.config.init == "default"
+                                             else str(source), "library_version": record.library_version}
         else:
             self.network = build_network(self.config.model)
         self.network.to(self.device)
@@ -157,8 +173,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.config.epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._needs_grad_scaling())
         self.loss = AutoencoderLoss(self.config.model)
-        if resumed is not None:
-            self._restore_training_state(resumed, Path(self.config.resume))
+        if self.config.resume:
+            self._restore_training_state(resumed, source)
 
     def _critic(self, module: nn.Module) -> Critic:
         """Adam with beta1 = 0.5 for the discriminator, the usual GAN choice (Radford et al. 2016): less
@@ -177,6 +193,17 @@ class Trainer:
         progress = min(self.scheduler.last_epoch / epochs, 1.0)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * (1 + math.cos(math.pi * progress)) / 2
+
+    def _start_from_init(self, val_loader, tracker: ProgressTracker) -> None:
+        """Fine-tuning: the initial weights are the best so far until an epoch beats them on the held-out volumes,
+        so that the run never ends with a model worse there than the one it started from."""
+        with explain_out_of_memory("validation", self.config.batch_size):
+            self.state.best_val_loss = self._validation_loss(val_loader)
+        self.data_summary["init"]["initial_val_loss"] = self.state.best_val_loss
+        tracker.emit("log", 0, f"held-out loss of {self.data_summary['init']['model']} before fine-tuning: "
+                               f"{self.state.best_val_loss:.5f}")
+        if self.context.is_main:
+            save_model(self.checkpoint, self.network, self._record(), self._training_state())
 
     def _restore_training_state(self, payload: Dict[str, Any], path: Path) -> None:
         saved = payload.get("training_state")
@@ -453,15 +480,20 @@ class Trainer:
             why = "a single healthy volume" if len(paths) == 1 else "no volume held out (--validation-fraction 0)"
             tracker.emit("log", 0, f"warning: {why}, so the threshold is calibrated on the training volumes "
                                    "themselves and will be too low; give more healthy volumes to hold some out")
+        stored = self.config.resume or self.config.init  # a model file's settings are used, not the options
         choose = self.config.preprocessing_to_plan()
         if choose:
             self._plan_grid(paths, choose, tracker)
-        for option in [] if self.config.resume else self.config.model.ignored_settings():
+        for option in [] if stored else self.config.model.ignored_settings():
             tracker.emit("log", 0, f"warning: {option}: this {self.config.model.name} model ignores it")
         self._build()
         if self.config.resume:
             tracker.emit("log", 0, f"resuming from {self.config.resume}: its model, preprocessing and detection "
                                    "settings are used, options given for them here are ignored")
+        if self.config.init:
+            tracker.emit("log", 0, f"fine-tuning {self.data_summary['init']['model']}: its model, preprocessing "
+                                   "and detection settings are used, options given for them here are ignored; "
+                                   "the optimiser and the epochs start afresh")
         train_volumes = self._prepare_all(train_paths, tracker)
         self._require_training_samples(train_volumes, tracker)
         val_volumes = train_volumes if not self.data_summary["validation_is_held_out"] else \
@@ -476,6 +508,8 @@ class Trainer:
         train_loader = make_loader(train_volumes, augment=self.config.augment, **common)
         val_loader = make_loader(val_volumes, augment=False, shuffle=False, **common)
         self._cancel_if_stopped_before_training(tracker)
+        if self.config.init:
+            self._start_from_init(val_loader, tracker)
         if self.context.is_main and self.config.resume and Path(self.config.resume).resolve() != self.out.resolve():
             # the resumed weights are the best so far: without this, a run whose epochs never beat the stored
             # validation loss would calibrate from a missing (or an unrelated, overwritten) --out file
