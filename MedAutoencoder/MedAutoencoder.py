@@ -2,9 +2,9 @@
 
 The heavy lifting is in ``MedAutoencoderLib`` (the same library as the command line). Detection and training run
 by default as a separate process of the library's command line so that Slicer never freezes; the MRML work
-(volume <-> image conversion, output nodes) is in ``MedAutoencoderLib.slicer.bridge`` and the worker process
-handling in ``MedAutoencoderLib.worker.jobs``, both testable without Slicer. This file holds what needs the running
-application: the parameter node, the GUI, dependency installation, timers and views.
+(volume <-> image conversion, output nodes) is in ``MedAutoencoderLib.slicer.bridge``, starting and following the
+worker processes in ``MedAutoencoderLib.slicer.job``, all testable without Slicer. This file holds what needs the
+running application: the parameter node, the GUI, dependency installation, timers and views.
 """
 from __future__ import annotations
 
@@ -562,7 +562,11 @@ class _QtEventLoop:
         timer.setInterval(milliseconds)
         timer.connect("timeout()", callback)
         timer.start()
-        return timer.stop
+
+        def stop() -> None:  # holds the timer: it lives as long as the job that polls with it
+            timer.stop()
+
+        return stop
 
     def later(self, milliseconds: int, callback: Callable[[], None]) -> None:
         qt.QTimer.singleShot(milliseconds, callback)
