@@ -51,9 +51,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="a fixed number of steps instead of the time budget")
     parser.add_argument("--validate-minutes", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--shape", type=int, nargs=3, default=(80, 96, 80))
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--shape", type=int, nargs=3, default=(64, 80, 64))
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--synthseg-share", type=float, default=0.3)
+    parser.add_argument("--real-share", type=float, default=0.35, help="IXI draws that use the real T1")
+    parser.add_argument("--template-share", type=float, default=0.7,
+                        help="drawn contrasts that follow a T1/T2/PD/FLAIR ordering (the rest fully random)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", default="", help="start from this model file's weights")
@@ -67,7 +70,8 @@ def main() -> None:
     ixi_val = [to_tensors(load_map(os.path.join(args.cache, f"ixi_{s}.npz"))) for s in split["validation"]]
     print(f"maps: {len(synthseg)} SynthSeg, {len(ixi_train)} IXI train, {len(ixi_val)} IXI validation", flush=True)
 
-    config = SynthesisConfig(shape=tuple(args.shape))
+    config = SynthesisConfig(shape=tuple(args.shape), real_probability=args.real_share,
+                             template_probability=args.template_share)
     val_config = SynthesisConfig()
     val_gen = torch.Generator().manual_seed(12345)
     contrasts = ("t2", "pd", "flair", None)
@@ -147,7 +151,8 @@ def main() -> None:
                 best = result["score"]
                 save_extractor(args.out, network, net_config,
                                {"seed": args.seed, "steps": step, "batch": args.batch, "shape": list(args.shape),
-                                "lr": args.lr, "validation": result, "split": os.path.basename(args.split)})
+                                "lr": args.lr, "real_share": args.real_share,
+                                "template_share": args.template_share, "validation": result, "split": os.path.basename(args.split)})
                 print(f"saved {args.out}", flush=True)
             last_val = time.time()
     print("history", json.dumps(history), flush=True)

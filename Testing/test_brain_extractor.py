@@ -1,0 +1,141 @@
+"""The bundled learned brain extractor on real scans it never trained on, its geometry and its refusals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedAutoencoderLib.brain.extractor import MODEL_FILE, NoBrainError, extract_brain, load_extractor
+from MedAutoencoderLib.errors import InputImageError, ModelFileError
+from MedAutoencoderLib.synthesis.sources import ixi_brain_reference
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED_DATA.exists():
+    SHARED_DATA = Path("/work/shared/data")
+needs_shared = pytest.mark.skipif(not (SHARED_DATA / "ixi_t1_2mm").exists(), reason="needs ../shared/data")
+SPLIT = json.loads((Path(__file__).resolve().parents[1] / "scripts" / "ixi_split.json").read_text())
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _ixi(subject: str):
+    t1 = sitk.ReadImage(str(SHARED_DATA / "ixi_t1_2mm" / "t1" / f"{subject}_T1.nii.gz"), sitk.sitkFloat32)
+    ref = ixi_brain_reference(str(SHARED_DATA / "ixi_t1_2mm" / "dlmuse_seg" / f"{subject}_T1_DLMUSE.nii.gz"))
+    return t1, ref
+
+
+def test_the_bundled_model_loads_with_weights_only_and_is_small():
+    network, config = load_extractor()
+    assert Path(MODEL_FILE).stat().st_size < 5e6
+    assert sum(p.numel() for p in network.parameters()) < 1e6
+    assert config.spacing_mm == 2.0
+
+
+def test_a_missing_or_foreign_model_file_is_named(tmp_path):
+    with pytest.raises(ModelFileError, match="missing"):
+        load_extractor(str(tmp_path / "none.pt"))
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="foreign.pt: not a brain extractor"):
+        load_extractor(str(foreign))
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("subject", SPLIT["test"][:3])
+def test_held_out_ixi_heads_get_their_brain(subject):
+    t1, ref = _ixi(subject)
+    result = extract_brain(t1, name=subject)
+    assert dice(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(ref)) >= 0.9
+    assert 900 < result.brain_ml < 2200
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("folder, name", [("brats_glioma_case", "t2f"), ("ms_lesion_patient26", "T2")])
+def test_a_skull_stripped_scan_comes_back_whole(folder, name):
+    image = sitk.ReadImage(str(SHARED_DATA / folder / f"{name}.nii.gz"), sitk.sitkFloat32)
+    result = extract_brain(image, name=name)
+    reference = sitk.GetArrayViewFromImage(image) != 0
+    assert dice(sitk.GetArrayViewFromImage(result.mask), reference) >= 0.9
+
+
+@needs_shared
+@pytest.mark.slow
+def test_the_healthy_head_with_skull_gets_a_plausible_brain():
+    head = sitk.ReadImage(str(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz"), sitk.sitkFloat32)
+    result = extract_brain(head, name="chris_t1.nii.gz")
+    assert 1000 < result.brain_ml < 1800
+    mask = sitk.GetArrayViewFromImage(result.mask) > 0
+    # the scalp (the head's outer 6 mm) is not brain
+    values = sitk.GetArrayViewFromImage(head)
+    head_mask = sitk.GetArrayViewFromImage(sitk.BinaryFillhole(sitk.OtsuThreshold(head, 0, 1))) > 0
+    inner = sitk.GetArrayViewFromImage(sitk.BinaryErode(sitk.BinaryFillhole(sitk.OtsuThreshold(head, 0, 1)),
+                                                        [7, 7, 7])) > 0
+    scalp = head_mask & ~inner & (values > 0)
+    assert mask[scalp].mean() < 0.05
+
+
+@needs_shared
+@pytest.mark.slow
+def test_an_oblique_anisotropic_scan_gets_its_mask_on_its_exact_grid():
+    """Geometry: the mask lies on the input's own grid (size, spacing, origin, direction), and matches the
+    reference carried onto that grid."""
+    t1, ref = _ixi(SPLIT["test"][3])
+    rotation = sitk.VersorTransform((0.2, 0.1, 0.3), 0.4)
+    direction = np.array(rotation.GetMatrix()).reshape(3, 3) @ np.array(t1.GetDirection()).reshape(3, 3)
+    grid = sitk.Image([150, 130, 56], sitk.sitkFloat32)
+    grid.SetSpacing((1.3, 1.7, 4.2))
+    grid.SetDirection(direction.ravel().tolist())
+    centre = t1.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in t1.GetSize()])
+    grid.SetOrigin((np.array(centre) - direction @ ((np.array(grid.GetSize()) - 1) / 2 * np.array(grid.GetSpacing())))
+                   .tolist())
+    oblique = sitk.Resample(t1, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ref_on = sitk.Resample(ref, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    result = extract_brain(oblique, name="oblique")
+    mask = result.mask
+    assert mask.GetSize() == oblique.GetSize()
+    assert np.allclose(mask.GetSpacing(), oblique.GetSpacing())
+    assert np.allclose(mask.GetOrigin(), oblique.GetOrigin())
+    assert np.allclose(mask.GetDirection(), oblique.GetDirection())
+    assert dice(sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(ref_on)) >= 0.9
+
+
+def _phantom(kind: str) -> sitk.Image:
+    """As Testing/test_detection.py's: a crude abdomen or a uniform head-sized ellipsoid, 2 mm, with noise."""
+    z, y, x = np.mgrid[0:100, 0:128, 0:128].astype(np.float32)
+    values = np.zeros(z.shape, np.float32)
+    if kind == "ellipsoid":
+        values[((x - 64) / 36) ** 2 + ((y - 64) / 45) ** 2 + ((z - 50) / 36) ** 2 < 1] = 600
+    else:
+        values[((x - 64) / 55) ** 2 + ((y - 64) / 40) ** 2 < 1] = 200
+        values[((x - 45) / 15) ** 2 + ((y - 60) / 12) ** 2 + ((z - 50) / 30) ** 2 < 1] = 500
+        values[((x - 85) / 8) ** 2 + ((y - 70) / 8) ** 2 + ((z - 50) / 20) ** 2 < 1] = 700
+        values[((x - 64) / 5) ** 2 + ((y - 85) / 5) ** 2 < 1] = 900
+    values = np.abs(values + np.random.default_rng(0).normal(0, 20, values.shape)).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    return image
+
+
+@pytest.mark.parametrize("kind", ["abdomen", "ellipsoid"])
+def test_a_scan_without_a_brain_is_refused_naming_the_file(kind):
+    with pytest.raises(NoBrainError, match=f"^{kind}.nii.gz: it (does not|covers only)") as info:
+        extract_brain(_phantom(kind), name=f"{kind}.nii.gz")
+    assert isinstance(info.value, InputImageError) and "\n" not in str(info.value)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_a_slab_with_little_brain_is_refused():
+    t1, _ = _ixi(SPLIT["test"][4])
+    oriented = sitk.DICOMOrient(t1, "LPS")
+    top = oriented[:, :, int(0.8 * oriented.GetSize()[2]):]
+    with pytest.raises(NoBrainError, match="slab.nii.gz: it"):
+        extract_brain(top, name="slab.nii.gz")
