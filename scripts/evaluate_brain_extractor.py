@@ -38,7 +38,7 @@ def dice(a, b) -> float:
 
 
 def registration_mask(image: sitk.Image) -> np.ndarray:
-    from MedAutoencoderLib.brain_mask import template_brain_mask_on, template_to_image_transform
+    from MedAutoencoderLib.brain.registration import template_brain_mask_on, template_to_image_transform
 
     return template_brain_mask_on(image, template_to_image_transform(image))
 

@@ -47,6 +47,9 @@ class NetworkConfig:
     channels: Tuple[int, ...] = (8, 16, 32, 64, 128)
     strides: Tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 0
+    # batch norm: in eval mode its statistics are fixed, so the output does not depend on how much of the grid
+    # is background (instance norm's per-volume statistics differ between training crops and whole scans)
+    norm: str = "batch"
     out_channels: int = len(TISSUE_CLASSES)
     spacing_mm: float = 2.0
 
@@ -83,7 +86,7 @@ def build_network(config: NetworkConfig = NetworkConfig()) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(spatial_dims=3, in_channels=1, out_channels=config.out_channels, channels=config.channels,
-                strides=config.strides, num_res_units=config.num_res_units)
+                strides=config.strides, num_res_units=config.num_res_units, norm=config.norm)
 
 
 def save_extractor(path: str, network: torch.nn.Module, config: NetworkConfig, info: Dict) -> None:
@@ -163,14 +166,14 @@ def _edge_share(brain: np.ndarray, inside: np.ndarray) -> float:
     return float((surface & outside_near).sum()) / n if n else 1.0
 
 
-def extract_brain(image: sitk.Image, name: str = "the scan", config: ExtractionConfig = ExtractionConfig(),
+def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = ExtractionConfig(),
                   model_file: str = MODEL_FILE, refuse: bool = True,
                   extractor: Optional[Tuple[torch.nn.Module, NetworkConfig]] = None) -> BrainExtraction:
     """The brain mask of ``image`` on its exact grid.
 
     Args:
         image: a 3D scalar scan (any orientation, spacing, direction).
-        name: how messages name the scan (file path or node name).
+        name: how messages name the scan (file path or node name; messages start with it when given).
         config: thresholds and the skull-stripped rule.
         model_file: the extractor's model file.
         refuse: raise on a scan without a usable whole brain (else return what was found).
@@ -243,20 +246,21 @@ def _inside_mask(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
 
 
 def _refuse(name: str, brain_ml: float, confidence: float, edge: float, config: ExtractionConfig) -> None:
+    name = f"{name}: " if name else ""
     if brain_ml < config.min_brain_ml:
-        raise NoBrainError(f"{name}: it does not show a whole brain: the brain extractor found {brain_ml:.0f} mL of "
+        raise NoBrainError(f"{name}it does not show a whole brain: the brain extractor found {brain_ml:.0f} mL of "
                            f"brain (a whole brain is {config.min_brain_ml:.0f}-{config.max_brain_ml:.0f} mL); a scan "
                            "without a brain, or covering only part of it, cannot be used with brain models "
                            "(--foreground brain); for other scans train a model with --foreground otsu")
     if brain_ml > config.max_brain_ml:
-        raise NoBrainError(f"{name}: it does not look like a brain MRI: the brain extractor's 'brain' is "
+        raise NoBrainError(f"{name}it does not look like a brain MRI: the brain extractor's 'brain' is "
                            f"{brain_ml:.0f} mL (a whole brain is {config.min_brain_ml:.0f}-{config.max_brain_ml:.0f} "
                            "mL); brain models (--foreground brain) need a brain MRI")
     if confidence < config.min_confidence:
-        raise NoBrainError(f"{name}: it does not look like a brain MRI: the brain extractor is unsure of its brain "
+        raise NoBrainError(f"{name}it does not look like a brain MRI: the brain extractor is unsure of its brain "
                            f"(confidence {confidence:.2f}, brain MRI give {config.min_confidence:.2f} or more); "
                            "brain models (--foreground brain) need a brain MRI")
     if edge > config.max_edge_share:
-        raise NoBrainError(f"{name}: it covers only part of the brain: {edge:.0%} of the brain's surface lies on "
+        raise NoBrainError(f"{name}it covers only part of the brain: {edge:.0%} of the brain's surface lies on "
                            f"the edge of the field of view (up to {config.max_edge_share:.0%} is accepted); brain "
                            "models (--foreground brain) need the whole brain in view")
