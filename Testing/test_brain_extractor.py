@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedAutoencoderLib.brain.extractor import MODEL_FILE, NoBrainError, extract_brain, load_extractor
-from MedAutoencoderLib.errors import InputImageError, ModelFileError
+from MedAutoencoderLib.errors import ConfigurationError, InputImageError, ModelFileError
 from MedAutoencoderLib.synthesis.sources import ixi_brain_reference
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -75,8 +75,8 @@ def test_the_healthy_head_with_skull_gets_a_plausible_brain():
     mask = sitk.GetArrayViewFromImage(result.mask) > 0
     # the scalp (the head's outer 6 mm) is not brain
     values = sitk.GetArrayViewFromImage(head)
-    head_mask = sitk.GetArrayViewFromImage(sitk.BinaryFillhole(sitk.OtsuThreshold(head, 0, 1))) > 0
-    inner = sitk.GetArrayViewFromImage(sitk.BinaryErode(sitk.BinaryFillhole(sitk.OtsuThreshold(head, 0, 1)),
+    head_mask = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.OtsuThreshold(head, 0, 1))) > 0
+    inner = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.BinaryFillhole(sitk.OtsuThreshold(head, 0, 1)),
                                                         [7, 7, 7])) > 0
     scalp = head_mask & ~inner & (values > 0)
     assert mask[scalp].mean() < 0.05
@@ -139,3 +139,30 @@ def test_a_slab_with_little_brain_is_refused():
     top = oriented[:, :, int(0.8 * oriented.GetSize()[2]):]
     with pytest.raises(NoBrainError, match="slab.nii.gz: it"):
         extract_brain(top, name="slab.nii.gz")
+
+
+def test_brain_models_use_the_extractor_by_default_and_the_registration_on_request():
+    from MedAutoencoderLib.io.loaded_model import brain_foreground, load_model
+
+    assert load_model(device="cpu").record.preprocess.foreground == "brain"  # the bundled model: trained 'template'
+    assert load_model(device="cpu", foreground="template").record.preprocess.foreground == "template"
+    assert brain_foreground("brain", None, Path("m.pt")) == "brain"
+    assert brain_foreground("otsu", None, Path("m.pt")) == "otsu"
+    with pytest.raises(ConfigurationError, match="m.pt was trained with the 'otsu' foreground, not on brains"):
+        brain_foreground("otsu", "brain", Path("m.pt"))
+
+
+@pytest.mark.slow
+def test_the_brain_foreground_of_a_skull_stripped_template_brain_is_its_brain():
+    """The bundled MNI template (skull-stripped) on the demo's 2 mm grid: the model grid's foreground is its brain."""
+    from MedAutoencoderLib.config import PreprocessConfig
+    from MedAutoencoderLib.data import template as bundled_template
+    from MedAutoencoderLib.preprocessing.prepare import prepare_volume
+
+    template = bundled_template.load_template()
+    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    prepared = prepare_volume(scan, PreprocessConfig(foreground="brain"), name="template.nii.gz")
+    on_input = sitk.GetArrayFromImage(prepared.to_input_grid(prepared.foreground.astype(np.uint8), nearest=True))
+    stripped = sitk.GetArrayViewFromImage(scan) > 0.05 * sitk.GetArrayViewFromImage(scan).max()
+    assert dice(on_input, stripped) > 0.9

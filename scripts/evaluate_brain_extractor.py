@@ -43,17 +43,17 @@ def registration_mask(image: sitk.Image) -> np.ndarray:
     return template_brain_mask_on(image, template_to_image_transform(image))
 
 
-def run(method: str, image: sitk.Image, name: str, model: str, config: ExtractionConfig):
+def run(method: str, image: sitk.Image, name: str, model: str, config: ExtractionConfig, refuse: bool = True):
     start = time.perf_counter()
     try:
         if method == "registration":
             mask = registration_mask(image)
             extra = {}
         else:
-            result = extract_brain(image, name=name, config=config, model_file=model)
+            result = extract_brain(image, name=name, config=config, model_file=model, refuse=refuse)
             mask = sitk.GetArrayFromImage(result.mask) > 0
             extra = {"brain_ml": round(result.brain_ml), "confidence": round(result.confidence, 3),
-                     "edge_share": round(result.edge_share, 3), "stripped": result.stripped}
+                     "edge_share": round(result.edge_share, 3), "csf_share": round(result.csf_share, 3), "stripped": result.stripped}
         return mask, {"seconds": round(time.perf_counter() - start, 3), **extra}
     except MedAutoencoderError as exc:
         return None, {"seconds": round(time.perf_counter() - start, 3), "refused": str(exc)}
@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--figures", default="")
     parser.add_argument("--no-registration", action="store_true")
     parser.add_argument("--validation", action="store_true")
+    parser.add_argument("--no-refuse", action="store_true", help="report the refusal figures of every scan")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,7 +166,7 @@ def main() -> None:
     def record(group, name, image, reference, figure_path=None):
         masks = {}
         for method in methods:
-            mask, info = run(method, image, name, args.model, config)
+            mask, info = run(method, image, name, args.model, config, refuse=not args.no_refuse)
             row = {"group": group, "case": name, "method": method, **info}
             if mask is not None and reference is not None:
                 row["dice"] = round(dice(mask, reference), 4)
@@ -179,6 +180,11 @@ def main() -> None:
             figure(image, masks, figure_path, name)
 
     if args.validation:
+        for s in split["validation"]:
+            t1 = sitk.ReadImage(os.path.join(data, "ixi_t1_2mm", "t1", f"{s}_T1.nii.gz"), sitk.sitkFloat32)
+            ref = sitk.GetArrayFromImage(ixi_brain_reference(
+                os.path.join(data, "ixi_t1_2mm", "dlmuse_seg", f"{s}_T1_DLMUSE.nii.gz"))) > 0
+            record("validation heads", s, t1, ref)
         for r in (0.0, 2.0):
             for s in split["validation"]:
                 t1 = sitk.ReadImage(os.path.join(data, "ixi_t1_2mm", "t1", f"{s}_T1.nii.gz"), sitk.sitkFloat32)

@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="a fixed number of steps instead of the time budget")
     parser.add_argument("--validate-minutes", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--shape", type=int, nargs=3, default=(64, 80, 64))
+    parser.add_argument("--shape", type=int, nargs=3, default=(80, 96, 80))
+    parser.add_argument("--shift-mm", type=float, default=40.0,
+                        help="crop centres this far from the brain's centre (the neck and face come into view)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--synthseg-share", type=float, default=0.3)
     parser.add_argument("--real-share", type=float, default=0.35, help="IXI draws that use the real T1")
@@ -70,7 +72,7 @@ def main() -> None:
     ixi_val = [to_tensors(load_map(os.path.join(args.cache, f"ixi_{s}.npz"))) for s in split["validation"]]
     print(f"maps: {len(synthseg)} SynthSeg, {len(ixi_train)} IXI train, {len(ixi_val)} IXI validation", flush=True)
 
-    config = SynthesisConfig(shape=tuple(args.shape), real_probability=args.real_share,
+    config = SynthesisConfig(shape=tuple(args.shape), shift_mm=args.shift_mm, real_probability=args.real_share,
                              template_probability=args.template_share)
     val_config = SynthesisConfig()
     val_gen = torch.Generator().manual_seed(12345)
@@ -151,7 +153,7 @@ def main() -> None:
                 best = result["score"]
                 save_extractor(args.out, network, net_config,
                                {"seed": args.seed, "steps": step, "batch": args.batch, "shape": list(args.shape),
-                                "lr": args.lr, "real_share": args.real_share,
+                                "lr": args.lr, "shift_mm": args.shift_mm, "real_share": args.real_share,
                                 "template_share": args.template_share, "validation": result, "split": os.path.basename(args.split)})
                 print(f"saved {args.out}", flush=True)
             last_val = time.time()

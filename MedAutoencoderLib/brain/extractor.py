@@ -10,7 +10,7 @@ Inference: the scan (any orientation, spacing, oblique direction) is resampled w
 brain probability (1 - background) is cleaned on the 2 mm grid (largest connected component, holes filled),
 resampled linearly onto the scan's exact grid and thresholded at 0.5. A skull-stripped scan (zero outside its
 brain) keeps its whole non-zero brain: the mask is the scan's filled non-zero region wherever the prediction,
-dilated, reaches it.
+dilated, reaches it (a region of at most 1.5 times the predicted brain: a head with skull is far larger).
 
 Refusals, from the network's output: too little brain (no brain, or a slab), too large a "brain", an unsure
 prediction, or a brain cut by the field of view; each raises :class:`NoBrainError` with one line naming the scan.
@@ -61,11 +61,15 @@ class ExtractionConfig:
     threshold: float = 0.5
     stripped_rule: bool = True  # a scan that is zero outside a region keeps that region (filled) as its brain
     stripped_zero_share: float = 0.2  # ... when at least this share of its grid is exactly zero
+    stripped_max_ratio: float = 1.5  # ... and that region is at most this many times the predicted brain
     stripped_dilation_mm: float = 6.0  # ... wherever the prediction dilated by this much reaches
     min_brain_ml: float = 600.0
-    max_brain_ml: float = 2600.0
-    min_confidence: float = 0.75  # mean of the winning class probability over the predicted brain
+    max_brain_ml: float = 2200.0
+    min_confidence: float = 0.85  # mean brain probability over the predicted brain (validation heads: 0.94-0.97)
     max_edge_share: float = 0.25  # share of the brain's surface on the field of view's edge
+    # share of the brain that is CSF below which a scan is refused (off: IXI validation heads have 0.09-0.115 and
+    # phantoms 0.02-0.07, but a real FLAIR brain had 0.04: the CSF class is not reliable across contrasts)
+    min_csf_share: float = 0.0
 
 
 @dataclass
@@ -76,6 +80,7 @@ class BrainExtraction:
     brain_ml: float
     confidence: float
     edge_share: float
+    csf_share: float
     stripped: bool
     seconds: float
     tissue: Optional[sitk.Image] = None  # uint8 tissue classes on the 2 mm grid (see TISSUE_CLASSES)
@@ -203,10 +208,17 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     brain = ndi.binary_fill_holes(brain)
     voxel_ml = net_config.spacing_mm ** 3 / 1000.0
     brain_ml = float(brain.sum()) * voxel_ml
-    confidence = float(probabilities.max(0)[brain].mean()) if brain.any() else 0.0
+    confidence = float(brain_p[brain].mean()) if brain.any() else 0.0
     edge = _edge_share(brain, inside)
+    labels = probabilities.argmax(0)
+    csf_share = float((labels[brain] == 1).mean()) if brain.any() else 0.0
     if refuse:
         _refuse(name, brain_ml, confidence, edge, config)
+        if config.min_csf_share > 0 and csf_share < config.min_csf_share:
+            prefix = f"{name}: " if name else ""
+            raise NoBrainError(f"{prefix}it does not look like a brain MRI: the brain extractor finds no ventricles "
+                               f"in its brain ({csf_share:.1%} CSF; brain MRIs have {config.min_csf_share:.0%} or "
+                               "more); brain models (--foreground brain) need a brain MRI")
     # the cleaned probability: confident outside the kept component, holes filled
     cleaned = np.where(brain, np.maximum(brain_p, 0.5 + 1e-3), np.minimum(brain_p, 0.5 - 1e-3)).astype(np.float32)
     near = ndi.binary_dilation(brain, iterations=1)
@@ -216,24 +228,25 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     back = sitk.Resample(probability, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     mask = sitk.GetArrayViewFromImage(back) > config.threshold
     stripped = False
-    if config.stripped_rule:
-        values = sitk.GetArrayViewFromImage(image)
-        zero = values == 0
-        if zero.mean() >= config.stripped_zero_share and stats.GetMinimum() == 0:
-            region = ndi.binary_fill_holes(~zero)
+    values = sitk.GetArrayViewFromImage(image)
+    if config.stripped_rule and brain.any() and (values == 0).mean() >= config.stripped_zero_share:
+        region = ndi.binary_fill_holes(values != 0)
+        region_ml = float(region.sum()) * float(np.prod(image.GetSpacing())) / 1000.0
+        if region_ml <= config.stripped_max_ratio * brain_ml:
             reach = np.where(ndi.binary_dilation(brain, iterations=max(1, int(round(
                 config.stripped_dilation_mm / net_config.spacing_mm)))), 1.0, 0.0).astype(np.float32)
             reach_img = sitk.GetImageFromArray(reach)
             reach_img.CopyInformation(grid)
-            reach_back = sitk.GetArrayViewFromImage(sitk.Resample(reach_img, image, sitk.Transform(),
+            reach_back = sitk.GetArrayFromImage(sitk.Resample(reach_img, image, sitk.Transform(),
                                                                   sitk.sitkLinear, 0.0, sitk.sitkFloat32)) > 0.5
             mask = region & reach_back
             stripped = True
     out = sitk.GetImageFromArray(mask.astype(np.uint8))
     out.CopyInformation(image)
-    tissue = sitk.GetImageFromArray((probabilities.argmax(0) * brain).astype(np.uint8))
+    tissue = sitk.GetImageFromArray((labels * brain).astype(np.uint8))
     tissue.CopyInformation(grid)
-    return BrainExtraction(mask=out, brain_ml=brain_ml, confidence=confidence, edge_share=edge, stripped=stripped,
+    return BrainExtraction(mask=out, brain_ml=brain_ml, confidence=confidence, edge_share=edge, csf_share=csf_share,
+                           stripped=stripped,
                            seconds=time.perf_counter() - start, tissue=tissue)
 
 

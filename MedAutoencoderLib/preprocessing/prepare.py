@@ -278,7 +278,7 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.n
         mask = extract_brain(image).mask
         index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask)[::2, ::2, ::2] > 0) * 2
         centre = np.array(mask.TransformContinuousIndexToPhysicalPoint(index_zyx.mean(0)[::-1].tolist()))
-        return centre, lambda grid: sitk.GetArrayViewFromImage(sitk.Resample(
+        return centre, lambda grid: sitk.GetArrayFromImage(sitk.Resample(
             mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
     from MedAutoencoderLib.brain.registration import (template_brain_centroid, template_brain_mask_on,
                                                       template_to_image_transform)
