@@ -305,10 +305,10 @@ def _require_tissue_contrast(values: np.ndarray, brain: np.ndarray, background: 
     low, median, high = np.percentile(inside, (25.0, 50.0, 75.0))
     contrast = (high - low) / median if median > 0 else 0.0
     if contrast < _MIN_BRAIN_CONTRAST:
-        raise InputImageError(f"it shows no brain tissue contrast: inside the brain placed by the registration its "
-                              f"intensities vary by {contrast:.1%} (interquartile range over the median above the "
-                              "background; brain MRIs: 14-44 %), as in a uniform phantom; brain-template models "
-                              "(--foreground template) such as the bundled one need a brain MRI")
+        raise InputImageError(f"it shows no brain tissue contrast: inside the brain found there its intensities "
+                              f"vary by {contrast:.1%} (interquartile range over the median above the background; "
+                              "brain MRIs: 14-44 %), as in a uniform phantom; brain models (--foreground brain or "
+                              "template) such as the bundled one need a brain MRI")
 
 
 def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input") -> PreparedVolume:
