@@ -31,7 +31,9 @@ SPATIAL_DIMS = (2, 3)
 SPARSITY_PENALTIES = ("l1", "kl")
 NOISE_KINDS = ("coarse", "gaussian")
 NORMALIZATIONS = ("percentile", "zscore")
-FOREGROUND_METHODS = ("otsu", "template")
+FOREGROUND_METHODS = ("otsu", "brain", "template")
+#: The foreground methods that find the brain (brain models).
+BRAIN_FOREGROUNDS = ("brain", "template")
 SCORES = ("residual", "ssim")
 RESIDUAL_SIGNS = ("abs", "positive", "negative")
 
@@ -242,14 +244,17 @@ class PreprocessConfig:
     upper_percentile: float = 99.0
     clip_max: float = 1.5  # normalised intensities are clipped to [0, clip_max] ("percentile" only)
     mask_min_fraction: float = 0.05  # 2D training keeps slices whose foreground covers at least this share
-    # "otsu": bright region, holes filled; "template": brain from the MNI template
+    # "otsu": bright region, holes filled; "brain": the learned brain extractor; "template": brain from the MNI
+    # template's registration
     foreground: str = option("otsu", flag="--foreground", position=210, choices=FOREGROUND_METHODS,
-                             help="otsu: bright region with holes filled; template: brain from registration to the "
-                                  "MNI template (brain MRI with or without skull)")
+                             help="otsu: bright region with holes filled; brain: the learned brain extractor (brain "
+                                  "MRI of any contrast, with or without skull); template: brain from registration "
+                                  "to the MNI T1 template")
 
     def validate(self) -> None:
         if self.foreground not in FOREGROUND_METHODS:
-            raise ConfigurationError(f"foreground must be 'otsu' or 'template', not {self.foreground!r}")
+            raise ConfigurationError(f"foreground must be one of {', '.join(map(repr, FOREGROUND_METHODS))}, not "
+                                     f"{self.foreground!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigurationError(f"normalization must be 'percentile' or 'zscore', not {self.normalization!r}")
         if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):

@@ -1,4 +1,5 @@
-"""Brain masks of head scans (registration of the bundled template) and the MRI contrast of a brain scan.
+"""Brain masks of head scans (registration of the bundled template, the learned extractor for any contrast) and
+the MRI contrast of a brain scan.
 
 Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
 """
@@ -11,4 +12,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "template_match", "brain_share_outside_view", "template_to_image_transform", "template_brain_mask_on"],
     "contrast": ["CONTRASTS", "ContrastEstimate", "identify_contrast", "contrast_from_tags", "dicom_tags_of",
         "tissue_levels", "contrast_from_levels", "user_contrast", "model_contrasts", "require_model_contrast"],
+    "extractor": ["NoBrainError", "BrainExtraction", "ExtractionConfig", "NetworkConfig", "extract_brain",
+        "load_extractor", "build_network", "save_extractor"],
 })

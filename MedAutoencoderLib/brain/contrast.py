@@ -390,7 +390,7 @@ def model_contrasts(contrasts: Optional[Sequence[str]], foreground: str) -> Tupl
         The contrasts (None: unknown, not checked) and a note for the summary ('' where recorded)."""
     if contrasts is not None:
         return [str(c) for c in contrasts], ""
-    if foreground == "template":
+    if foreground in ("brain", "template"):  # a template model loads with the learned extractor ("brain")
         return ["T1"], "the model file does not record its contrasts; a brain-template model without that " \
                        "record is of the bundled kind, made for T1"
     return None, "the model file does not record which contrasts it is made for: the input's contrast was not " \

@@ -144,7 +144,7 @@ def input_contrast(prepared: PreparedVolume, model: LoadedModel, choice: str = "
         entries["contrast_note"] = note
     if choice != "auto":
         estimate = user_contrast(choice)
-    elif contrasts is None and model.record.preprocess.foreground != "template":
+    elif contrasts is None and model.record.preprocess.foreground not in ("brain", "template"):
         entries["contrast"] = None  # no brain mask to read tissues in, nor contrasts to check against
         return entries
     else:

@@ -8,7 +8,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from MedAutoencoderLib.errors import ModelFileError
+from MedAutoencoderLib.config import BRAIN_FOREGROUNDS
+from MedAutoencoderLib.errors import ConfigurationError, ModelFileError
 from MedAutoencoderLib.io.checkpoint import ModelRecord, network_from_payload, read_model_file, record_from_payload
 from MedAutoencoderLib.runtime.device import configure_for_speed, resolve_device
 
@@ -25,13 +26,35 @@ class LoadedModel:
     path: Optional[Path] = None
 
 
-def load_model(path: Union[str, Path, None] = None, device: str = "auto") -> LoadedModel:
-    """Load a model file (``None``: the bundled default brain T1 model) onto ``device``."""
+def brain_foreground(trained_with: str, requested: Optional[str], model_path: Path) -> str:
+    """How a model finds its foreground here: a brain model (trained with the "brain" or "template" foreground)
+    uses ``requested`` ("brain": the learned extractor, "template": the registration) or, by default, the one it was
+    trained with; another model keeps its own.
+
+    Raises:
+        ConfigurationError: a brain foreground was requested for a model that was not trained on brains.
+    """
+    if trained_with not in BRAIN_FOREGROUNDS:
+        if requested is not None and requested != trained_with:
+            raise ConfigurationError(f"{model_path.name} was trained with the {trained_with!r} foreground, not on "
+                                     f"brains: --foreground {requested} applies to brain models only")
+        return trained_with
+    return requested or trained_with
+
+
+def load_model(path: Union[str, Path, None] = None, device: str = "auto",
+               foreground: Optional[str] = None) -> LoadedModel:
+    """Load a model file (``None``: the bundled default brain T1 model) onto ``device``.
+
+    ``foreground``: how a brain model finds the brain (:func:`brain_foreground`): ``None`` as it was trained,
+    ``"brain"`` the learned extractor, ``"template"`` the registration of the MNI template.
+    """
     model_path = Path(path) if path is not None else DEFAULT_MODEL
     if path is None and not model_path.is_file():
         raise ModelFileError(f"no bundled default model at {model_path}; pass a model file (--model)")
     payload = read_model_file(model_path)
     record = record_from_payload(payload, model_path)
+    record.preprocess.foreground = brain_foreground(record.preprocess.foreground, foreground, model_path)
     torch_device = resolve_device(device)
     configure_for_speed(torch_device)
     network = network_from_payload(payload, record, model_path).to(torch_device).eval()

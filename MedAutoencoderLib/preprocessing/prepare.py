@@ -8,13 +8,13 @@ land exactly on the input grid whatever its direction matrix or spacing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedAutoencoderLib.config import PreprocessConfig
+from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.preprocessing import morphology
 
@@ -266,16 +266,26 @@ def normalise(values: np.ndarray, foreground: np.ndarray, config: PreprocessConf
     return np.where(foreground, result, 0.0).astype(np.float32), offset, scale
 
 
-def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.ndarray, Optional[sitk.Transform]]:
-    """Where to centre the model grid and, for ``foreground="template"``, the template-to-image transform."""
+def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.ndarray, Optional[Callable]]:
+    """Where to centre the model grid and, for a brain foreground, a function giving the brain on a grid."""
     if config.foreground == "otsu":
         return foreground_centroid(image), None
-    from MedAutoencoderLib.brain.registration import template_brain_centroid, template_to_image_transform
-
     coarse = _every_nth_voxel(image)  # the registration would place the template brain on anything, noise included
     _require_contrast(coarse, sitk.OtsuThreshold(coarse, 0, 1))
+    if config.foreground == "brain":
+        from MedAutoencoderLib.brain.extractor import extract_brain
+
+        mask = extract_brain(image).mask
+        index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask)[::2, ::2, ::2] > 0) * 2
+        centre = np.array(mask.TransformContinuousIndexToPhysicalPoint(index_zyx.mean(0)[::-1].tolist()))
+        return centre, lambda grid: sitk.GetArrayFromImage(sitk.Resample(
+            mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+    from MedAutoencoderLib.brain.registration import (template_brain_centroid, template_brain_mask_on,
+                                                      template_to_image_transform)
+
     transform = template_to_image_transform(image)
-    return np.array(transform.TransformPoint(template_brain_centroid())), transform
+    return (np.array(transform.TransformPoint(template_brain_centroid())),
+            lambda grid: template_brain_mask_on(grid, transform))
 
 
 # Interquartile range of the intensities inside the registered brain over their median above the background: real
@@ -295,32 +305,31 @@ def _require_tissue_contrast(values: np.ndarray, brain: np.ndarray, background: 
     low, median, high = np.percentile(inside, (25.0, 50.0, 75.0))
     contrast = (high - low) / median if median > 0 else 0.0
     if contrast < _MIN_BRAIN_CONTRAST:
-        raise InputImageError(f"it shows no brain tissue contrast: inside the brain placed by the registration its "
-                              f"intensities vary by {contrast:.1%} (interquartile range over the median above the "
-                              "background; brain MRIs: 14-44 %), as in a uniform phantom; brain-template models "
-                              "(--foreground template) such as the bundled one need a brain MRI")
+        raise InputImageError(f"it shows no brain tissue contrast: inside the brain found there its intensities "
+                              f"vary by {contrast:.1%} (interquartile range over the median above the background; "
+                              "brain MRIs: 14-44 %), as in a uniform phantom; brain models (--foreground brain or "
+                              "template) such as the bundled one need a brain MRI")
 
 
 def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input") -> PreparedVolume:
-    """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground="template"``)
+    """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground`` "brain" or
+    "template")
     and normalise it."""
     try:
-        if config.foreground == "template":
+        if config.foreground in BRAIN_FOREGROUNDS:
             _require_not_ct(sitk.GetArrayViewFromImage(image))
             _require_darkest_background(sitk.GetArrayViewFromImage(image))
             _require_head_sized(image)
-        centre, template_to_image = _centre_and_brain(image, config)
+        centre, brain_on = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))
         resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
                                   background, sitk.sitkFloat32)
         foreground = sitk.GetArrayFromImage(otsu_foreground(resampled)).astype(bool)
-        if template_to_image is not None:
-            from MedAutoencoderLib.brain.registration import template_brain_mask_on
-
-            foreground &= template_brain_mask_on(grid, template_to_image)
+        if brain_on is not None:
+            foreground &= brain_on(grid)
         values = sitk.GetArrayFromImage(resampled)
-        if template_to_image is not None:
+        if brain_on is not None:
             _require_tissue_contrast(values, foreground, background)
         normalised, offset, scale = normalise(values, foreground, config, background)
     except InputImageError as exc:

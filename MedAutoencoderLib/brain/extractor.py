@@ -1,0 +1,279 @@
+"""Learned brain extraction for any MRI contrast: a small 3D U-Net at 2 mm, trained on images synthesised from
+label maps (:mod:`MedAutoencoderLib.synthesis`) and real IXI T1 heads; its weights ship in the package
+(``models/brain_extractor.pt``, model card ``models/brain_extractor.md``).
+
+Brain (kept from the training data, see :mod:`MedAutoencoderLib.synthesis.sources`): parenchyma and ventricles of
+cerebrum, cerebellum and brainstem, with the sulcal CSF inside the brain's envelope; no CSF outside it; no holes.
+
+Inference: the scan (any orientation, spacing, oblique direction) is resampled with SimpleITK onto an axis-aligned
+2 mm grid covering it, normalised by its percentiles, segmented into background / CSF / grey / white matter; the
+brain probability (1 - background) is cleaned on the 2 mm grid (largest connected component, holes filled),
+resampled linearly onto the scan's exact grid and thresholded at 0.5. A skull-stripped scan (zero outside its
+brain) keeps its whole non-zero brain: the mask is the scan's filled non-zero region wherever the prediction,
+dilated, reaches it (a region of at most 1.5 times the predicted brain: a head with skull is far larger).
+
+Refusals, from the network's output: too little brain (no brain, or a slab), too large a "brain", an unsure
+prediction, or a brain cut by the field of view; each raises :class:`NoBrainError` with one line naming the scan.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage as ndi
+
+from MedAutoencoderLib.errors import InputImageError, ModelFileError
+
+MODEL_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                          "brain_extractor.pt")
+#: Classes the network predicts.
+TISSUE_CLASSES = ("background", "csf", "grey_matter", "white_matter")
+
+
+class NoBrainError(InputImageError):
+    """The brain extractor found no usable whole brain in a scan (none, too little, unsure, or cut off)."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The extractor network's architecture (stored in the model file)."""
+
+    channels: Tuple[int, ...] = (8, 16, 32, 64, 128)
+    strides: Tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 0
+    # batch norm: in eval mode its statistics are fixed, so the output does not depend on how much of the grid
+    # is background (instance norm's per-volume statistics differ between training crops and whole scans)
+    norm: str = "batch"
+    out_channels: int = len(TISSUE_CLASSES)
+    spacing_mm: float = 2.0
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How a scan's brain is extracted and when it is refused."""
+
+    threshold: float = 0.5
+    stripped_rule: bool = True  # a scan that is zero outside a region keeps that region (filled) as its brain
+    stripped_zero_share: float = 0.2  # ... when at least this share of its grid is exactly zero
+    stripped_max_ratio: float = 1.5  # ... and that region is at most this many times the predicted brain
+    stripped_dilation_mm: float = 6.0  # ... wherever the prediction dilated by this much reaches
+    min_brain_ml: float = 600.0
+    max_brain_ml: float = 2200.0
+    min_confidence: float = 0.85  # mean brain probability over the predicted brain (validation heads: 0.94-0.97)
+    max_edge_share: float = 0.25  # share of the brain's surface on the field of view's edge
+    # share of the brain that is CSF below which a scan is refused (off: IXI validation heads have 0.09-0.115 and
+    # phantoms 0.02-0.07, but a real FLAIR brain had 0.04: the CSF class is not reliable across contrasts)
+    min_csf_share: float = 0.0
+
+
+@dataclass
+class BrainExtraction:
+    """A scan's brain mask and what the refusals looked at."""
+
+    mask: sitk.Image  # uint8 on the scan's exact grid
+    brain_ml: float
+    confidence: float
+    edge_share: float
+    csf_share: float
+    stripped: bool
+    seconds: float
+    tissue: Optional[sitk.Image] = None  # uint8 tissue classes on the 2 mm grid (see TISSUE_CLASSES)
+
+
+def build_network(config: NetworkConfig = NetworkConfig()) -> torch.nn.Module:
+    """The extractor's MONAI U-Net (untrained)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=config.out_channels, channels=config.channels,
+                strides=config.strides, num_res_units=config.num_res_units, norm=config.norm)
+
+
+def save_extractor(path: str, network: torch.nn.Module, config: NetworkConfig, info: Dict) -> None:
+    """Write the model file: a plain state dict, the network config and ``info`` (training facts)."""
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    torch.save({"format": "medautoencoder-brain-extractor", "version": 1, "network": asdict(config),
+                "state_dict": state, "info": info}, path)
+
+
+@lru_cache(maxsize=2)
+def load_extractor(path: str = MODEL_FILE) -> Tuple[torch.nn.Module, NetworkConfig]:
+    """The extractor network (eval mode, CPU) and its config from a model file (``weights_only`` loading).
+
+    Raises:
+        ModelFileError: the file is missing or is not a brain extractor of this library.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        config = NetworkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["network"].items()})
+        network = build_network(config)
+        network.load_state_dict(payload["state_dict"])
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: the brain extractor's model file is missing (reinstall the package)") from None
+    except Exception as exc:  # any unreadable or foreign file is the same problem for the user
+        raise ModelFileError(f"{path}: not a brain extractor model file of this library ({exc})") from None
+    return network.eval(), config
+
+
+def covering_grid(image: sitk.Image, spacing_mm: float, multiple: int = 16) -> sitk.Image:
+    """An empty axis-aligned (identity direction) grid of ``spacing_mm`` covering ``image``'s physical extent,
+    each size a multiple of ``multiple`` (the U-Net's total stride), centred on the scan."""
+    size = np.array(image.GetSize())
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint(
+        [(-0.5 if c == 0 else n - 0.5) for c, n in zip(corner, size)])
+        for corner in np.ndindex(2, 2, 2)])
+    low, high = corners.min(0), corners.max(0)
+    n = np.ceil((high - low) / spacing_mm).astype(int)
+    n = np.maximum(multiple, np.ceil(n / multiple).astype(int) * multiple)
+    centre = (low + high) / 2
+    origin = centre - (n - 1) / 2 * spacing_mm
+    grid = sitk.Image([int(v) for v in n], sitk.sitkFloat32)
+    grid.SetSpacing([spacing_mm] * 3)
+    grid.SetOrigin([float(v) for v in origin])
+    return grid
+
+
+def normalise(array: np.ndarray) -> np.ndarray:
+    """The network's input normalisation (same as the synthesis engine's): 0.5th percentile -> 0, 99.5th -> 1,
+    clipped to [0, 1.5]."""
+    from MedAutoencoderLib.synthesis.engine import normalise_intensities
+
+    return normalise_intensities(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))).numpy()
+
+
+def predict_tissue(network: torch.nn.Module, array: np.ndarray) -> np.ndarray:
+    """Class probabilities (4, D, H, W) of a normalised 2 mm array (sizes multiples of the network's stride)."""
+    with torch.inference_mode():
+        logits = network(torch.from_numpy(array)[None, None])
+    return torch.softmax(logits[0], 0).numpy()
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == np.argmax(sizes)
+
+
+def _edge_share(brain: np.ndarray, inside: np.ndarray) -> float:
+    """Share of the brain's surface voxels that touch the scan's field-of-view edge (or the grid's border)."""
+    padded = np.pad(inside, 1, constant_values=False)
+    outside_near = ndi.binary_dilation(~padded, iterations=1)[1:-1, 1:-1, 1:-1]
+    surface = brain & ~ndi.binary_erosion(brain, border_value=0)
+    n = int(surface.sum())
+    return float((surface & outside_near).sum()) / n if n else 1.0
+
+
+def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = ExtractionConfig(),
+                  model_file: str = MODEL_FILE, refuse: bool = True,
+                  extractor: Optional[Tuple[torch.nn.Module, NetworkConfig]] = None) -> BrainExtraction:
+    """The brain mask of ``image`` on its exact grid.
+
+    Args:
+        image: a 3D scalar scan (any orientation, spacing, direction).
+        name: how messages name the scan (file path or node name; messages start with it when given).
+        config: thresholds and the skull-stripped rule.
+        model_file: the extractor's model file.
+        refuse: raise on a scan without a usable whole brain (else return what was found).
+        extractor: a network and its config to use instead of ``model_file``'s (training's validation).
+
+    Returns:
+        The mask (uint8, 1 = brain) on ``image``'s grid and the figures the refusals use.
+
+    Raises:
+        NoBrainError: no brain, too little or too much of it, an unsure prediction, or a brain cut by the field of
+            view (only when ``refuse``).
+        ModelFileError: the model file is missing or foreign.
+    """
+    start = time.perf_counter()
+    network, net_config = extractor if extractor is not None else load_extractor(model_file)
+    grid = covering_grid(image, net_config.spacing_mm)
+    source = sitk.Cast(image, sitk.sitkFloat32)
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(source)
+    low = stats.GetMinimum()
+    resampled = sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, low, sitk.sitkFloat32)
+    inside = _inside_mask(image, grid)
+    array = sitk.GetArrayFromImage(resampled)
+    probabilities = predict_tissue(network, normalise(array))
+    brain_p = 1.0 - probabilities[0]
+    brain = _largest_component(brain_p > config.threshold)
+    brain = ndi.binary_fill_holes(brain)
+    voxel_ml = net_config.spacing_mm ** 3 / 1000.0
+    brain_ml = float(brain.sum()) * voxel_ml
+    confidence = float(brain_p[brain].mean()) if brain.any() else 0.0
+    edge = _edge_share(brain, inside)
+    labels = probabilities.argmax(0)
+    csf_share = float((labels[brain] == 1).mean()) if brain.any() else 0.0
+    if refuse:
+        _refuse(name, brain_ml, confidence, edge, config)
+        if config.min_csf_share > 0 and csf_share < config.min_csf_share:
+            prefix = f"{name}: " if name else ""
+            raise NoBrainError(f"{prefix}it does not look like a brain MRI: the brain extractor finds no ventricles "
+                               f"in its brain ({csf_share:.1%} CSF; brain MRIs have {config.min_csf_share:.0%} or "
+                               "more); brain models (--foreground brain) need a brain MRI")
+    # the cleaned probability: confident outside the kept component, holes filled
+    cleaned = np.where(brain, np.maximum(brain_p, 0.5 + 1e-3), np.minimum(brain_p, 0.5 - 1e-3)).astype(np.float32)
+    near = ndi.binary_dilation(brain, iterations=1)
+    cleaned = np.where(near, cleaned, 0.0).astype(np.float32)
+    probability = sitk.GetImageFromArray(cleaned)
+    probability.CopyInformation(grid)
+    back = sitk.Resample(probability, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    mask = sitk.GetArrayViewFromImage(back) > config.threshold
+    stripped = False
+    values = sitk.GetArrayViewFromImage(image)
+    if config.stripped_rule and brain.any() and (values == 0).mean() >= config.stripped_zero_share:
+        region = ndi.binary_fill_holes(values != 0)
+        region_ml = float(region.sum()) * float(np.prod(image.GetSpacing())) / 1000.0
+        if region_ml <= config.stripped_max_ratio * brain_ml:
+            reach = np.where(ndi.binary_dilation(brain, iterations=max(1, int(round(
+                config.stripped_dilation_mm / net_config.spacing_mm)))), 1.0, 0.0).astype(np.float32)
+            reach_img = sitk.GetImageFromArray(reach)
+            reach_img.CopyInformation(grid)
+            reach_back = sitk.GetArrayFromImage(sitk.Resample(reach_img, image, sitk.Transform(),
+                                                                  sitk.sitkLinear, 0.0, sitk.sitkFloat32)) > 0.5
+            mask = region & reach_back
+            stripped = True
+    out = sitk.GetImageFromArray(mask.astype(np.uint8))
+    out.CopyInformation(image)
+    tissue = sitk.GetImageFromArray((labels * brain).astype(np.uint8))
+    tissue.CopyInformation(grid)
+    return BrainExtraction(mask=out, brain_ml=brain_ml, confidence=confidence, edge_share=edge, csf_share=csf_share,
+                           stripped=stripped,
+                           seconds=time.perf_counter() - start, tissue=tissue)
+
+
+def _inside_mask(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """Which voxels of the 2 mm ``grid`` lie inside ``image``'s field of view."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    inside = sitk.Resample(ones, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayViewFromImage(inside) > 0
+
+
+def _refuse(name: str, brain_ml: float, confidence: float, edge: float, config: ExtractionConfig) -> None:
+    name = f"{name}: " if name else ""
+    if brain_ml < config.min_brain_ml:
+        raise NoBrainError(f"{name}it does not show a whole brain: the brain extractor found {brain_ml:.0f} mL of "
+                           f"brain (a whole brain is {config.min_brain_ml:.0f}-{config.max_brain_ml:.0f} mL); a scan "
+                           "without a brain, or covering only part of it, cannot be used with brain models "
+                           "(--foreground brain); for other scans train a model with --foreground otsu")
+    if brain_ml > config.max_brain_ml:
+        raise NoBrainError(f"{name}it does not look like a brain MRI: the brain extractor's 'brain' is "
+                           f"{brain_ml:.0f} mL (a whole brain is {config.min_brain_ml:.0f}-{config.max_brain_ml:.0f} "
+                           "mL); brain models (--foreground brain) need a brain MRI")
+    if confidence < config.min_confidence:
+        raise NoBrainError(f"{name}it does not look like a brain MRI: the brain extractor is unsure of its brain "
+                           f"(confidence {confidence:.2f}, brain MRI give {config.min_confidence:.2f} or more); "
+                           "brain models (--foreground brain) need a brain MRI")
+    if edge > config.max_edge_share:
+        raise NoBrainError(f"{name}it covers only part of the brain: {edge:.0%} of the brain's surface lies on "
+                           f"the edge of the field of view (up to {config.max_edge_share:.0%} is accepted); brain "
+                           "models (--foreground brain) need the whole brain in view")

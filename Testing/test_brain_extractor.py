@@ -1,0 +1,178 @@
+"""The bundled learned brain extractor on real scans it never trained on, its geometry and its refusals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedAutoencoderLib.brain.extractor import MODEL_FILE, NoBrainError, extract_brain, load_extractor
+from MedAutoencoderLib.errors import ConfigurationError, InputImageError, ModelFileError
+from MedAutoencoderLib.synthesis.sources import ixi_brain_reference
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED_DATA.exists():
+    SHARED_DATA = Path("/work/shared/data")
+needs_shared = pytest.mark.skipif(not (SHARED_DATA / "ixi_t1_2mm").exists(), reason="needs ../shared/data")
+SPLIT = json.loads((Path(__file__).resolve().parents[1] / "scripts" / "ixi_split.json").read_text())
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _ixi(subject: str):
+    t1 = sitk.ReadImage(str(SHARED_DATA / "ixi_t1_2mm" / "t1" / f"{subject}_T1.nii.gz"), sitk.sitkFloat32)
+    ref = ixi_brain_reference(str(SHARED_DATA / "ixi_t1_2mm" / "dlmuse_seg" / f"{subject}_T1_DLMUSE.nii.gz"))
+    return t1, ref
+
+
+def test_the_bundled_model_loads_with_weights_only_and_is_small():
+    network, config = load_extractor()
+    assert Path(MODEL_FILE).stat().st_size < 5e6
+    assert sum(p.numel() for p in network.parameters()) < 1e6
+    assert config.spacing_mm == 2.0
+
+
+def test_a_missing_or_foreign_model_file_is_named(tmp_path):
+    with pytest.raises(ModelFileError, match="missing"):
+        load_extractor(str(tmp_path / "none.pt"))
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="foreign.pt: not a brain extractor"):
+        load_extractor(str(foreign))
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("subject", SPLIT["test"][:3])
+def test_held_out_ixi_heads_get_their_brain(subject):
+    t1, ref = _ixi(subject)
+    result = extract_brain(t1, name=subject)
+    assert dice(sitk.GetArrayViewFromImage(result.mask), sitk.GetArrayViewFromImage(ref)) >= 0.9
+    assert 900 < result.brain_ml < 2200
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("folder, name", [("brats_glioma_case", "t2f"), ("ms_lesion_patient26", "T2")])
+def test_a_skull_stripped_scan_comes_back_whole(folder, name):
+    image = sitk.ReadImage(str(SHARED_DATA / folder / f"{name}.nii.gz"), sitk.sitkFloat32)
+    result = extract_brain(image, name=name)
+    reference = sitk.GetArrayViewFromImage(image) != 0
+    assert dice(sitk.GetArrayViewFromImage(result.mask), reference) >= 0.9
+
+
+@needs_shared
+@pytest.mark.slow
+def test_the_healthy_head_with_skull_gets_a_plausible_brain():
+    head = sitk.ReadImage(str(SHARED_DATA / "healthy_t1_head" / "chris_t1.nii.gz"), sitk.sitkFloat32)
+    result = extract_brain(head, name="chris_t1.nii.gz")
+    assert 1000 < result.brain_ml < 1800
+    mask = sitk.GetArrayViewFromImage(result.mask) > 0
+    # the scalp and skull (the head's outer 6 mm) are not brain, as in test_real_data's registration check
+    from MedAutoencoderLib.preprocessing.prepare import otsu_foreground
+
+    head_mask = otsu_foreground(head)
+    inner = sitk.BinaryErode(head_mask, [int(round(6 / s)) for s in head.GetSpacing()])
+    scalp = sitk.GetArrayFromImage(head_mask).astype(bool) & ~sitk.GetArrayFromImage(inner).astype(bool)
+    assert mask[scalp].mean() < 0.05
+
+
+@needs_shared
+@pytest.mark.slow
+def test_an_oblique_anisotropic_scan_gets_its_mask_on_its_exact_grid():
+    """Geometry: the mask lies on the input's own grid (size, spacing, origin, direction), and matches the
+    reference carried onto that grid."""
+    t1, ref = _ixi(SPLIT["test"][3])
+    rotation = sitk.VersorTransform((0.2, 0.1, 0.3), 0.4)
+    direction = np.array(rotation.GetMatrix()).reshape(3, 3) @ np.array(t1.GetDirection()).reshape(3, 3)
+    grid = sitk.Image([150, 130, 56], sitk.sitkFloat32)
+    grid.SetSpacing((1.3, 1.7, 4.2))
+    grid.SetDirection(direction.ravel().tolist())
+    centre = t1.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in t1.GetSize()])
+    grid.SetOrigin((np.array(centre) - direction @ ((np.array(grid.GetSize()) - 1) / 2 * np.array(grid.GetSpacing())))
+                   .tolist())
+    oblique = sitk.Resample(t1, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ref_on = sitk.Resample(ref, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    result = extract_brain(oblique, name="oblique")
+    mask = result.mask
+    assert mask.GetSize() == oblique.GetSize()
+    assert np.allclose(mask.GetSpacing(), oblique.GetSpacing())
+    assert np.allclose(mask.GetOrigin(), oblique.GetOrigin())
+    assert np.allclose(mask.GetDirection(), oblique.GetDirection())
+    assert dice(sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(ref_on)) >= 0.9
+
+
+def _phantom(kind: str) -> sitk.Image:
+    """As Testing/test_detection.py's: a crude abdomen or a uniform head-sized ellipsoid, 2 mm, with noise."""
+    z, y, x = np.mgrid[0:100, 0:128, 0:128].astype(np.float32)
+    values = np.zeros(z.shape, np.float32)
+    if kind == "ellipsoid":
+        values[((x - 64) / 36) ** 2 + ((y - 64) / 45) ** 2 + ((z - 50) / 36) ** 2 < 1] = 600
+    else:
+        values[((x - 64) / 55) ** 2 + ((y - 64) / 40) ** 2 < 1] = 200
+        values[((x - 45) / 15) ** 2 + ((y - 60) / 12) ** 2 + ((z - 50) / 30) ** 2 < 1] = 500
+        values[((x - 85) / 8) ** 2 + ((y - 70) / 8) ** 2 + ((z - 50) / 20) ** 2 < 1] = 700
+        values[((x - 64) / 5) ** 2 + ((y - 85) / 5) ** 2 < 1] = 900
+    values = np.abs(values + np.random.default_rng(0).normal(0, 20, values.shape)).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    return image
+
+
+def test_a_scan_without_a_brain_is_refused_naming_the_file():
+    with pytest.raises(NoBrainError, match="^abdomen.nii.gz: it does not look like a brain MRI") as info:
+        extract_brain(_phantom("abdomen"), name="abdomen.nii.gz")
+    assert isinstance(info.value, InputImageError) and "\n" not in str(info.value)
+
+
+def test_a_head_shaped_phantom_is_refused_by_a_brain_model_with_the_extractor():
+    """The extractor alone takes a uniform ellipsoid of a head's size for a brain; the brain foreground's tissue
+    contrast check refuses it."""
+    from MedAutoencoderLib.config import PreprocessConfig
+    from MedAutoencoderLib.preprocessing.prepare import prepare_volume
+
+    with pytest.raises(InputImageError, match="^ellipsoid.nii.gz: it shows no brain tissue contrast"):
+        prepare_volume(_phantom("ellipsoid"), PreprocessConfig(foreground="brain"), name="ellipsoid.nii.gz")
+
+
+@needs_shared
+@pytest.mark.slow
+def test_a_slab_with_little_brain_is_refused():
+    t1, _ = _ixi(SPLIT["test"][4])
+    oriented = sitk.DICOMOrient(t1, "LPS")
+    top = oriented[:, :, int(0.8 * oriented.GetSize()[2]):]
+    with pytest.raises(NoBrainError, match="slab.nii.gz: it"):
+        extract_brain(top, name="slab.nii.gz")
+
+
+def test_brain_models_use_the_extractor_on_request():
+    from MedAutoencoderLib.io.loaded_model import brain_foreground, load_model
+
+    assert load_model(device="cpu").record.preprocess.foreground == "template"  # the bundled model, as trained
+    assert load_model(device="cpu", foreground="brain").record.preprocess.foreground == "brain"
+    assert brain_foreground("brain", None, Path("m.pt")) == "brain"
+    assert brain_foreground("template", "brain", Path("m.pt")) == "brain"
+    assert brain_foreground("otsu", None, Path("m.pt")) == "otsu"
+    with pytest.raises(ConfigurationError, match="m.pt was trained with the 'otsu' foreground, not on brains"):
+        brain_foreground("otsu", "brain", Path("m.pt"))
+
+
+@pytest.mark.slow
+def test_the_brain_foreground_of_a_skull_stripped_template_brain_is_its_brain():
+    """The bundled MNI template (skull-stripped) on the demo's 2 mm grid: the model grid's foreground is its brain."""
+    from MedAutoencoderLib.config import PreprocessConfig
+    from MedAutoencoderLib.data import template as bundled_template
+    from MedAutoencoderLib.preprocessing.prepare import prepare_volume
+
+    template = bundled_template.load_template()
+    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    prepared = prepare_volume(scan, PreprocessConfig(foreground="brain"), name="template.nii.gz")
+    on_input = sitk.GetArrayFromImage(prepared.to_input_grid(prepared.foreground.astype(np.uint8), nearest=True))
+    stripped = sitk.GetArrayViewFromImage(scan) > 0.05 * sitk.GetArrayViewFromImage(scan).max()
+    assert dice(on_input, stripped) > 0.9
