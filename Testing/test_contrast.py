@@ -191,7 +191,7 @@ def test_refusal_names_the_file_the_contrast_and_the_way_out():
     with pytest.raises(InputImageError) as caught:
         require_model_contrast(flair, ["T1"], "case.nii.gz", "brain_t1")
     assert str(caught.value) == ("case.nii.gz: looks like FLAIR (grey matter brighter than white matter, CSF dark); "
-                                 "the model brain_t1 is made for T1 — pass --contrast T1 to run it anyway")
+                                 "the model brain_t1 is made for T1: pass --contrast T1 to run it anyway")
     require_model_contrast(ContrastEstimate("T1", "user", "stated by the user"), ["T1"], "case.nii.gz", "m")
     with pytest.raises(InputImageError, match="cannot be told"):
         require_model_contrast(ContrastEstimate(None, "tissue ordering", "no ordering"), ["T1"], "c.nii", "m")
@@ -279,7 +279,7 @@ def test_cli_refuses_a_flair_for_the_t1_model_and_runs_it_when_told(tmp_path):
     assert refused.returncode == 1, refused.stderr
     assert re.fullmatch(rf"error: {re.escape(str(flair))}: looks like FLAIR \(grey matter brighter than white "
                         r"matter, CSF dark; GM/WM [\d.]+, CSF/GM [\d.]+\); the model default_brain_t1 is made for "
-                        r"T1 — pass --contrast T1 to run it anyway", refused.stderr.strip()), refused.stderr
+                        r"T1: pass --contrast T1 to run it anyway", refused.stderr.strip()), refused.stderr
     assert "Traceback" not in refused.stderr and not list(tmp_path.iterdir())
     forced = _detect(tmp_path, flair, "--contrast", "T1")
     assert forced.returncode == 0, forced.stderr

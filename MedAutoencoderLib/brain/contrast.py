@@ -414,4 +414,4 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
         found = f"given as {estimate.name} (--contrast)"
     else:
         found = f"looks like {estimate.describe()}"
-    raise InputImageError(f"{name}: {found}; the model {model_name} is made for {made_for} — {how}")
+    raise InputImageError(f"{name}: {found}; the model {model_name} is made for {made_for}: {how}")
