@@ -171,7 +171,8 @@ def test_detection_through_the_standby_worker_lands_on_the_input_grid(tmp_path, 
         job.onEvent = events.append
         job.wait()
         assert job.error is None, job.recentOutput
-        assert set(job.result) == {"reconstruction", "anomaly_map", "anomaly_mask", "anomaly_segmentation"}
+        assert set(job.result) == {"reconstruction", "anomaly_map", "anomaly_mask", "anomaly_segmentation",
+                                   "findings_table"}
         for role in ("reconstruction", "anomaly_map", "anomaly_mask"):
             np.testing.assert_array_equal(node_ijk_to_ras(job.result[role]), node_ijk_to_ras(organ_node))
         assert events and events[-1]["event"] == "done"

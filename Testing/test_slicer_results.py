@@ -283,7 +283,7 @@ def test_a_real_detection_rethresholded_at_its_own_threshold_is_unchanged(organ_
     model = api.load_model(str(tiny_model_path), device="cpu")
     detected = slicer_bridge.detect_volume_node(organ_node, model, DetectOptions(device="cpu", threshold=0.05))
     nodes = detected.as_dict()
-    assert detected.summary["model"] == tiny_model_path.name
+    assert detected.summary["model"] == tiny_model_path.stem
     assert detected.summary["calibrated_threshold"] == pytest.approx(model.record.threshold)
     assert detected.summary["threshold_source"] == "user"
     mask_before = np.array(slicer_util.arrayFromVolume(nodes["anomaly_mask"]), copy=True)
