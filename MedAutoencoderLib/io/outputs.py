@@ -2,8 +2,8 @@
 
 Why: detection hands each output to a writer thread as soon as it exists (the reconstruction before the scores
 are computed), so a volume that fails after its first output (running out of memory while scoring, a defect)
-used to leave that output behind, beside an earlier run's map and mask of the same volume, which then no longer
-belonged together. Here every file is written under a hidden temporary name in the same folder; when the last of
+would leave that output behind, beside an earlier run's map and mask of the same volume, which would then not
+belong together. Here every file is written under a hidden temporary name in the same folder; when the last of
 a volume's files is written, the writer thread renames them one after the other (a rename within a folder
 replaces the earlier file in one step); a failed volume's files are removed. So a failed volume leaves nothing
 new, an earlier run's outputs of it stay as they were, and a volume that was written keeps its outputs whatever

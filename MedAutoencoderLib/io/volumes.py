@@ -484,7 +484,8 @@ def _volumes_in(path: Path) -> Iterable[Path]:
 def is_detection_output(path: Path) -> bool:
     """Whether ``path`` is a volume an earlier detection wrote (``<stem>_<kind>`` of :data:`OUTPUT_KINDS` beside
     its ``<stem>_summary.json``). A folder's scan skips them: detected into its own folder, a folder's second
-    detection took the first one's outputs for scans (and, with --overwrite, refused to replace them as inputs)."""
+    detection would take the first one's outputs for scans (and, with --overwrite, refuse to replace them as
+    inputs)."""
     stem = volume_stem(path)
     return any(stem.endswith(f"_{kind}") and (path.parent / f"{stem[:-len(kind) - 1]}{SUMMARY_SUFFIX}").is_file()
                for kind in OUTPUT_KINDS)
