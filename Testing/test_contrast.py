@@ -198,7 +198,8 @@ def test_refusal_names_the_file_the_contrast_and_the_way_out():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The shared real scans: tested, never used to choose the rules' margins
+# The shared real scans: evaluation data; the rules' margins come from validation data (IXI validation
+# split, synthetic volumes)
 
 
 def _nonzero(image: sitk.Image) -> np.ndarray:

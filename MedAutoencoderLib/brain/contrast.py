@@ -263,7 +263,7 @@ def tissue_levels(values: np.ndarray, brain: np.ndarray, spacing_zyx: Tuple[floa
     means, weights = _two_gaussians(ribbon[:: max(1, ribbon.size // 200000)])
     near = int(np.argmin(np.abs(means - white)))  # grey matter lies nearer white matter than CSF does
     # CSF-like voxels (nearer the CSF's mean than the grey matter's) removed, the outer layer of what remains
-    # is the cortex: its mode is the grey matter (the sulcal CSF no longer pulls it, whatever the mask's margin)
+    # is the cortex: its mode is the grey matter, which sulcal CSF cannot pull, whatever the mask's margin
     csf_like = np.abs(values - means[1 - near]) < np.abs(values - means[near])
     parenchyma = brain & ~csf_like
     from_csf = ndimage.distance_transform_edt(parenchyma, sampling=spacing_zyx)
