@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from MedAutoencoderLib.config import TrainConfig, to_plain
+from MedAutoencoderLib.config import SegmentTrainConfig, TrainConfig, to_plain
 from MedAutoencoderLib.detection.pipeline import (
     DetectionRun,
     OutputCallback,
@@ -47,6 +47,8 @@ __all__ = [
     "detection_targets",
     "load_model",
     "run_detection",
+    "segment",
+    "segment_train",
     "train_model",
 ]
 
@@ -119,3 +121,52 @@ def _contrasts_card(record: ModelRecord) -> Dict[str, object]:
 
     contrasts, note = model_contrasts(record.contrasts, record.preprocess.foreground)
     return {"contrasts": contrasts, **({"contrasts_note": note} if note else {})}
+
+def segment_train(config: SegmentTrainConfig, progress: Optional[ProgressCallback] = None,
+                  should_stop: Optional[StopRequest] = None) -> Path:
+    """Train a segmentation network from a trained autoencoder on labelled volumes.
+
+    Args:
+        config: images, label maps, the autoencoder to start from (``init``: a model file, ``"default"`` for the
+            bundled one, ``None``/``"none"`` from scratch), the budget in optimiser steps, the output file.
+        progress: progress events (``done`` carries ``outputs={"model": path}``).
+        should_stop: a cooperative stop: the model is saved as it is then and ``Cancelled`` raised.
+
+    Returns:
+        The path of the written segmentation model file.
+
+    Raises:
+        MedAutoencoderError: unusable inputs, options or autoencoder (the message names which); nothing is
+            written then.
+    """
+    from MedAutoencoderLib.segmentation.trainer import train_segmentation
+
+    return train_segmentation(config, progress=progress, should_stop=should_stop)
+
+
+def segment(images: Sequence[Union[str, Path]], output_dir: Union[str, Path], model_path: Union[str, Path],
+            device: str = "auto", output_format: Optional[str] = None, overwrite: bool = False,
+            progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, str]]:
+    """Segment volumes with a segmentation model: ``<stem>_segmentation`` (a labelmap of the model's label values
+    on the input's exact grid) and ``<stem>_segmentation.json`` per input.
+
+    Args:
+        images: volume files, folders or glob patterns.
+        output_dir: the output folder (made when missing).
+        model_path: a model file written by :func:`segment_train`.
+        device: auto, cpu, cuda or cuda:N.
+        output_format: nii.gz, nii, nrrd or mha (default: the input's).
+        overwrite: replace earlier outputs (an input is never replaced).
+        progress: progress events.
+
+    Returns:
+        Input path -> its output files.
+
+    Raises:
+        MedAutoencoderError: an unusable input or model file, or outputs that exist (the message names which).
+    """
+    from MedAutoencoderLib.segmentation.inference import segment_files
+    from MedAutoencoderLib.segmentation.model_file import load_segmentation_model
+
+    return segment_files(images, output_dir, load_segmentation_model(model_path, device=device),
+                         output_format=output_format, overwrite=overwrite, progress=progress)

@@ -557,3 +557,87 @@ def _require_at_least(minimum: int, **values: int) -> None:
     for name, value in values.items():
         if value < minimum:
             raise ConfigurationError(f"{name.replace('_', ' ')} must be at least {minimum}, got {value}")
+
+
+#: ``SegmentTrainConfig.foreground``: where a segmentation model looks (the learned brain extractor's brain, or
+#: the bright region: the whole head or object). Template registration is not offered: it refuses some real heads.
+SEGMENTATION_FOREGROUNDS = ("brain", "otsu")
+#: ``SegmentTrainConfig.init`` values that mean "from scratch".
+NO_INIT = ("none",)
+
+
+@dataclass
+class SegmentTrainConfig:
+    """Everything ``segment-train`` needs: labelled volumes, the autoencoder to start from, the training budget.
+
+    The network and the preprocessing come from the autoencoder given by ``init`` (its U-Net whole for a ``dae``,
+    its encoder for the other types); from scratch (``init`` None or ``"none"``) they are the bundled model's
+    architecture and grid with freshly initialised weights. ``spacing``, ``size`` and ``foreground`` override the
+    preprocessing where given. Autoencoders must be 2D (slice-wise), as the bundled one is.
+    """
+
+    images: List[str] = option(default_factory=list, flag="--images", position=10, required=True,
+                               help="volume files, folders or glob patterns")
+    labels: List[str] = option(default_factory=list, flag="--labels", position=20, required=True,
+                               help="label maps matched to the images by name (<stem>, or <stem>_ followed by "
+                                    "anything, e.g. <stem>_seg); integer values, 0 = background")
+    out: str = option("segmentation.pt", flag="--out", position=30, required=True,
+                      help="segmentation model file to write (refused if it exists, see --overwrite)")
+    init: Optional[str] = option(
+        None, flag="--init", position=40,
+        help="the trained autoencoder to start from: a model file, or 'default' for the bundled brain T1 model (a "
+             "dae: its U-Net is taken whole, its last layer replaced by a head with one output per label; other "
+             "types give their encoder); 'none' or no --init: the same network (the bundled model's, or the "
+             "autoencoder's) from scratch")
+    label_names: List[str] = option(default_factory=list, flag="--label-names", position=50,
+                                    help="a name per label value, in ascending order of the values (default: "
+                                         "label_<value>)")
+    steps: int = option(500, flag="--steps", position=60, help="optimiser steps (the training budget)")
+    batch_size: int = option(8, flag="--batch-size", position=70, help="axial slices per step")
+    learning_rate: float = option(1e-3, flag="--learning-rate", position=80)
+    max_minutes: Optional[float] = option(None, flag="--max-minutes", position=90,
+                                          help="time budget: stop early, keeping the model as it is then")
+    spacing: Optional[Tuple[float, float, float]] = option(
+        None, flag="--spacing", position=100, help="model grid spacing, mm (default: the autoencoder's)")
+    size: Optional[Tuple[int, int, int]] = option(
+        None, flag="--size", position=110, help="model grid size, voxels (x y z) (default: the autoencoder's)")
+    foreground: Optional[str] = option(
+        None, flag="--foreground", position=120, choices=SEGMENTATION_FOREGROUNDS,
+        help="where the network looks and labels: brain, the learned brain extractor's brain (the default for "
+             "brain models and from scratch); otsu, the bright region (the whole head or object; the default for "
+             "other autoencoders)")
+    augment: bool = option(True, flag="--no-augment", position=130)
+    seed: int = option(0, flag="--seed", position=140)
+    overwrite: bool = option(False, flag="--overwrite", position=150, help="replace an existing --out file")
+    stop_file: Optional[str] = option(None, flag="--stop-file", position=160,
+                                      help="stop cooperatively (saving the model as it is) when this file appears")
+    device: str = "auto"
+
+    @property
+    def from_scratch(self) -> bool:
+        """Whether the network starts from fresh weights."""
+        return self.init is None or self.init.lower() in NO_INIT
+
+    def validate(self) -> None:
+        if not self.images:
+            raise ConfigurationError("no images given (files, folders or glob patterns)")
+        if not self.labels:
+            raise ConfigurationError("no label maps given (files, folders or glob patterns)")
+        _require_at_least(1, steps=self.steps, batch_size=self.batch_size)
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigurationError(f"learning rate must be a positive finite number, got {self.learning_rate}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigurationError(f"max_minutes must be a positive finite number, got {self.max_minutes}")
+        if not 0 <= self.seed <= _MAX_SEED:
+            raise ConfigurationError(f"seed must be in 0..{_MAX_SEED}, got {self.seed}")
+        if self.foreground is not None and self.foreground not in SEGMENTATION_FOREGROUNDS:
+            raise ConfigurationError(f"foreground must be one of {', '.join(SEGMENTATION_FOREGROUNDS)}, not "
+                                     f"{self.foreground!r}")
+
+    def as_arguments(self) -> List[str]:
+        """The ``segment-train`` options that give this config (the device is the worker's to choose).
+
+        Returns:
+            Flags and values: required ones and those that differ from the defaults.
+        """
+        return as_arguments(self)

@@ -23,6 +23,7 @@ from MedAutoencoderLib.config import (
     FOREGROUND_METHODS,
     PRECISIONS,
     DetectOptions,
+    SegmentTrainConfig,
     TrainConfig,
     from_options,
     option_fields,
@@ -263,6 +264,30 @@ def _add_export(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+def _add_segment_train(sub) -> None:
+    p = sub.add_parser("segment-train", help="train a segmentation network from an autoencoder on labelled volumes",
+                       description="Train a segmentation network on a few labelled volumes, starting from a trained "
+                                   "autoencoder (--init): a dae's U-Net whole with a new last layer, or another "
+                                   "type's encoder; with the autoencoder's preprocessing, MONAI's DiceCELoss and a "
+                                   "fixed number of optimiser steps. The model file records the label values.")
+    _add_options(p, SegmentTrainConfig)
+    _common(p)
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="segment volumes with a segmentation model",
+                       description="Write <stem>_segmentation (a labelmap of the model's label values, on the "
+                                   "input's exact grid) and <stem>_segmentation.json (the volume of each label) "
+                                   "for each input.")
+    p.add_argument("--model", required=True, help="segmentation model file (written by segment-train)")
+    p.add_argument("--images", nargs="+", required=True,
+                   help="volume files, folders (of volume files or DICOM series) or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), help="output format (default: input's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _common(p)
+
+
 def _add_serve(sub) -> None:
     sub.add_parser("serve", help="stay up and run the detections given on standard input (Slicer's worker)",
                    description='Reads JSON lines {"argv": ["detect", ...]} from standard input and runs each like '
@@ -277,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"MedAutoencoderLib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_detect, _add_evaluate, _add_info, _add_demo, _add_calibrate, _add_features,
-                _add_classify, _add_sample, _add_interpolate, _add_export, _add_serve):
+                _add_classify, _add_sample, _add_interpolate, _add_export, _add_segment_train, _add_segment,
+                _add_serve):
         add(sub)
     return parser
 
@@ -554,6 +580,24 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_segment_train(args: argparse.Namespace) -> int:
+    stop = StopOnSignal()  # before the slow imports: a Ctrl-C during them is a stop request too
+    from MedAutoencoderLib.api import segment_train
+
+    segment_train(from_options(SegmentTrainConfig, vars(args), device=args.device),
+                  progress=make_reporter(args.progress), should_stop=stop)
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from MedAutoencoderLib.api import segment
+
+    with sigterm_cancels():
+        segment(args.images, args.out, args.model, device=args.device, output_format=args.format,
+                overwrite=args.overwrite, progress=make_reporter(args.progress))
+    return 0
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from MedAutoencoderLib.worker.serve import serve
 
@@ -563,7 +607,8 @@ def run_serve(args: argparse.Namespace) -> int:
 COMMANDS = {"train": run_train, "detect": _run_shard, "evaluate": run_evaluate, "info": run_info,
             "demo": run_demo, "calibrate": run_calibrate,
             "features": run_features, "classify": run_classify, "sample": run_sample,
-            "interpolate": run_interpolate, "export": run_export, "serve": run_serve}
+            "interpolate": run_interpolate, "export": run_export, "segment-train": run_segment_train,
+            "segment": run_segment, "serve": run_serve}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,6 +25,8 @@ from MedAutoencoderLib.networks.autoencoders import build_network
 
 FORMAT = "MedAutoencoder-model"
 FORMAT_VERSION = 1
+#: The marker of a segmentation model file (:mod:`MedAutoencoderLib.segmentation.model_file`).
+SEGMENTATION_FORMAT = "MedAutoencoder-segmentation"
 
 
 @dataclass
@@ -73,8 +75,19 @@ def save_model(path: Path, network: nn.Module, record: ModelRecord,
     return path
 
 
-def read_model_file(path: Path) -> Dict[str, Any]:
-    """The raw payload of a model file, with clear errors for missing, corrupt or foreign files."""
+def read_model_file(path: Path, expected: str = FORMAT) -> Dict[str, Any]:
+    """The raw payload of a model file, with clear errors for missing, corrupt or foreign files.
+
+    Args:
+        path: the file.
+        expected: the marker it must carry: :data:`FORMAT` (an autoencoder) or :data:`SEGMENTATION_FORMAT`.
+
+    Returns:
+        The payload (plain data and tensors).
+
+    Raises:
+        ModelFileError: missing, unreadable, foreign, the other kind of model, or newer than this library.
+    """
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder; give the model file in it (a .pt file)")
@@ -87,14 +100,25 @@ def read_model_file(path: Path) -> Dict[str, Any]:
     except Exception as exc:  # the unpickler fails on foreign bytes in many ways (IndexError, KeyError...)
         raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({_unreadable_because(path, exc)})"
                              ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: is a PyTorch file but not a MedAutoencoder model (no '{FORMAT}' marker)")
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        raise ModelFileError(_other_kind(path, payload.get("format") if isinstance(payload, dict) else None,
+                                         expected))
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: made by MedAutoencoderLib {payload.get('library_version')} (format "
             f"{payload['format_version']}); this is {__version__}, which reads format {FORMAT_VERSION}: upgrade"
         )
     return payload
+
+
+def _other_kind(path: Path, found: Any, expected: str) -> str:
+    """Why a readable PyTorch file is not the model asked for: the other kind of ours, or a foreign file."""
+    if found == SEGMENTATION_FORMAT:
+        return f"{path}: is a segmentation model (written by segment-train); this needs an autoencoder (written by train)"
+    if found == FORMAT and expected == SEGMENTATION_FORMAT:
+        return f"{path}: is an autoencoder model (written by train), not a segmentation model; make one from it " \
+               f"with segment-train --init {path}"
+    return f"{path}: is a PyTorch file but not a MedAutoencoder model (no '{expected}' marker)"
 
 
 def _unreadable_because(path: Path, error: Exception) -> str:

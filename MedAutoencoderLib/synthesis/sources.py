@@ -66,6 +66,14 @@ MUSE_GROUPS: Dict[int, int] = {
     **{label: CORTEX for label in range(100, 208)},  # cortical regions
 }
 
+#: Tissue classes of a segmentation evaluation (label value -> name), merged from the anatomical groups by
+#: :data:`GROUP_SEGMENTATION_TISSUE`: CSF (ventricles and the CSF inside the brain), cortical grey matter
+#: (cerebral and cerebellar cortex), white matter (with the brainstem), deep grey matter (basal ganglia,
+#: thalamus, hippocampus, amygdala, accumbens, basal forebrain).
+SEGMENTATION_TISSUES = {1: "csf", 2: "cortical_grey", 3: "white_matter", 4: "deep_grey"}
+#: The :data:`SEGMENTATION_TISSUES` value of each group of :data:`GROUPS` (0: not brain).
+GROUP_SEGMENTATION_TISSUE = np.array([0, 1, 2, 4, 3, 2, 3, 1, 0], dtype=np.uint8)
+
 SPACING_MM = 2.0
 N_HEAD_CLUSTERS = 4  # intensity classes of an IXI head outside the brain (besides air)
 SYNTHSEG_DIR = "synthseg_label_maps"
@@ -107,6 +115,23 @@ def _head_mask(t1: np.ndarray) -> np.ndarray:
     return fill_holes(mask)
 
 
+def muse_groups(muse: np.ndarray) -> np.ndarray:
+    """The group of :data:`GROUPS` of every voxel of a DLMUSE parcellation (an unlisted label inside the brain
+    counts as white matter; holes of the brain, filled, as CSF inside the brain)."""
+    lut = np.full(256, WHITE, dtype=np.uint8)
+    lut[0] = AIR
+    for label, group in MUSE_GROUPS.items():
+        lut[label] = group
+    group_map = lut[muse]
+    group_map[fill_holes(muse > 0) & (muse == 0)] = EXTRA_CSF
+    return group_map
+
+
+def muse_tissue_labels(muse: np.ndarray) -> np.ndarray:
+    """A DLMUSE parcellation merged into the four :data:`SEGMENTATION_TISSUES` (uint8, 0 outside the brain)."""
+    return GROUP_SEGMENTATION_TISSUE[muse_groups(muse.astype(np.int32))]
+
+
 def prepare_ixi(subject: str, data_dir: str) -> Dict[str, np.ndarray]:
     """Generation classes, groups, tissue and real T1 of one IXI subject (see the module docstring)."""
     t1_img = _oriented(sitk.ReadImage(os.path.join(data_dir, IXI_DIR, "t1", f"{subject}_T1.nii.gz"), sitk.sitkFloat32))
@@ -114,12 +139,7 @@ def prepare_ixi(subject: str, data_dir: str) -> Dict[str, np.ndarray]:
     t1 = sitk.GetArrayFromImage(t1_img)
     muse = sitk.GetArrayFromImage(lab_img).astype(np.int32)
     brain = fill_holes(muse > 0)
-    lut = np.full(256, WHITE, dtype=np.uint8)  # an unlisted label inside the brain counts as white matter
-    lut[0] = AIR
-    for label, group in MUSE_GROUPS.items():
-        lut[label] = group
-    group_map = lut[muse]
-    group_map[brain & (muse == 0)] = EXTRA_CSF  # filled holes
+    group_map = muse_groups(muse)
     # generation classes 0..8 are the groups themselves; the head outside the brain gets N_HEAD_CLUSTERS classes
     classes = group_map.copy()
     head = _head_mask(t1) & ~brain

@@ -28,7 +28,7 @@ from MedAutoencoderLib.training.distributed import DistributedContext
 _PATCHES_PER_VOLUME = 8  # 3D: random foreground patches drawn from each volume per epoch
 
 
-def _augmentation(augment: bool, spatial_dims: int) -> List:
+def augmentation(augment: bool, spatial_dims: int) -> List:
     """Small affine changes and gamma: plausible variation of healthy anatomy and contrast."""
     if not augment:
         return []
@@ -106,7 +106,7 @@ def make_loader(volumes: Sequence[PreparedVolume], model: ModelConfig, preproces
         transforms.append(RandCropByPosNegLabeld(
             keys=("image", "mask"), label_key="mask", spatial_size=tuple(reversed(model.patch_size)),
             pos=1, neg=0, num_samples=_PATCHES_PER_VOLUME, allow_smaller=False))
-    transforms += _augmentation(augment, model.spatial_dims)
+    transforms += augmentation(augment, model.spatial_dims)
     transforms.append(EnsureTyped(keys=("image", "mask"), track_meta=False))
     pipeline = Compose(transforms)
     rank_seed = context.rank_seed(seed)
