@@ -19,6 +19,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "detect_volume_node", "write_volume_for_worker", "read_worker_outputs", "WorkerResult"],
     "job": ["TRAINING_STOP_GRACE_MS", "POLL_INTERVAL_MS", "EventLoop", "removed_on_failure", "MedAutoencoderJob",
         "SharedStandby", "WorkerJobs"],
+    "segmentation": ["SEGMENT_COLORS", "segment_names", "label_values_by_name", "labels_on_volume",
+        "write_labelled_pair_for_worker", "labelmap_to_segmentation_node", "segment_volume_node"],
     "report": ["MAX_FINDINGS_SHOWN", "MAX_TABLE_ROWS", "ReportData", "contrast_text", "write_report", "default_report_path"],
     "results": ["SUMMARY_ATTRIBUTE", "THRESHOLD_ATTRIBUTE", "CALIBRATED_THRESHOLD_ATTRIBUTE",
         "DEFAULT_MIN_COMPONENT_ML", "TABLE_COLUMNS", "Finding", "findings_from_summary", "world_grid",

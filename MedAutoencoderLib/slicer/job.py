@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from MedAutoencoderLib.config import ModelConfig, TrainConfig
+from MedAutoencoderLib.config import ModelConfig, SegmentTrainConfig, TrainConfig
 from MedAutoencoderLib.slicer import bridge
 from MedAutoencoderLib.worker import jobs, standby
 
@@ -370,6 +370,120 @@ class WorkerJobs:
             worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
         return MedAutoencoderJob(worker, finish, temporaryDirectory, nodeNamesByFile=nodeNamesByFile,
                                  loop=self._loop, translate=self._tr)
+
+    # ---- segmentation
+
+    def startSegmentationTraining(self, volumes: Sequence, segmentations: Sequence, outputPath: str,
+                                  init: Optional[str] = "default", steps: int = SegmentTrainConfig.steps,
+                                  device: str = "auto", overwrite: bool = False,
+                                  extraArguments: Optional[Sequence[str]] = None) -> MedAutoencoderJob:
+        """Start ``segment-train`` in a worker process on scene volumes and their segmentations and return at once.
+        Segments named alike in different segmentations are one label; the model records the segment names.
+
+        Args:
+            volumes: the training volume nodes.
+            segmentations: a segmentation node per volume, in the same order.
+            outputPath: the segmentation model file to write.
+            init: the autoencoder to start from: a model file, "default" (the bundled one) or None (from scratch).
+            steps: optimiser steps.
+            device: auto, cpu or gpu.
+            overwrite: replace an existing ``outputPath``.
+            extraArguments: further options of ``python -m MedAutoencoderLib segment-train``.
+
+        Returns:
+            The job; its ``result`` is the model's path once it is done.
+
+        Raises:
+            MedAutoencoderError: a node cannot be used, or the counts differ (named); nothing is left behind.
+        """
+        from MedAutoencoderLib.errors import ConfigurationError
+        from MedAutoencoderLib.slicer import segmentation as slicer_segmentation
+
+        if len(volumes) != len(segmentations) or not volumes:
+            raise ConfigurationError(f"give one segmentation per training volume ({len(volumes)} volume(s), "
+                                     f"{len(segmentations)} segmentation(s))")
+        if self._shared.worker is not None:
+            self._shared.worker.close()
+        values = slicer_segmentation.label_values_by_name(segmentations)
+        temporaryDirectory = self._newTemporaryDirectory()
+        images, labels, nodeNamesByFile = [], [], {}
+        with removed_on_failure(temporaryDirectory):
+            for index, (volume, segmentation) in enumerate(zip(volumes, segmentations)):
+                image, label = slicer_segmentation.write_labelled_pair_for_worker(
+                    volume, segmentation, values, temporaryDirectory, f"training_{index:03d}")
+                images.append(image)
+                labels.append(label)
+                nodeNamesByFile[image], nodeNamesByFile[label] = volume.GetName(), segmentation.GetName()
+        stopFile = os.path.join(temporaryDirectory, "stop")
+        config = SegmentTrainConfig(images=images, labels=labels, out=str(outputPath), init=init, steps=int(steps),
+                                    label_names=list(values), overwrite=overwrite, stop_file=stopFile)
+        python, useStartupEnvironment = self._pythonLauncher()
+        command = jobs.cli_command(python, ["segment-train", *config.as_arguments(), "--device", jobs.cli_device(device),
+                                            "--progress", "json", *[str(a) for a in extraArguments or ()]])
+        startTime = time.time()
+
+        def finish(outputs):
+            if outputs and outputs.get("model"):
+                return outputs["model"]
+            if os.path.exists(outputPath) and os.path.getmtime(outputPath) >= startTime:  # stopped: saved as it was
+                return outputPath
+            return None
+
+        with removed_on_failure(temporaryDirectory):
+            worker = self._startWorker(command, device, useStartupEnvironment, stopFile)
+        return MedAutoencoderJob(worker, finish, temporaryDirectory, nodeNamesByFile=nodeNamesByFile,
+                                 loop=self._loop, translate=self._tr)
+
+    def startSegmentation(self, volumeNode, modelPath: str, device: str = "auto") -> MedAutoencoderJob:
+        """Start ``segment`` in a worker process on a volume node and return at once; when it succeeds, the
+        result is a new segmentation node on the volume's grid, one segment per label of the model.
+
+        Args:
+            volumeNode: the scalar volume node.
+            modelPath: the segmentation model file (written by ``segment-train``).
+            device: auto, cpu or gpu.
+
+        Returns:
+            The job; its ``result`` is the new ``vtkMRMLSegmentationNode`` once it is done.
+
+        Raises:
+            MedAutoencoderError: the volume cannot be used (named); nothing is left behind.
+        """
+        temporaryDirectory = self._newTemporaryDirectory()
+        with removed_on_failure(temporaryDirectory):
+            inputPath = bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
+        python, useStartupEnvironment = self._pythonLauncher()
+        command = jobs.cli_command(python, ["segment", "--model", str(modelPath), "--images", inputPath, "--out",
+                                            os.path.join(temporaryDirectory, "outputs"), "--format", "nrrd",
+                                            "--device", jobs.cli_device(device), "--progress", "json"])
+        geometryAtStart = bridge.world_geometry(volumeNode)
+
+        def finish(outputs):
+            if outputs is None:
+                return None
+            import json
+
+            import numpy as np
+
+            from MedAutoencoderLib.io.volumes import read_mask
+            from MedAutoencoderLib.slicer.segmentation import labelmap_to_segmentation_node
+
+            if not _inScene(volumeNode):
+                raise RuntimeError(self._tr("The input volume was removed from the scene while the segmentation ran."))
+            if not all(np.allclose(now, then, atol=bridge.GEOMETRY_TOLERANCE)
+                       for now, then in zip(bridge.world_geometry(volumeNode), geometryAtStart)):
+                raise RuntimeError(self._tr("The input volume was moved while the segmentation ran; run it again."))
+            files = next(iter(outputs.values()))
+            with open(files["summary"], encoding="utf-8") as stream:
+                summary = json.load(stream)
+            labels = [(int(entry["value"]), str(entry["name"])) for entry in summary["labels"]]
+            return labelmap_to_segmentation_node(volumeNode, read_mask(files["labelmap"]), labels)
+
+        with removed_on_failure(temporaryDirectory):
+            worker = self._startWorker(command, device, useStartupEnvironment)
+        return MedAutoencoderJob(worker, finish, temporaryDirectory, inputVolume=volumeNode,
+                                 nodeNamesByFile={inputPath: volumeNode.GetName()}, loop=self._loop,
+                                 translate=self._tr)
 
     # ---- shared
 
