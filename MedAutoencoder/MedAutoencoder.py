@@ -806,6 +806,32 @@ class MedAutoencoderLogic(ScriptedLoadableModuleLogic):
                                           maxMinutes=maxMinutes, device=device, overwrite=overwrite,
                                           extraArguments=extraArguments)
 
+    # ---- segmentation from autoencoder pre-training
+
+    def trainSegmentation(self, volumes: list, segmentations: list, outputPath: Optional[str] = None,
+                          init: Optional[str] = "default", steps: int = 500, device: str = "auto",
+                          overwrite: bool = False, extraArguments: Optional[List[str]] = None) -> str:
+        """Train a segmentation network from an autoencoder (``init``: a model file, "default" for the bundled one,
+        None from scratch) on volume nodes and their segmentation nodes (one per volume; segments named alike are
+        one label) in a worker process, wait, and return the model's path."""
+        job = self._jobs().startSegmentationTraining(
+            volumes, segmentations, outputPath or self.newModelPath().replace("model_", "segmentation_"), init=init,
+            steps=steps, device=device, overwrite=overwrite, extraArguments=extraArguments)
+        job.wait()
+        return self._resultOrRaise(job)
+
+    def segmentVolume(self, volumeNode, modelPath: str, device: str = "auto", inProcess: bool = False):
+        """Segment ``volumeNode`` with a segmentation model into a new segmentation node on its grid, waiting for
+        the result (in a worker process unless ``inProcess``)."""
+        if inProcess:
+            from MedAutoencoderLib.slicer.segmentation import segment_volume_node
+            from MedAutoencoderLib.worker import jobs
+
+            return segment_volume_node(volumeNode, modelPath, device=jobs.cli_device(device))
+        job = self._jobs().startSegmentation(volumeNode, modelPath, device=device)
+        job.wait()
+        return self._resultOrRaise(job)
+
     # ---- shared
 
     def _jobs(self):
