@@ -21,6 +21,8 @@ from MedAutoencoderLib.detection.pipeline import (
 )
 from MedAutoencoderLib.detection.scoring import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.io.checkpoint import (
+    FORMAT,
+    SEGMENTATION_FORMAT,
     ModelRecord,
     network_from_payload,
     read_model_file,
@@ -99,10 +101,14 @@ def calibrate_model(model_path: Union[str, Path], healthy: Sequence[Union[str, P
 
 def describe_model(model_path: Union[str, Path, None] = None) -> Dict[str, object]:
     """The model card of a file (``None``: the bundled default model): type, data, preprocessing, threshold and
-    metrics, as plain data. The file is checked as :func:`load_model` checks it (weights included), so a damaged
+    metrics, as plain data (a segmentation model's card has ``kind`` "segmentation", its labels and training). The file is checked as :func:`load_model` checks it (weights included), so a damaged
     one gives the same error."""
     path = Path(model_path) if model_path is not None else DEFAULT_MODEL
-    payload = read_model_file(path)
+    payload = read_model_file(path, expected=(FORMAT, SEGMENTATION_FORMAT))
+    if payload["format"] == SEGMENTATION_FORMAT:
+        from MedAutoencoderLib.segmentation.model_file import describe_segmentation_model
+
+        return describe_segmentation_model(path)
     record = record_from_payload(payload, path)
     network = network_from_payload(payload, record, path)
     training = {k: v for k, v in record.training.items() if k != "history"}

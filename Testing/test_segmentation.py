@@ -192,6 +192,8 @@ def test_segment_train_then_segment_keeps_label_values_and_the_input_grid(capsys
     assert (loaded.record.labels.values, loaded.record.labels.names) == ([3, 7], ["rim", "core"])
     assert loaded.record.training["init"] is None and loaded.record.training["steps_done"] == 40
     assert loaded.record.preprocess.foreground == "otsu" and loaded.record.library_version == __version__
+    code, out, _ = run_cli(capsys, "info", str(model))
+    assert code == 0 and "labels: 3 rim, 7 core" in out and "started from scratch" in out
 
     oblique = toy(4, direction=oblique_direction(), spacing=(0.9, 1.3, 2.1))
     sitk.WriteImage(oblique, str(tmp_path / "oblique.nrrd"))
@@ -247,7 +249,7 @@ def ixi_model(tmp_path_factory):
     labels = ixi_tissue_labels(subject, folder)
     out = folder / "seg.pt"
     assert main(["segment-train", "--images", str(IXI / "t1" / f"{subject}_T1.nii.gz"), "--labels", str(labels),
-                 "--init", "default", "--out", str(out), "--steps", "120", "--spacing", "3", "3", "3", "--size",
+                 "--init", "default", "--out", str(out), "--steps", "400", "--spacing", "3", "3", "3", "--size",
                  "64", "64", "56", "--label-names", "csf", "cortical_grey", "white_matter", "deep_grey",
                  "--progress", "none"]) == 0
     return out, folder
@@ -268,8 +270,8 @@ def test_a_short_training_on_one_head_segments_another_better_than_chance(ixi_mo
     scores = [dice(found, truth, v) for v in (1, 2, 3, 4)]
     brain = truth > 0
     chance = [float((truth[brain] == v).mean()) for v in (1, 2, 3, 4)]  # a random labelling with the true shares
-    assert np.mean(scores) > np.mean(chance) + 0.2, (scores, chance)
-    assert min(scores[1], scores[2]) > 0.6, scores  # cortex and white matter, the large classes
+    assert np.mean(scores) > np.mean(chance) + 0.2, (scores, chance)  # chance: 0.25 (the shares sum to 1)
+    assert scores[1] > 0.55 and scores[2] > 0.7, scores  # cortex and white matter, the large classes
 
 
 @needs_ixi

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     if results.exists():
         for line in results.read_text().splitlines():
             row = json.loads(line)
-            done.add((row["labelled"], row["arm"], row["seed"]))
+            done.add((row["labelled"], row["arm"], row["seed"], row["steps"]))
     config = SegmentTrainConfig(images=["x"], labels=["y"], out="unused.pt", init="default",
                                 spacing=tuple(args.spacing), size=tuple(args.size), foreground="brain")
     start = starting_point(config)  # the bundled model's architecture, preprocessing on the chosen grid, weights
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
     for n in args.labelled:
         for arm in ARMS:
             for seed in SEEDS:
-                if (n, arm, seed) in done:
+                if (n, arm, seed, args.steps) in done:
                     continue
                 torch.manual_seed(seed)
                 network = build_segmentation_network(start.model, labels.n_classes)
@@ -137,18 +137,18 @@ def run(args: argparse.Namespace) -> None:
 def table(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
     names = list(SEGMENTATION_TISSUES.values())
-    print("| labelled heads | start | " + " | ".join(names) + " | mean | train time (s) |")
-    print("|---|---|" + "---|" * (len(names) + 2))
-    for n in sorted({r["labelled"] for r in rows}):
+    print("| steps | labelled heads | start | " + " | ".join(names) + " | mean | train time (s) |")
+    print("|---|---|---|" + "---|" * (len(names) + 2))
+    for steps, n in sorted({(r["steps"], r["labelled"]) for r in rows}, key=lambda k: (-k[0], k[1])):
         for arm in ARMS:
-            chosen = [r for r in rows if r["labelled"] == n and r["arm"] == arm]
+            chosen = [r for r in rows if r["labelled"] == n and r["arm"] == arm and r["steps"] == steps]
             if not chosen:
                 continue
             per_class = np.array([[r["dice"][c] for c in names] for r in chosen])
             means = per_class.mean(axis=1)
             cells = [f"{per_class[:, i].mean():.3f} ± {per_class[:, i].std():.3f}" for i in range(len(names))]
             seconds = np.mean([r["train_s"] for r in chosen])
-            print(f"| {n} | {arm} ({len(chosen)} seeds) | " + " | ".join(cells)
+            print(f"| {steps} | {n} | {arm} ({len(chosen)} seeds) | " + " | ".join(cells)
                   + f" | **{means.mean():.3f}** ± {means.std():.3f} | {seconds:.0f} |")
 
 

@@ -456,6 +456,9 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
+    if card.get("kind") == "segmentation":
+        _print_segmentation_card(card)
+        return 0
     calibration = card["calibration"]
     training = card["training"]
     print(f"MedAutoencoder model {card['file']} (library {card['library_version']})")
@@ -476,6 +479,23 @@ def run_info(args: argparse.Namespace) -> int:
     contrasts = ", ".join(card["contrasts"]) if card["contrasts"] else "not recorded (the input's is not checked)"
     print(f"  made for contrasts: {contrasts}" + (f" ({card['contrasts_note']})" if card.get("contrasts_note") else ""))
     return 0
+
+
+def _print_segmentation_card(card: Dict[str, Any]) -> None:
+    training, labels = card["training"], card["labels"]
+    init = training.get("init")
+    print(f"MedAutoencoder segmentation model {card['file']} (library {card['library_version']})")
+    print(f"  network: from a {card['model']['name']} {card['model']['spatial_dims']}D autoencoder, "
+          f"{card['parameters']:,} parameters; started from "
+          + (f"{init['model']} ({init['weights_loaded']} weight tensors)" if init else "scratch"))
+    print(f"  preprocessing: spacing {card['preprocess']['spacing']} mm, grid {card['preprocess']['size']}, "
+          f"{card['preprocess']['normalization']} normalisation, {card['preprocess']['foreground']} foreground")
+    print("  labels: " + ", ".join(f"{v} {n}" for v, n in zip(labels["values"], labels["names"])))
+    print(f"  training: {training.get('n_volumes')} labelled volume(s), {training.get('steps_done')} of "
+          f"{training.get('steps')} steps of {training.get('batch_size')} slices, {training.get('seconds')} s on "
+          f"{training.get('device')}, final loss {training.get('final_loss')}")
+    contrasts = ", ".join(card["contrasts"]) if card["contrasts"] else "not recorded (the input's is not checked)"
+    print(f"  made for contrasts: {contrasts}")
 
 
 def _calibration_text(calibration: Dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -75,12 +75,13 @@ def save_model(path: Path, network: nn.Module, record: ModelRecord,
     return path
 
 
-def read_model_file(path: Path, expected: str = FORMAT) -> Dict[str, Any]:
+def read_model_file(path: Path, expected: Union[str, Tuple[str, ...]] = FORMAT) -> Dict[str, Any]:
     """The raw payload of a model file, with clear errors for missing, corrupt or foreign files.
 
     Args:
         path: the file.
-        expected: the marker it must carry: :data:`FORMAT` (an autoencoder) or :data:`SEGMENTATION_FORMAT`.
+        expected: the marker it must carry: :data:`FORMAT` (an autoencoder) or :data:`SEGMENTATION_FORMAT`, or a
+            tuple of those accepted.
 
     Returns:
         The payload (plain data and tensors).
@@ -100,9 +101,10 @@ def read_model_file(path: Path, expected: str = FORMAT) -> Dict[str, Any]:
     except Exception as exc:  # the unpickler fails on foreign bytes in many ways (IndexError, KeyError...)
         raise ModelFileError(f"{path}: not a readable MedAutoencoder model file ({_unreadable_because(path, exc)})"
                              ) from None
-    if not isinstance(payload, dict) or payload.get("format") != expected:
+    accepted = (expected,) if isinstance(expected, str) else tuple(expected)
+    if not isinstance(payload, dict) or payload.get("format") not in accepted:
         raise ModelFileError(_other_kind(path, payload.get("format") if isinstance(payload, dict) else None,
-                                         expected))
+                                         accepted[0]))
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: made by MedAutoencoderLib {payload.get('library_version')} (format "

@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "networks": ["SegmentationUNet", "EncoderSegmenter", "build_segmentation_network", "pretrained_weights",
                  "load_pretrained"],
     "model_file": ["SegmentationRecord", "LoadedSegmentationModel", "save_segmentation_model",
-                   "load_segmentation_model"],
+                   "load_segmentation_model", "describe_segmentation_model"],
     "data": ["LabelledVolume", "pair_images_with_labels", "labels_on_grid", "prepare_labelled", "assign_classes"],
     "trainer": ["StartingPoint", "starting_point", "fit", "train_segmentation"],
     "inference": ["OUTPUT_KIND", "predict_probabilities", "classes_on_input_grid", "SegmentationResult",

@@ -114,3 +114,26 @@ def load_segmentation_model(path: Union[str, Path], device: str = "auto") -> Loa
     torch_device = resolve_device(device)
     return LoadedSegmentationModel(network=network.to(torch_device).eval(), record=record, device=torch_device,
                                    path=model_path)
+
+
+def describe_segmentation_model(path: Union[str, Path]) -> Dict[str, Any]:
+    """The model card of a segmentation model file, as plain data (checked as :func:`load_segmentation_model`
+    checks it).
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``kind`` ("segmentation"), file, library version, architecture, preprocessing, labels, contrasts,
+        training (without the loss history), parameters.
+
+    Raises:
+        ModelFileError: as :func:`load_segmentation_model`.
+    """
+    model = load_segmentation_model(path, device="cpu")
+    record = model.record
+    return {"kind": "segmentation", "file": str(path), "library_version": record.library_version,
+            "model": to_plain(record.model), "preprocess": to_plain(record.preprocess),
+            "labels": record.labels.to_plain(), "contrasts": record.contrasts,
+            "training": {k: v for k, v in record.training.items() if k != "history"},
+            "parameters": sum(t.numel() for t in model.network.state_dict().values())}

@@ -227,6 +227,8 @@ def train_segmentation(config: SegmentTrainConfig, progress: Optional[ProgressCa
                            f"steps of {config.batch_size} slices")
     result = fit(network, volumes, start.preprocess, config.steps, config.batch_size, config.learning_rate,
                  config.augment, config.seed, device, progress, stop_requested, config.max_minutes)
+    if result["steps_done"] == 0 and result["stop_reason"] == "stop request":
+        raise Cancelled("stopped before the first training step; nothing written")
     record = SegmentationRecord(
         model=start.model, preprocess=start.preprocess, labels=labels, contrasts=start.contrasts,
         training={"images": [str(i) for i, _ in pairs], "label_maps": [str(l) for _, l in pairs],
