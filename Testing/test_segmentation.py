@@ -19,7 +19,7 @@ from conftest import oblique_direction, toy
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.cli.commands import main
 from MedAutoencoderLib.config import ModelConfig, PreprocessConfig, DetectionConfig, SegmentTrainConfig
-from MedAutoencoderLib.errors import ConfigurationError, InputImageError, ModelFileError
+from MedAutoencoderLib.errors import ConfigurationError, InputImageError
 from MedAutoencoderLib.io.checkpoint import ModelRecord, read_model_file, save_model
 from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL
 from MedAutoencoderLib.networks.autoencoders import build_network

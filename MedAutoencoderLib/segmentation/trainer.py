@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import RandomSampler
 
 from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, ModelConfig, PreprocessConfig, SegmentTrainConfig
-from MedAutoencoderLib.errors import Cancelled, ConfigurationError, MedAutoencoderError
+from MedAutoencoderLib.errors import Cancelled, ConfigurationError
 from MedAutoencoderLib.io.checkpoint import read_model_file, record_from_payload
 from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL
 from MedAutoencoderLib.io.volumes import require_new_file
@@ -31,7 +31,7 @@ from MedAutoencoderLib.runtime.device import configure_for_speed, explain_out_of
 from MedAutoencoderLib.runtime.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.segmentation.data import LabelledVolume, assign_classes, pair_images_with_labels, \
     prepare_labelled
-from MedAutoencoderLib.segmentation.labels import LabelSet, label_set
+from MedAutoencoderLib.segmentation.labels import label_set
 from MedAutoencoderLib.segmentation.model_file import SegmentationRecord, save_segmentation_model
 from MedAutoencoderLib.segmentation.networks import build_segmentation_network, load_pretrained
 from MedAutoencoderLib.training.samples import augmentation
