@@ -60,14 +60,27 @@ def test_fine_tuning_starts_from_the_model_keeps_its_settings_and_calibrates_on_
     assert "training_state" in tuned and tuned["training_state"]["epoch"] == 1
 
 
+def test_a_brain_foreground_for_a_model_not_trained_on_brains_is_refused(capsys, toy_cohort, ae_model_path,
+                                                                          tmp_path):
+    code = cli.main(["train", "--data", str(toy_cohort), "--init", str(ae_model_path), "--out",
+                     str(tmp_path / "tuned.pt"), "--foreground", "brain", "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 1 and "applies to brain models only" in err and "Traceback" not in err
+    assert not (tmp_path / "tuned.pt").exists()
+
+
 @pytest.mark.slow
-def test_fine_tuning_the_bundled_model_on_brain_scans(tmp_path):
+@pytest.mark.parametrize("foreground", [None, "brain"])
+def test_fine_tuning_the_bundled_model_on_brain_scans(tmp_path, foreground):
+    """The bundled model keeps its template registration, or trains, calibrates and detects with the learned brain
+    extractor when --foreground brain is given (the registration refuses some real heads)."""
     scans = brain_scans(tmp_path / "site", "ab", ".nii.gz")  # the MNI template's brain at 2 mm: one held out
     out = tmp_path / "site.pt"
     done = train("--data", scans, "--init", "default", "--out", out, "--epochs", "1", "--batch-size", "8",
-                 "--no-augment")
+                 "--no-augment", *(["--foreground", foreground] if foreground else []))
     assert done.returncode == 0, done.stderr
     tuned = torch.load(out, map_location="cpu", weights_only=True)
     assert tuned["training"]["init"]["model"] == "bundled default_brain_t1.pt"
-    assert tuned["preprocess"]["foreground"] == "template" and list(tuned["preprocess"]["size"]) == [128, 128, 112]
+    assert tuned["preprocess"]["foreground"] == (foreground or "template")
+    assert list(tuned["preprocess"]["size"]) == [128, 128, 112]
     assert tuned["calibration"]["threshold"] > 0

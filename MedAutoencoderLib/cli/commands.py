@@ -413,7 +413,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scans = [path for pair in pairs for path in pair] + (find_volumes(args.healthy) if args.healthy else [])
         require_new_file(args.json_out, "report.json", overwrite=args.overwrite,
                          protected=[*scans, *([Path(args.model)] if args.model else [])])
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, foreground=args.foreground)
     options = DetectOptions(device=args.device, precision=args.precision, contrast=args.contrast)
     report = finite_or_none(evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress),
                                            options=options))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from MedAutoencoderLib.config import TrainConfig
+from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, TrainConfig
 from MedAutoencoderLib.detection.scoring import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.errors import (
     Cancelled,
@@ -44,6 +44,7 @@ from MedAutoencoderLib.io.checkpoint import (
     record_from_payload,
     save_model,
 )
+from MedAutoencoderLib.io.loaded_model import brain_foreground
 from MedAutoencoderLib.io.volumes import find_volumes, read_image, require_new_file
 from MedAutoencoderLib.networks.autoencoders import build_network, generator_and_critic
 from MedAutoencoderLib.networks.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
@@ -157,6 +158,8 @@ class Trainer:
         resumed = read_model_file(source) if source else None
         if resumed is not None:  # resumed or fine-tuned: the stored model, preprocessing and detection settings
             record = record_from_payload(resumed, source)
+            if self.config.init:
+                record.preprocess.foreground = self._fine_tuning_foreground(record.preprocess.foreground, source)
             self.config.model, self.config.preprocess, self.config.detection = (
                 record.model, record.preprocess, record.detection)
             self.network: nn.Module = network_from_payload(resumed, record, source)
@@ -175,6 +178,17 @@ class Trainer:
         self.loss = AutoencoderLoss(self.config.model)
         if self.config.resume:
             self._restore_training_state(resumed, source)
+
+    def _fine_tuning_foreground(self, trained_with: str, source: Path) -> str:
+        """The foreground a fine-tuned brain model trains, calibrates and detects with: ``--foreground brain`` or
+        ``template`` where given (as ``detect`` and ``calibrate`` take it: the template registration refuses some
+        real heads that the learned extractor takes), else the model's own.
+
+        Raises:
+            ConfigurationError: a brain foreground given for a model that was not trained on brains.
+        """
+        given = self.config.preprocess.foreground
+        return brain_foreground(trained_with, given if given in BRAIN_FOREGROUNDS else None, source)
 
     def _critic(self, module: nn.Module) -> Critic:
         """Adam with beta1 = 0.5 for the discriminator, the usual GAN choice (Radford et al. 2016): less
@@ -492,7 +506,8 @@ class Trainer:
                                    "settings are used, options given for them here are ignored")
         if self.config.init:
             tracker.emit("log", 0, f"fine-tuning {self.data_summary['init']['model']}: its model, preprocessing "
-                                   "and detection settings are used, options given for them here are ignored; "
+                                   "and detection settings are used, options given for them here are ignored "
+                                   f"(except a brain --foreground; it uses {self.config.preprocess.foreground}); "
                                    "the optimiser and the epochs start afresh")
         train_volumes = self._prepare_all(train_paths, tracker)
         self._require_training_samples(train_volumes, tracker)
