@@ -24,6 +24,18 @@ def test_init_and_resume_together_are_refused():
         TrainConfig(data=["x"], init="default", resume="m.pt").validate()
 
 
+def test_fine_tuning_defaults_to_a_tenth_of_the_learning_rate_and_a_given_rate_wins(tmp_path):
+    from MedAutoencoderLib.training.trainer import Trainer
+
+    def rate(**options):
+        return Trainer(TrainConfig(data=["x"], out=str(tmp_path / "m.pt"), device="cpu", **options)).config.learning_rate
+
+    assert rate() == 1e-3 and rate(init="default") == 1e-4
+    assert rate(init="default", learning_rate=5e-4) == 5e-4 and rate(learning_rate=2e-3) == 2e-3
+    assert cli.train_config_from_args(cli.build_parser().parse_args(
+        ["train", "--data", "x", "--out", "m.pt", "--init", "default"])).resolved_learning_rate() == 1e-4
+
+
 def test_the_model_fine_tuned_is_never_written_over_its_starting_point(capsys, toy_cohort, ae_model_path, tmp_path):
     start = tmp_path / "start.pt"
     shutil.copy(ae_model_path, start)

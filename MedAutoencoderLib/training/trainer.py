@@ -113,6 +113,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, progress: Optional[ProgressCallback] = None,
                  should_stop: Optional[StopRequest] = None) -> None:
         config.validate()
+        config.learning_rate = config.resolved_learning_rate()  # recorded in the model as it was used
         self.config = config
         self.out = Path(config.out)
         self.checkpoint = self.out  # where the best model so far is saved (see _check_output)
