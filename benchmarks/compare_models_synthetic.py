@@ -1,8 +1,8 @@
 """Several models on the evaluation harness's synthetic set, generated once: its "all kinds + healthy controls" row.
 
 The set is exactly that of ``benchmarks/evaluate_anomalies.py`` with the same ``--per-kind``, ``--healthy`` and
-``--seed`` (its own functions make it); each model is scored with its own healthy-calibrated threshold. The
-per-kind Dice is the mean of the cases' Dice at that threshold.
+``--seed`` (its own functions make it); each model is scored with its own healthy-calibrated threshold, the
+contrast stated as T1. The per-kind Dice is the mean of the cases' Dice at that threshold.
 
     PYTHONPATH=$PWD python benchmarks/compare_models_synthetic.py bundled=default site=site.pt:brain --json out.json
 
@@ -48,7 +48,9 @@ def main() -> None:
             name, _, rest = spec.partition("=")
             path, _, foreground = rest.partition(":")
             model = load_model(None if path == "default" else path, device="cpu", foreground=foreground or None)
-            report = evaluate_model(model, everything, controls, options=DetectOptions(device="cpu"))
+            # T1 by construction: stated, so that the contrast check (evaluated on its own) does not stop a model
+            # whose brain mask leaves a subject's contrast ambiguous
+            report = evaluate_model(model, everything, controls, options=DetectOptions(device="cpu", contrast="T1"))
             # the cases come in the order of the kinds, per_kind each (their names repeat across kind folders)
             lesioned = [c for c in report["cases"] if c["lesioned"]]
             dice_by_kind = {kind: float(np.mean([c["dice"] for c in lesioned[k * args.per_kind:(k + 1) * args.per_kind]]))
