@@ -466,6 +466,9 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
             cells = [_pair(g, k) for k in ("flagged_outside_lesion", "average_precision", "dice_at_threshold",
                                            "best_dice")]
             scans = f" ({g['scans']} scans)" if g["scans"] > 1 else ""
+            if g["lesion_scans"] < g["scans"]:  # healthy controls among them
+                scans = f" ({g['lesion_scans']} lesioned + {g['scans'] - g['lesion_scans']} healthy controls: brain " \
+                        f"flagged {_pair(g, 'healthy_flagged_median')}, median)"
             lines.append(f"| {g['row']}{scans} | {g['contrast']} | {' | '.join(cells)} | "
                          f"{'; '.join(describe_target(t, g) for t in targets.get(g['row'], [])) or '–'} |")
         lines.append("")
