@@ -415,6 +415,8 @@ def describe_target(target: Target, group: Mapping[str, Any]) -> str:
     what = f"{_NAMES.get(target.metric, target.metric)} {sign} " + \
         ("thresholding" + (f" ({_value(target.metric, bound)})" if bound is not None else "")
          if target.bound == "baseline" else _value(target.metric, bound))
+    if group["model"].get("scored", 1) == 0:
+        return f"{what}: refused by the model"
     if value is None or bound is None:
         return f"{what}: not measured"
     if met:
@@ -457,7 +459,7 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
                                 f"({_value('flagged_share', x.get('healthy_flagged_min'))}–"
                                 f"{_value('flagged_share', x.get('healthy_flagged_max'))})")
             lines.append(f"| {g['row']} | {g['contrast']} | {g['scans']} ({len(m['not_scored'])}) | {spread(m)} | "
-                         f"{spread(b)} | {'; '.join(describe_target(t, g) for t in targets.get(g['row'], [])) or '–'} |")
+                         f"{spread(b)} | {_targets(g, targets)} |")
         lines.append("")
     if lesioned:
         lines += ["| lesion scans | contrast | flagged outside the lesion | voxel AP | Dice @ own threshold | "
@@ -469,14 +471,25 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
             if g["lesion_scans"] < g["scans"]:  # healthy controls among them
                 scans = f" ({g['lesion_scans']} lesioned + {g['scans'] - g['lesion_scans']} healthy controls: brain " \
                         f"flagged {_pair(g, 'healthy_flagged_median')}, median)"
-            lines.append(f"| {g['row']}{scans} | {g['contrast']} | {' | '.join(cells)} | "
-                         f"{'; '.join(describe_target(t, g) for t in targets.get(g['row'], [])) or '–'} |")
+            lines.append(f"| {g['row']}{scans} | {g['contrast']} | {' | '.join(cells)} | {_targets(g, targets)} |")
         lines.append("")
     refusals = [(g["row"], r) for g in report["groups"] for r in g["model"]["not_scored"]]
     if refusals:
         lines.append("Refused by the model:")
         lines += [f"- {row}, {r['scan']}: {_short(r['why'])}" for row, r in refusals]
     return "\n".join(lines) + "\n"
+
+
+def _targets(group: Mapping[str, Any], targets: Mapping[str, Sequence[Target]]) -> str:
+    """The targets' cell of a row: each with its distance, or, where the model refused every scan of the row,
+    the targets it does not reach by refusing."""
+    wanted = targets.get(group["row"], [])
+    if not wanted:
+        return "–"
+    if group["model"]["scored"] == 0:
+        bounds = "; ".join(describe_target(t, group).rsplit(":", 1)[0] for t in wanted)
+        return f"**not met: refused by the model** ({bounds})"
+    return "; ".join(describe_target(t, group) for t in wanted)
 
 
 def _short(message: Optional[str]) -> str:
