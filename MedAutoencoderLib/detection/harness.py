@@ -471,6 +471,9 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
             if g["lesion_scans"] < g["scans"]:  # healthy controls among them
                 scans = f" ({g['lesion_scans']} lesioned + {g['scans'] - g['lesion_scans']} healthy controls: brain " \
                         f"flagged {_pair(g, 'healthy_flagged_median')}, median)"
+            refused = len(g["model"]["not_scored"])
+            if 0 < refused < g["scans"]:  # the model's figures cover the others only
+                scans += f" (**{refused} refused** by the model: its figures without them)"
             lines.append(f"| {g['row']}{scans} | {g['contrast']} | {' | '.join(cells)} | {_targets(g, targets)} |")
         lines.append("")
     refusals = [(g["row"], r) for g in report["groups"] for r in g["model"]["not_scored"]]
