@@ -48,7 +48,8 @@ def test_the_baseline_reads_bright_as_abnormal_for_flair_and_bright_or_dark_for_
 def test_a_target_states_its_distance_or_that_it_is_met():
     group = {"model": {"scored": 1, "average_precision": 0.378, "healthy_flagged_median": 0.0877},
              "baseline": {"scored": 1, "average_precision": 0.2}}
-    assert describe_target(Target("average_precision", 0.5), group) == "AP >= 0.500: **not met** (0.378, short by 0.122)"
+    assert describe_target(Target("average_precision", 0.5), group) == \
+        "AP >= 0.500: **not met** (0.378, short by 0.122)"
     assert "met (0.378)" in describe_target(Target("average_precision", "baseline"), group)
     assert "88x the bound" in describe_target(Target("healthy_flagged_median", 0.001, at_most=True), group)
     assert describe_target(Target("dice_at_threshold", 0.45), group).endswith("not measured")

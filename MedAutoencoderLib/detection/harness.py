@@ -307,7 +307,8 @@ def evaluate_scans(cases: Sequence[ScanCase], model: LoadedModel, baseline: Mapp
     for i, case in enumerate(cases):
         scan = _run_scan(case, model, config.detect)
         entry: Dict[str, Any] = {"scan": case.label, "row": case.row, "dataset": case.dataset,
-                                 "contrast": case.contrast, "image": str(case.image), "lesioned": case.truth is not None}
+                                 "contrast": case.contrast, "image": str(case.image),
+                                 "lesioned": case.truth is not None}
         if scan.anomaly_map is None:
             entry["model"] = {"status": "refused", "refused_at": scan.refused_at, "refusal": scan.refusal}
         else:
@@ -348,7 +349,8 @@ def _model_entry(model: LoadedModel, config: HarnessConfig) -> Dict[str, Any]:
 def _method_group(cases: List[Dict[str, Any]], method: str, pool: Optional[_Pool]) -> Dict[str, Any]:
     scored = [c for c in cases if c[method]["status"] == "scored"]
     out: Dict[str, Any] = {"scored": len(scored),
-                           "not_scored": [{"scan": c["scan"], "why": c[method].get("refusal") or c[method].get("reason")}
+                           "not_scored": [{"scan": c["scan"],
+                                           "why": c[method].get("refusal") or c[method].get("reason")}
                                           for c in cases if c[method]["status"] != "scored"]}
     healthy = [c[method]["flagged_share"] for c in scored if not c["lesioned"] and "flagged_share" in c[method]]
     if healthy:
@@ -450,8 +452,8 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
     healthy = [g for g in report["groups"] if g["lesion_scans"] == 0]
     lesioned = [g for g in report["groups"] if g["lesion_scans"] > 0]
     if healthy:
-        lines += ["| healthy scans | contrast | scans (refused by the model) | brain flagged, median (min–max): model | "
-                  "thresholding | target (issue 22) |", "|---|---|---|---|---|---|"]
+        lines += ["| healthy scans | contrast | scans (refused by the model) | brain flagged, median (min–max): "
+                  "model | thresholding | target (issue 22) |", "|---|---|---|---|---|---|"]
         for g in healthy:
             m, b = g["model"], g["baseline"]
             spread = lambda x: ("refused" if x["scored"] == 0 else  # noqa: E731
