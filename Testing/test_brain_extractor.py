@@ -150,13 +150,14 @@ def test_a_slab_with_little_brain_is_refused():
         extract_brain(top, name="slab.nii.gz")
 
 
-def test_brain_models_use_the_extractor_on_request():
+def test_brain_models_use_the_extractor_by_default_and_the_registration_on_request():
     from MedAutoencoderLib.io.loaded_model import brain_foreground, load_model
 
-    assert load_model(device="cpu").record.preprocess.foreground == "template"  # the bundled model, as trained
-    assert load_model(device="cpu", foreground="brain").record.preprocess.foreground == "brain"
+    assert load_model(device="cpu").record.preprocess.foreground == "brain"  # the bundled model
+    assert load_model(device="cpu", foreground="template").record.preprocess.foreground == "template"
     assert brain_foreground("brain", None, Path("m.pt")) == "brain"
-    assert brain_foreground("template", "brain", Path("m.pt")) == "brain"
+    assert brain_foreground("template", None, Path("m.pt")) == "brain"
+    assert brain_foreground("brain", "template", Path("m.pt")) == "template"
     assert brain_foreground("otsu", None, Path("m.pt")) == "otsu"
     with pytest.raises(ConfigurationError, match="m.pt was trained with the 'otsu' foreground, not on brains"):
         brain_foreground("otsu", "brain", Path("m.pt"))

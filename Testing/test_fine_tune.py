@@ -69,5 +69,6 @@ def test_fine_tuning_the_bundled_model_on_brain_scans(tmp_path):
     assert done.returncode == 0, done.stderr
     tuned = torch.load(out, map_location="cpu", weights_only=True)
     assert tuned["training"]["init"]["model"] == "bundled default_brain_t1.pt"
-    assert tuned["preprocess"]["foreground"] == "template" and list(tuned["preprocess"]["size"]) == [128, 128, 112]
+    # the learned extractor's brain mask (the default of brain models), on the bundled model's grid
+    assert tuned["preprocess"]["foreground"] == "brain" and list(tuned["preprocess"]["size"]) == [128, 128, 112]
     assert tuned["calibration"]["threshold"] > 0

@@ -147,6 +147,11 @@ def input_contrast(prepared: PreparedVolume, model: LoadedModel, choice: str = "
     elif contrasts is None and model.record.preprocess.foreground not in ("brain", "template"):
         entries["contrast"] = None  # no brain mask to read tissues in, nor contrasts to check against
         return entries
+    elif prepared.extraction is not None:
+        # the learned extractor's brain: the levels of the tissues it is sure of, on its own grid
+        extraction = prepared.extraction
+        estimate = identify_contrast(extraction.scan, extraction.tissue, tissues=extraction.sure_tissue,
+                                     tags=dicom_tags_of(prepared.source))
     else:
         # the model grid's values in the input's units, its background outside the brain: the tissue ratios are
         # taken above the background

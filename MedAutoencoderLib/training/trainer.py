@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from MedAutoencoderLib.config import TrainConfig
+from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, TrainConfig
 from MedAutoencoderLib.detection.scoring import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.errors import (
     Cancelled,
@@ -44,6 +44,7 @@ from MedAutoencoderLib.io.checkpoint import (
     record_from_payload,
     save_model,
 )
+from MedAutoencoderLib.io.loaded_model import brain_foreground
 from MedAutoencoderLib.io.volumes import find_volumes, read_image, require_new_file
 from MedAutoencoderLib.networks.autoencoders import build_network, generator_and_critic
 from MedAutoencoderLib.networks.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
@@ -157,6 +158,10 @@ class Trainer:
         resumed = read_model_file(source) if source else None
         if resumed is not None:  # resumed or fine-tuned: the stored model, preprocessing and detection settings
             record = record_from_payload(resumed, source)
+            if self.config.init:  # a brain model fine-tuned: the brain mask asked for, else the learned extractor
+                given = self.config.preprocess.foreground
+                record.preprocess.foreground = brain_foreground(
+                    record.preprocess.foreground, given if given in BRAIN_FOREGROUNDS else None, source)
             self.config.model, self.config.preprocess, self.config.detection = (
                 record.model, record.preprocess, record.detection)
             self.network: nn.Module = network_from_payload(resumed, record, source)
