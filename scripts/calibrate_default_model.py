@@ -24,7 +24,7 @@ from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL  # noqa: E402
 def calibration_subjects(out_dir: Path, n: int = 10, seed: int = 2026 + 30_000, chunk: int = 4) -> list:
     """The calibration subjects of scripts/train_default_model.py (each chunk of 4 its own seed)."""
     return [str(p) for first in range(0, n, chunk)
-            for p in make_cohort(out_dir / f"part{first:03d}", min(chunk, n - first), seed + first)]
+            for p in make_cohort(out_dir / f"part{first:03d}", min(chunk, n - first), seed + first, overwrite=True)]
 
 
 def main() -> None:

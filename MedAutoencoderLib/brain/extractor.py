@@ -174,6 +174,18 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~border[labels] & (labels > 0)
 
 
+def _filled_region(mask: np.ndarray) -> np.ndarray:
+    """:func:`_fill_holes` of ``mask`` computed within its bounding box grown by one voxel (the same result: the
+    background beyond the box is one component touching the border)."""
+    axes = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+    if any(a.size == 0 for a in axes):
+        return mask.copy()
+    box = tuple(slice(max(int(a[0]) - 1, 0), int(a[-1]) + 2) for a in axes)
+    out = np.zeros_like(mask)
+    out[box] = _fill_holes(mask[box])
+    return out
+
+
 def _with_6_neighbours(mask: np.ndarray) -> np.ndarray:
     """``mask`` dilated by one voxel (6-connected), the array's border voxels set: what is, or touches, ``mask``
     or lies on the edge of the array."""
@@ -298,7 +310,7 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
                                "more); brain models (--foreground brain) need a brain MRI")
     stripped = False
     if config.stripped_rule and brain.any() and (values == 0).mean() >= config.stripped_zero_share:
-        region = _fill_holes(values != 0)
+        region = _filled_region(values != 0)
         region_ml = float(np.count_nonzero(region)) * float(np.prod(image.GetSpacing())) / 1000.0
         if region_ml <= config.stripped_max_ratio * brain_ml:
             reach = ndi.binary_dilation(brain, iterations=max(1, int(round(
