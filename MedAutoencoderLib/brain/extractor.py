@@ -186,9 +186,9 @@ def _filled_region(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _with_6_neighbours(mask: np.ndarray) -> np.ndarray:
-    """``mask`` dilated by one voxel (6-connected), the array's border voxels set: what is, or touches, ``mask``
-    or lies on the edge of the array."""
+def _with_6_neighbours(mask: np.ndarray, border: bool = True) -> np.ndarray:
+    """``mask`` dilated by one voxel (6-connected), with ``border`` the array's border voxels set too: what is, or
+    touches, ``mask`` (or lies on the edge of the array)."""
     out = mask.copy()
     out[1:] |= mask[:-1]
     out[:-1] |= mask[1:]
@@ -196,6 +196,8 @@ def _with_6_neighbours(mask: np.ndarray) -> np.ndarray:
     out[:, :-1] |= mask[:, 1:]
     out[:, :, 1:] |= mask[:, :, :-1]
     out[:, :, :-1] |= mask[:, :, 1:]
+    if not border:
+        return out
     out[[0, -1]] = True
     out[:, [0, -1]] = True
     out[:, :, [0, -1]] = True
@@ -234,12 +236,12 @@ def _index_box(image: sitk.Image, grid: sitk.Image, region: np.ndarray) -> Optio
     return (start, stop) if np.all(stop > start) else None
 
 
-def _resample_into(values: np.ndarray, grid: sitk.Image, image: sitk.Image,
-                   box: Optional[Tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """``values`` (on ``grid``, zero outside ``box``'s reach) resampled linearly onto ``image``'s exact grid, as a
-    (z, y, x) float32 array: computed inside ``box`` only, zero elsewhere (exactly what a resampling of the whole
-    grid gives there)."""
-    out = np.zeros(image.GetSize()[::-1], np.float32)
+def _resampled_above(values: np.ndarray, grid: sitk.Image, image: sitk.Image,
+                     box: Optional[Tuple[np.ndarray, np.ndarray]], threshold: float) -> np.ndarray:
+    """Where ``values`` (on ``grid``, zero outside ``box``'s reach), resampled linearly onto ``image``'s exact grid,
+    exceed ``threshold`` (>= 0): a (z, y, x) bool array, resampled inside ``box`` only (beyond it the resampling
+    is zero)."""
+    out = np.zeros(image.GetSize()[::-1], bool)
     if box is None:
         return out
     start, stop = box
@@ -253,7 +255,8 @@ def _resample_into(values: np.ndarray, grid: sitk.Image, image: sitk.Image,
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     resampler.SetDefaultPixelValue(0.0)
-    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = sitk.GetArrayViewFromImage(resampler.Execute(source))
+    resampled = resampler.Execute(source)  # kept while its array view is read
+    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = sitk.GetArrayViewFromImage(resampled) > threshold
     return out
 
 
@@ -295,7 +298,7 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
         tissue_p, tissue_index = probabilities[1:].max(0)  # each voxel's most probable tissue
     labels = tissue_index.numpy().astype(np.uint8) + 1
     sure = tissue_p.numpy() >= TISSUE_SURE
-    brain = _fill_holes(_largest_component(brain_p > config.threshold))
+    brain = _filled_region(_largest_component(brain_p > config.threshold))
     voxel_ml = net_config.spacing_mm ** 3 / 1000.0
     brain_ml = float(brain.sum()) * voxel_ml
     confidence = float(brain_p[brain].mean()) if brain.any() else 0.0
@@ -315,15 +318,14 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
         if region_ml <= config.stripped_max_ratio * brain_ml:
             reach = ndi.binary_dilation(brain, iterations=max(1, int(round(
                 config.stripped_dilation_mm / net_config.spacing_mm))))
-            reach_back = _resample_into(reach.astype(np.float32), grid, image, _index_box(image, grid, reach)) > 0.5
-            mask = region & reach_back
+            mask = region & _resampled_above(reach.astype(np.float32), grid, image, _index_box(image, grid, reach), 0.5)
             stripped = True
     if not stripped:
         # the cleaned probability: confident outside the kept component, holes filled, zero beyond one voxel of it
-        near = ndi.binary_dilation(brain, iterations=1)
+        near = _with_6_neighbours(brain, border=False)
         cleaned = np.where(brain, np.maximum(brain_p, 0.5 + 1e-3), np.minimum(brain_p, 0.5 - 1e-3))
         cleaned = np.where(near, cleaned, 0.0).astype(np.float32)
-        mask = _resample_into(cleaned, grid, image, _index_box(image, grid, near)) > config.threshold
+        mask = _resampled_above(cleaned, grid, image, _index_box(image, grid, near), config.threshold)
     out = sitk.GetImageFromArray(mask.astype(np.uint8))
     out.CopyInformation(image)
     tissue, sure_tissue, scan = (sitk.GetImageFromArray(a) for a in (labels * brain, labels * (brain & sure), array))
