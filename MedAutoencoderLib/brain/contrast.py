@@ -123,6 +123,16 @@ def identify_contrast(image: Union[sitk.Image, np.ndarray], brain: Union[sitk.Im
     return contrast_from_levels(levels)
 
 
+def extraction_levels(extraction: Any) -> Dict[str, Any]:
+    """The tissue levels (:func:`tissue_levels`) of a learned brain extraction (a
+    :class:`~MedAutoencoderLib.brain.extractor.BrainExtraction`): its scan, brain and sure tissue classes on its own
+    grid. Small enough to keep with a prepared volume, which the extraction's images are not."""
+    scan = extraction.scan
+    spacing_zyx = tuple(float(s) for s in reversed(scan.GetSpacing()))
+    return tissue_levels(sitk.GetArrayViewFromImage(scan), sitk.GetArrayViewFromImage(extraction.tissue) > 0,
+                         spacing_zyx, sitk.GetArrayViewFromImage(extraction.sure_tissue))
+
+
 def _array(image: Union[sitk.Image, np.ndarray]) -> np.ndarray:
     return sitk.GetArrayViewFromImage(image) if isinstance(image, sitk.Image) else np.asarray(image)
 
