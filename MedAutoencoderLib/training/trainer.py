@@ -159,8 +159,10 @@ class Trainer:
         resumed = read_model_file(source) if source else None
         if resumed is not None:  # resumed or fine-tuned: the stored model, preprocessing and detection settings
             record = record_from_payload(resumed, source)
-            if self.config.init:
-                record.preprocess.foreground = self._fine_tuning_foreground(record.preprocess.foreground, source)
+            if self.config.init:  # a brain model fine-tuned: the brain mask asked for, else the learned extractor
+                given = self.config.preprocess.foreground
+                record.preprocess.foreground = brain_foreground(
+                    record.preprocess.foreground, given if given in BRAIN_FOREGROUNDS else None, source)
             self.config.model, self.config.preprocess, self.config.detection = (
                 record.model, record.preprocess, record.detection)
             self.network: nn.Module = network_from_payload(resumed, record, source)
@@ -179,17 +181,6 @@ class Trainer:
         self.loss = AutoencoderLoss(self.config.model)
         if self.config.resume:
             self._restore_training_state(resumed, source)
-
-    def _fine_tuning_foreground(self, trained_with: str, source: Path) -> str:
-        """The foreground a fine-tuned brain model trains, calibrates and detects with: ``--foreground brain`` or
-        ``template`` where given (as ``detect`` and ``calibrate`` take it: the template registration refuses some
-        real heads that the learned extractor takes), else the model's own.
-
-        Raises:
-            ConfigurationError: a brain foreground given for a model that was not trained on brains.
-        """
-        given = self.config.preprocess.foreground
-        return brain_foreground(trained_with, given if given in BRAIN_FOREGROUNDS else None, source)
 
     def _critic(self, module: nn.Module) -> Critic:
         """Adam with beta1 = 0.5 for the discriminator, the usual GAN choice (Radford et al. 2016): less
