@@ -150,13 +150,14 @@ def test_a_slab_with_little_brain_is_refused():
         extract_brain(top, name="slab.nii.gz")
 
 
-def test_brain_models_use_the_extractor_on_request():
+def test_brain_models_use_the_extractor_by_default_and_the_registration_on_request():
     from MedAutoencoderLib.io.loaded_model import brain_foreground, load_model
 
-    assert load_model(device="cpu").record.preprocess.foreground == "template"  # the bundled model, as trained
-    assert load_model(device="cpu", foreground="brain").record.preprocess.foreground == "brain"
+    assert load_model(device="cpu").record.preprocess.foreground == "brain"  # the bundled model
+    assert load_model(device="cpu", foreground="template").record.preprocess.foreground == "template"
     assert brain_foreground("brain", None, Path("m.pt")) == "brain"
-    assert brain_foreground("template", "brain", Path("m.pt")) == "brain"
+    assert brain_foreground("template", None, Path("m.pt")) == "brain"
+    assert brain_foreground("brain", "template", Path("m.pt")) == "template"
     assert brain_foreground("otsu", None, Path("m.pt")) == "otsu"
     with pytest.raises(ConfigurationError, match="m.pt was trained with the 'otsu' foreground, not on brains"):
         brain_foreground("otsu", "brain", Path("m.pt"))
@@ -176,3 +177,16 @@ def test_the_brain_foreground_of_a_skull_stripped_template_brain_is_its_brain():
     on_input = sitk.GetArrayFromImage(prepared.to_input_grid(prepared.foreground.astype(np.uint8), nearest=True))
     stripped = sitk.GetArrayViewFromImage(scan) > 0.05 * sitk.GetArrayViewFromImage(scan).max()
     assert dice(on_input, stripped) > 0.9
+
+
+def test_the_bundled_model_keeps_a_threshold_for_each_brain_mask():
+    """Calibrated on the same healthy subjects with each mask (scripts/calibrate_default_model.py): the one of the
+    mask in use applies."""
+    from MedAutoencoderLib.io.loaded_model import load_model
+
+    with_extractor = load_model(device="cpu").record
+    with_registration = load_model(device="cpu", foreground="template").record
+    assert set(with_extractor.calibration["by_foreground"]) == {"brain", "template"}
+    assert with_extractor.threshold == with_extractor.calibration["by_foreground"]["brain"]
+    assert with_registration.threshold == with_registration.calibration["by_foreground"]["template"]
+    assert with_extractor.threshold != with_registration.threshold

@@ -282,6 +282,13 @@ def test_evaluate_never_writes_its_report_over_a_scan_even_with_overwrite(dae_mo
     assert scan.read_bytes() == before
 
 
+def test_evaluate_passes_its_foreground_to_the_model(dae_model_path, lesion_case):
+    """--foreground reaches the model: a brain foreground for a model not trained on brains is refused, not ignored."""
+    done = cli("evaluate", "--model", dae_model_path, "--images", lesion_case["image_path"],
+               "--masks", lesion_case["mask_path"], "--foreground", "brain", "--progress", "none", "--device", "cpu")
+    assert done.returncode == 1 and "applies to brain models only" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_evaluate_refuses_an_existing_json_report_before_evaluating(dae_model_path, lesion_case, tmp_path):
     report_file = tmp_path / "report.json"
     report_file.write_text("mine")

@@ -24,6 +24,18 @@ def test_init_and_resume_together_are_refused():
         TrainConfig(data=["x"], init="default", resume="m.pt").validate()
 
 
+def test_fine_tuning_defaults_to_a_tenth_of_the_learning_rate_and_a_given_rate_wins(tmp_path):
+    from MedAutoencoderLib.training.trainer import Trainer
+
+    def rate(**options):
+        return Trainer(TrainConfig(data=["x"], out=str(tmp_path / "m.pt"), device="cpu", **options)).config.learning_rate
+
+    assert rate() == 1e-3 and rate(init="default") == 1e-4
+    assert rate(init="default", learning_rate=5e-4) == 5e-4 and rate(learning_rate=2e-3) == 2e-3
+    assert cli.train_config_from_args(cli.build_parser().parse_args(
+        ["train", "--data", "x", "--out", "m.pt", "--init", "default"])).resolved_learning_rate() == 1e-4
+
+
 def test_the_model_fine_tuned_is_never_written_over_its_starting_point(capsys, toy_cohort, ae_model_path, tmp_path):
     start = tmp_path / "start.pt"
     shutil.copy(ae_model_path, start)
@@ -60,14 +72,29 @@ def test_fine_tuning_starts_from_the_model_keeps_its_settings_and_calibrates_on_
     assert "training_state" in tuned and tuned["training_state"]["epoch"] == 1
 
 
+def test_a_brain_foreground_for_a_model_not_trained_on_brains_is_refused(capsys, toy_cohort, ae_model_path,
+                                                                          tmp_path):
+    code = cli.main(["train", "--data", str(toy_cohort), "--init", str(ae_model_path), "--out",
+                     str(tmp_path / "tuned.pt"), "--foreground", "brain", "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 1 and "applies to brain models only" in err and "Traceback" not in err
+    assert not (tmp_path / "tuned.pt").exists()
+
+
 @pytest.mark.slow
-def test_fine_tuning_the_bundled_model_on_brain_scans(tmp_path):
+@pytest.mark.parametrize("foreground", [None, "template"])
+def test_fine_tuning_the_bundled_model_on_brain_scans(tmp_path, foreground):
+    """The fine-tuned bundled model trains, calibrates and detects with the learned brain extractor (the default
+    brain mask: the registration refuses some real heads), or with the template registration when asked."""
     scans = brain_scans(tmp_path / "site", "ab", ".nii.gz")  # the MNI template's brain at 2 mm: one held out
     out = tmp_path / "site.pt"
     done = train("--data", scans, "--init", "default", "--out", out, "--epochs", "1", "--batch-size", "8",
-                 "--no-augment")
+                 "--no-augment", *(["--foreground", foreground] if foreground else []))
     assert done.returncode == 0, done.stderr
     tuned = torch.load(out, map_location="cpu", weights_only=True)
     assert tuned["training"]["init"]["model"] == "bundled default_brain_t1.pt"
-    assert tuned["preprocess"]["foreground"] == "template" and list(tuned["preprocess"]["size"]) == [128, 128, 112]
+    # the learned extractor's brain mask (the default of brain models) unless the registration is asked for,
+    # on the bundled model's grid
+    assert tuned["preprocess"]["foreground"] == (foreground or "brain")
+    assert list(tuned["preprocess"]["size"]) == [128, 128, 112]
     assert tuned["calibration"]["threshold"] > 0

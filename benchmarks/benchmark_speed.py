@@ -1,7 +1,8 @@
 """Speed and memory of detection and training, beside a plain MONAI pipeline, in one process run.
 
 Detect end to end (read -> preprocess -> network -> post-process -> write) on a 256x256x180, 1 mm volume with
-an oblique direction, for (a) MedAutoencoder with the bundled default model and (b) the pipeline a MONAI user
+an oblique direction, for (a) MedAutoencoder with the bundled default model (brain mask: the learned extractor;
+also with the template registration, --foreground template) and (b) the pipeline a MONAI user
 would write without tuning: ``LoadImage`` -> ``Orientation`` -> ``Spacing`` -> ``ScaleIntensity`` -> 3D MONAI
 ``AutoEncoder`` through ``sliding_window_inference`` -> |x - x_hat| -> resample back -> write. Prints medians of
 several runs, the ratio, training throughput and the process's peak resident memory. The plain pipeline runs
@@ -98,6 +99,7 @@ def timed(function: Callable[[], None], repeats: int) -> List[float]:
 def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int) -> Dict[str, float]:
     """Median seconds of each stage of our detection, run one after another (the end-to-end run overlaps the
     writes with scoring; here each is timed alone)."""
+    from MedAutoencoderLib.brain.extractor import extract_brain
     from MedAutoencoderLib.brain.registration import template_to_image_transform
     from MedAutoencoderLib.detection.inference import reconstruct
     from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
@@ -114,7 +116,10 @@ def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int)
         image = timed_stage("read (NIfTI, gzip)", lambda: read_image(volume))
         prepared = timed_stage("preprocess (brain mask, resample, normalise)",
                                lambda: prepare_volume(image, record.preprocess))
-        timed_stage("  of which brain-mask registration", lambda: template_to_image_transform(image))
+        if record.preprocess.foreground == "brain":
+            timed_stage("  of which the brain extractor", lambda: extract_brain(image))
+        else:
+            timed_stage("  of which brain-mask registration", lambda: template_to_image_transform(image))
         reconstruction = timed_stage("network", lambda: reconstruct(model.network, prepared, record.model,
                                                                       record.detection.batch_size, model.device))
         scored = timed_stage("score (residual, median, erosion)",
@@ -219,6 +224,8 @@ def main() -> None:
     parser.add_argument("--cohort", type=int, default=8, help="volumes in the batch timed for throughput (0: skip)")
     parser.add_argument("--ahead", type=int, nargs="+", default=[0, 2],
                         help="read-ahead depths of that batch (detect --prepare-ahead)")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="detect and its stages only (no batch, command-line processes, worker or training)")
     args = parser.parse_args()
     device = torch.device(args.device)
     report = partial(print, flush=True)
@@ -230,24 +237,32 @@ def main() -> None:
         (folder / "plain").mkdir()
         plain = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)  # glibc's default allocator
         allocator_set = keep_freed_memory_for_reuse()  # from here on as ``python -m MedAutoencoderLib`` runs
-        model = load_model(DEFAULT_MODEL, device=args.device)
+        model = load_model(DEFAULT_MODEL, device=args.device)  # its brain mask: the learned extractor
         ours = timed(lambda: detect_files([volume], folder / "ours", model, overwrite=True), args.repeats)
         bfloat16 = DetectOptions(device=args.device, precision="bfloat16")
         ours_bfloat16 = timed(lambda: detect_files([volume], folder / "ours", model, bfloat16, overwrite=True),
                               args.repeats)
+        with_registration = load_model(DEFAULT_MODEL, device=args.device, foreground="template")
+        ours_template = timed(lambda: detect_files([volume], folder / "ours", with_registration, overwrite=True),
+                              args.repeats)
         plain_same_allocator = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)
-        report(f"{'pipeline':<44}{'median s':>10}{'min s':>8}")
+        report(f"{'pipeline':<52}{'median s':>10}{'min s':>8}")
         for name, times in (("MedAutoencoder detect (end to end)", ours),
                             ("MedAutoencoder detect --precision bfloat16", ours_bfloat16),
+                            ("MedAutoencoder detect --foreground template", ours_template),
                             ("plain MONAI AutoEncoder + sliding window", plain),
                             ("  the same with our allocator setting", plain_same_allocator)):
-            report(f"{name:<44}{statistics.median(times):>10.2f}{min(times):>8.2f}")
+            report(f"{name:<52}{statistics.median(times):>10.2f}{min(times):>8.2f}")
         report(f"speed-up: {statistics.median(plain) / statistics.median(ours):.2f}x (each as it runs); "
                f"{statistics.median(plain_same_allocator) / statistics.median(ours):.2f}x (both with our allocator "
                f"setting{'' if allocator_set else ': not available here'})")
         report("stages of our detection, each timed alone (medians, s):")
         for name, seconds in stage_seconds(volume, folder, model, args.repeats).items():
             report(f"  {name:<50}{seconds:>6.2f}")
+        if args.no_extras:
+            report(f"peak resident memory of this process: "
+                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+            return
         if args.cohort:
             for depth, (wall, cpu) in cohort_seconds_per_volume(volume, folder / "cohort", model, args.cohort,
                                                                 args.ahead).items():

@@ -50,11 +50,14 @@ def main() -> None:
     parser.add_argument("--healthy", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--foreground", choices=("brain", "template"),
+                        help="the brain mask (default: brain, the learned extractor; template: the registration)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--json", type=Path, help="write all reports here")
     args = parser.parse_args()
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, foreground=args.foreground)
+    print(f"brain mask: {model.record.preprocess.foreground}", flush=True)
     options = DetectOptions(device=args.device, precision=args.precision)
     reports = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,8 @@ the tissues' brightness inside the brain decides:
 
 each with a margin, so that a scan matching no ordering clearly is reported as unknown rather than guessed.
 
+With a tissue map (the learned brain extractor's classes, where it is sure of them) grey and white matter are the
+medians of their voxels, and the CSF is the brain's intensity tail, dark or bright, that departs more from them.
 Without a tissue map the tissues are estimated from the brain mask alone (written here: no library estimates
 tissue levels of an unknown contrast from a mask). The mask's outer 8 mm hold cortex and sulcal CSF: a
 two-Gaussian mixture of their intensities gives a grey-matter and a CSF level, the one nearer the deep white
@@ -94,8 +96,8 @@ def identify_contrast(image: Union[sitk.Image, np.ndarray], brain: Union[sitk.Im
     Args:
         image: the scan (a SimpleITK image, or a (z, y, x) array with ``spacing``).
         brain: the brain mask on the image's grid (non-zero inside).
-        tissues: optional tissue map on the same grid (0 background, 1 CSF, 2 grey matter, 3 white matter);
-            without it the tissues are estimated from the brain mask (see the module's description).
+        tissues: optional tissue map on the same grid (0 background or unsure, 1 CSF, 2 grey matter, 3 white
+            matter); without it the tissues are estimated from the brain mask (see the module's description).
         tags: DICOM tags as :data:`DICOM_CONTRAST_TAGS` names them; None: those in ``image``'s metadata (the
             reader copies them from a series' first slice).
         spacing: voxel spacing (x, y, z) in mm when ``image`` is an array (default 1 mm).
@@ -119,6 +121,16 @@ def identify_contrast(image: Union[sitk.Image, np.ndarray], brain: Union[sitk.Im
     spacing_zyx = tuple(float(s) for s in reversed(spacing)) if spacing is not None else (1.0, 1.0, 1.0)
     levels = tissue_levels(values, mask, spacing_zyx, None if tissues is None else _array(tissues))
     return contrast_from_levels(levels)
+
+
+def extraction_levels(extraction: Any) -> Dict[str, Any]:
+    """The tissue levels (:func:`tissue_levels`) of a learned brain extraction (a
+    :class:`~MedAutoencoderLib.brain.extractor.BrainExtraction`): its scan, brain and sure tissue classes on its own
+    grid. Small enough to keep with a prepared volume, which the extraction's images are not."""
+    scan = extraction.scan
+    spacing_zyx = tuple(float(s) for s in reversed(scan.GetSpacing()))
+    return tissue_levels(sitk.GetArrayViewFromImage(scan), sitk.GetArrayViewFromImage(extraction.tissue) > 0,
+                         spacing_zyx, sitk.GetArrayViewFromImage(extraction.sure_tissue))
 
 
 def _array(image: Union[sitk.Image, np.ndarray]) -> np.ndarray:
@@ -242,8 +254,9 @@ def tissue_levels(values: np.ndarray, brain: np.ndarray, spacing_zyx: Tuple[floa
                   tissues: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """Typical intensity of white matter, grey matter and CSF inside ``brain``, and the background level.
 
-    With ``tissues`` (1 CSF, 2 grey matter, 3 white matter) their medians; else the mask-only estimate of the
-    module's description. ``csf`` is None where CSF does not depart clearly from the parenchyma ("flat").
+    With ``tissues`` (1 CSF, 2 grey matter, 3 white matter) the medians of grey and white matter and the CSF's
+    intensity tail; else the mask-only estimate of the module's description. ``csf`` is None where CSF does not
+    depart clearly from the parenchyma ("flat").
     """
     values = np.asarray(values, dtype=np.float32)
     outside = values[~brain]
@@ -251,9 +264,7 @@ def tissue_levels(values: np.ndarray, brain: np.ndarray, spacing_zyx: Tuple[floa
     if not brain.any():
         raise ValueError("the brain mask is empty")
     if tissues is not None:
-        levels = {label: values[brain & (tissues == code)] for label, code in (("csf", 1), ("gm", 2), ("wm", 3))}
-        return {"background": background, "method": "tissue map",
-                **{k: float(np.median(v)) if v.size else None for k, v in levels.items()}}
+        return _levels_of_tissue_map(values, brain, tissues, background)
     depth = ndimage.distance_transform_edt(brain, sampling=spacing_zyx)
     deepest = float(depth.max())
     inside = values[brain]
@@ -286,6 +297,37 @@ def tissue_levels(values: np.ndarray, brain: np.ndarray, spacing_zyx: Tuple[floa
             "core_dark_share": round(float((core < lower).mean()), 4) if core.size else 0.0,
             "core_bright_share": round(float((core > upper).mean()), 4) if core.size else 0.0,
             "deepest_mm": round(deepest, 1)}
+
+
+# The CSF level of a tissue map: the brain's intensity percentile this far into the tail (dark or bright) that
+# departs more from the grey and white matter. A segmentation's CSF class is not reliable across contrasts (the
+# learned extractor, trained mostly on T1-like orderings, labels a T2's bright CSF as grey matter), while CSF, about
+# a tenth of the brain (ventricles and sulci), always makes one tail of its intensities. Chosen on synthetic
+# T1/T2/PD/FLAIR volumes of the IXI validation maps (the 2nd, 3rd and 5th percentiles compared).
+_CSF_TAIL_PERCENT = 3.0
+# ... inside the brain less its outer voxels (two of the extractor's 2 mm voxels), where a skull-stripped scan's zeros
+# and the scalp mix in
+_CSF_TAIL_EROSION = 2
+
+
+def _levels_of_tissue_map(values: np.ndarray, brain: np.ndarray, tissues: np.ndarray,
+                          background: float) -> Dict[str, Any]:
+    """Grey and white matter: the medians of their voxels in ``tissues``; CSF: the brain's intensity tail that
+    departs more from them (:data:`_CSF_TAIL_PERCENT`); the CSF class's median is kept as evidence."""
+    medians = {label: values[brain & (tissues == code)] for label, code in (("csf_class", 1), ("gm", 2), ("wm", 3))}
+    levels: Dict[str, Any] = {"background": background, "method": "tissue map",
+                              **{k: float(np.median(v)) if v.size else None for k, v in medians.items()}}
+    gm, wm = levels["gm"], levels["wm"]
+    levels["csf"] = None
+    if gm is not None and wm is not None:
+        inner = ndimage.binary_erosion(brain, iterations=_CSF_TAIL_EROSION)
+        inside = values[inner] if inner.sum() > 1000 else values[brain]
+        dark, bright = np.percentile(inside, (_CSF_TAIL_PERCENT, 100.0 - _CSF_TAIL_PERCENT))
+        low, high = min(gm, wm), max(gm, wm)
+        below = (low - dark) / max(low - background, 1e-12)
+        above = (bright - high) / max(high - background, 1e-12)
+        levels.update(csf=float(dark if below >= above else bright), csf_tail="dark" if below >= above else "bright")
+    return levels
 
 
 def _two_gaussians(values: np.ndarray, iterations: int = 50) -> Tuple[np.ndarray, np.ndarray]:
@@ -328,6 +370,9 @@ def _mode(values: np.ndarray, low: float, high: float, bins: int = 128) -> float
 # T2 at least 1.5 (about 2-4), PD 0.7-1.4, FLAIR's CSF under 0.6 of white matter (about 0.1-0.4). A PD's grey matter
 # is at most 1.25 times its white matter (T2's more).
 _T1_MAX_GREY_WHITE = 0.88
+# ... with a tissue map: partial volume at 2 mm pulls the classes' medians together (real IXI T1 heads drawn through the
+# synthesis engine: up to 0.89; the T2/PD/FLAIR draws 0.97 and above where their ordering held)
+_T1_MAX_GREY_WHITE_OF_MAP = 0.95
 _MIN_GREY_WHITE = 1.03
 _T2_MIN_CSF_GREY = 1.5
 _PD_CSF_GREY = (0.7, 1.4)
@@ -355,7 +400,8 @@ def contrast_from_levels(levels: Mapping[str, Any]) -> ContrastEstimate:
     def found(name: str, reason: str) -> ContrastEstimate:
         return ContrastEstimate(name, "tissue ordering", f"{reason}; {ratios}", evidence=evidence)
 
-    if grey_white <= _T1_MAX_GREY_WHITE:
+    t1_max = _T1_MAX_GREY_WHITE_OF_MAP if levels.get("method") == "tissue map" else _T1_MAX_GREY_WHITE
+    if grey_white <= t1_max:
         if csf_grey is not None and csf_grey <= _T1_MAX_CSF_GREY:
             return found("T1", "white matter brighter than grey matter, CSF dark")
         return found(None, "white matter brighter than grey matter as in a T1, but CSF not darker than grey "

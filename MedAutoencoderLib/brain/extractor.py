@@ -34,6 +34,9 @@ MODEL_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "brain_extractor.pt")
 #: Classes the network predicts.
 TISSUE_CLASSES = ("background", "csf", "grey_matter", "white_matter")
+#: Class probability from which a voxel counts as surely of its tissue (partial-volume voxels at tissue borders
+#: are less sure): the tissue levels that tell a scan's contrast are read there.
+TISSUE_SURE = 0.9
 
 
 class NoBrainError(InputImageError):
@@ -83,7 +86,11 @@ class BrainExtraction:
     csf_share: float
     stripped: bool
     seconds: float
-    tissue: Optional[sitk.Image] = None  # uint8 tissue classes on the 2 mm grid (see TISSUE_CLASSES)
+    # on the 2 mm grid: each brain voxel's most probable tissue (1 CSF, 2 grey, 3 white matter; 0 outside the brain),
+    # and the same where that tissue's probability is TISSUE_SURE or more (0 elsewhere)
+    tissue: Optional[sitk.Image] = None
+    sure_tissue: Optional[sitk.Image] = None
+    scan: Optional[sitk.Image] = None  # the scan on the 2 mm grid (its minimum outside its field of view)
 
 
 def build_network(config: NetworkConfig = NetworkConfig()) -> torch.nn.Module:
@@ -153,6 +160,50 @@ def predict_tissue(network: torch.nn.Module, array: np.ndarray) -> np.ndarray:
     return torch.softmax(logits[0], 0).numpy()
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (6-connected background), by labelling the background once: its
+    components that do not touch the array's border are holes (one labelling instead of iterated dilations)."""
+    labels, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    border = np.zeros(n + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            border[np.take(labels, end, axis=axis)] = True
+    border[0] = False
+    return mask | ~border[labels] & (labels > 0)
+
+
+def _filled_region(mask: np.ndarray) -> np.ndarray:
+    """:func:`_fill_holes` of ``mask`` computed within its bounding box grown by one voxel (the same result: the
+    background beyond the box is one component touching the border)."""
+    axes = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+    if any(a.size == 0 for a in axes):
+        return mask.copy()
+    box = tuple(slice(max(int(a[0]) - 1, 0), int(a[-1]) + 2) for a in axes)
+    out = np.zeros_like(mask)
+    out[box] = _fill_holes(mask[box])
+    return out
+
+
+def _with_6_neighbours(mask: np.ndarray, border: bool = True) -> np.ndarray:
+    """``mask`` dilated by one voxel (6-connected), with ``border`` the array's border voxels set too: what is, or
+    touches, ``mask`` (or lies on the edge of the array)."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    if not border:
+        return out
+    out[[0, -1]] = True
+    out[:, [0, -1]] = True
+    out[:, :, [0, -1]] = True
+    return out
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(mask)
     if n <= 1:
@@ -164,11 +215,49 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def _edge_share(brain: np.ndarray, inside: np.ndarray) -> float:
     """Share of the brain's surface voxels that touch the scan's field-of-view edge (or the grid's border)."""
-    padded = np.pad(inside, 1, constant_values=False)
-    outside_near = ndi.binary_dilation(~padded, iterations=1)[1:-1, 1:-1, 1:-1]
-    surface = brain & ~ndi.binary_erosion(brain, border_value=0)
+    surface = brain & _with_6_neighbours(~brain)
     n = int(surface.sum())
-    return float((surface & outside_near).sum()) / n if n else 1.0
+    return float((surface & _with_6_neighbours(~inside)).sum()) / n if n else 1.0
+
+
+def _index_box(image: sitk.Image, grid: sitk.Image, region: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The box of ``image``'s voxel indices (x, y, z: start, stop) that holds ``region`` of ``grid`` (a (z, y, x)
+    mask) grown by one grid voxel: where anything resampled from ``region``'s neighbourhood can be non-zero."""
+    where = np.argwhere(region)
+    if where.size == 0:
+        return None
+    low, high = where.min(0)[::-1] - 1.0, where.max(0)[::-1] + 1.0
+    corners = [grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in np.where(c, high, low)])
+               for c in np.ndindex(2, 2, 2)]
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in corners])
+    size = np.array(image.GetSize())
+    start = np.clip(np.floor(index.min(0)).astype(int) - 1, 0, size)
+    stop = np.clip(np.ceil(index.max(0)).astype(int) + 2, 0, size)
+    return (start, stop) if np.all(stop > start) else None
+
+
+def _resampled_above(values: np.ndarray, grid: sitk.Image, image: sitk.Image,
+                     box: Optional[Tuple[np.ndarray, np.ndarray]], threshold: float) -> np.ndarray:
+    """Where ``values`` (on ``grid``, zero outside ``box``'s reach), resampled linearly onto ``image``'s exact grid,
+    exceed ``threshold`` (>= 0): a (z, y, x) bool array, resampled inside ``box`` only (beyond it the resampling
+    is zero)."""
+    out = np.zeros(image.GetSize()[::-1], bool)
+    if box is None:
+        return out
+    start, stop = box
+    source = sitk.GetImageFromArray(values)
+    source.CopyInformation(grid)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(v) for v in stop - start])
+    resampler.SetOutputOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in start]))
+    resampler.SetOutputSpacing(image.GetSpacing())
+    resampler.SetOutputDirection(image.GetDirection())
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    resampler.SetDefaultPixelValue(0.0)
+    resampled = resampler.Execute(source)  # kept while its array view is read
+    out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = sitk.GetArrayViewFromImage(resampled) > threshold
+    return out
 
 
 def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = ExtractionConfig(),
@@ -185,7 +274,8 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
         extractor: a network and its config to use instead of ``model_file``'s (training's validation).
 
     Returns:
-        The mask (uint8, 1 = brain) on ``image``'s grid and the figures the refusals use.
+        The mask (uint8, 1 = brain) on ``image``'s grid, the figures the refusals use, and the scan and its tissue
+        classes on the network's grid.
 
     Raises:
         NoBrainError: no brain, too little or too much of it, an unsure prediction, or a brain cut by the field of
@@ -195,22 +285,24 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     start = time.perf_counter()
     network, net_config = extractor if extractor is not None else load_extractor(model_file)
     grid = covering_grid(image, net_config.spacing_mm)
-    source = sitk.Cast(image, sitk.sitkFloat32)
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(source)
-    low = stats.GetMinimum()
-    resampled = sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, low, sitk.sitkFloat32)
-    inside = _inside_mask(image, grid)
+    values = sitk.GetArrayViewFromImage(image)
+    low = float(values.min())
+    # outside the scan's field of view NaN: one resampling gives the values and where the scan is
+    resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
     array = sitk.GetArrayFromImage(resampled)
-    probabilities = predict_tissue(network, normalise(array))
-    brain_p = 1.0 - probabilities[0]
-    brain = _largest_component(brain_p > config.threshold)
-    brain = ndi.binary_fill_holes(brain)
+    inside = ~np.isnan(array)
+    array[~inside] = low
+    with torch.inference_mode():
+        probabilities = torch.softmax(network(torch.from_numpy(normalise(array))[None, None])[0], 0)
+        brain_p = (1.0 - probabilities[0]).numpy()
+        tissue_p, tissue_index = probabilities[1:].max(0)  # each voxel's most probable tissue
+    labels = tissue_index.numpy().astype(np.uint8) + 1
+    sure = tissue_p.numpy() >= TISSUE_SURE
+    brain = _filled_region(_largest_component(brain_p > config.threshold))
     voxel_ml = net_config.spacing_mm ** 3 / 1000.0
     brain_ml = float(brain.sum()) * voxel_ml
     confidence = float(brain_p[brain].mean()) if brain.any() else 0.0
     edge = _edge_share(brain, inside)
-    labels = probabilities.argmax(0)
     csf_share = float((labels[brain] == 1).mean()) if brain.any() else 0.0
     if refuse:
         _refuse(name, brain_ml, confidence, edge, config)
@@ -219,43 +311,29 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
             raise NoBrainError(f"{prefix}it does not look like a brain MRI: the brain extractor finds no ventricles "
                                f"in its brain ({csf_share:.1%} CSF; brain MRIs have {config.min_csf_share:.0%} or "
                                "more); brain models (--foreground brain) need a brain MRI")
-    # the cleaned probability: confident outside the kept component, holes filled
-    cleaned = np.where(brain, np.maximum(brain_p, 0.5 + 1e-3), np.minimum(brain_p, 0.5 - 1e-3)).astype(np.float32)
-    near = ndi.binary_dilation(brain, iterations=1)
-    cleaned = np.where(near, cleaned, 0.0).astype(np.float32)
-    probability = sitk.GetImageFromArray(cleaned)
-    probability.CopyInformation(grid)
-    back = sitk.Resample(probability, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    mask = sitk.GetArrayViewFromImage(back) > config.threshold
     stripped = False
-    values = sitk.GetArrayViewFromImage(image)
     if config.stripped_rule and brain.any() and (values == 0).mean() >= config.stripped_zero_share:
-        region = ndi.binary_fill_holes(values != 0)
-        region_ml = float(region.sum()) * float(np.prod(image.GetSpacing())) / 1000.0
+        region = _filled_region(values != 0)
+        region_ml = float(np.count_nonzero(region)) * float(np.prod(image.GetSpacing())) / 1000.0
         if region_ml <= config.stripped_max_ratio * brain_ml:
-            reach = np.where(ndi.binary_dilation(brain, iterations=max(1, int(round(
-                config.stripped_dilation_mm / net_config.spacing_mm)))), 1.0, 0.0).astype(np.float32)
-            reach_img = sitk.GetImageFromArray(reach)
-            reach_img.CopyInformation(grid)
-            reach_back = sitk.GetArrayFromImage(sitk.Resample(reach_img, image, sitk.Transform(),
-                                                                  sitk.sitkLinear, 0.0, sitk.sitkFloat32)) > 0.5
-            mask = region & reach_back
+            reach = ndi.binary_dilation(brain, iterations=max(1, int(round(
+                config.stripped_dilation_mm / net_config.spacing_mm))))
+            mask = region & _resampled_above(reach.astype(np.float32), grid, image, _index_box(image, grid, reach), 0.5)
             stripped = True
+    if not stripped:
+        # the cleaned probability: confident outside the kept component, holes filled, zero beyond one voxel of it
+        near = _with_6_neighbours(brain, border=False)
+        cleaned = np.where(brain, np.maximum(brain_p, 0.5 + 1e-3), np.minimum(brain_p, 0.5 - 1e-3))
+        cleaned = np.where(near, cleaned, 0.0).astype(np.float32)
+        mask = _resampled_above(cleaned, grid, image, _index_box(image, grid, near), config.threshold)
     out = sitk.GetImageFromArray(mask.astype(np.uint8))
     out.CopyInformation(image)
-    tissue = sitk.GetImageFromArray((labels * brain).astype(np.uint8))
-    tissue.CopyInformation(grid)
+    tissue, sure_tissue, scan = (sitk.GetImageFromArray(a) for a in (labels * brain, labels * (brain & sure), array))
+    for on_grid in (tissue, sure_tissue, scan):
+        on_grid.CopyInformation(grid)
     return BrainExtraction(mask=out, brain_ml=brain_ml, confidence=confidence, edge_share=edge, csf_share=csf_share,
-                           stripped=stripped,
-                           seconds=time.perf_counter() - start, tissue=tissue)
-
-
-def _inside_mask(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    """Which voxels of the 2 mm ``grid`` lie inside ``image``'s field of view."""
-    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(image)
-    inside = sitk.Resample(ones, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayViewFromImage(inside) > 0
+                           stripped=stripped, seconds=time.perf_counter() - start, tissue=tissue,
+                           sure_tissue=sure_tissue, scan=scan)
 
 
 def _refuse(name: str, brain_ml: float, confidence: float, edge: float, config: ExtractionConfig) -> None:

@@ -107,9 +107,8 @@ def _add_detect(sub) -> None:
                                               "patterns")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--foreground", choices=("brain", "template"),
-                   help="how a brain model finds the brain (default: as it was trained; the bundled model: "
-                        "template): brain, the learned brain extractor (any contrast, with or without skull); "
-                        "template, registration to the MNI T1 template")
+                   help="how a brain model finds the brain: brain (default), the learned brain extractor (any "
+                        "contrast, with or without skull); template, registration to the MNI T1 template")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--threshold", type=_threshold, default=None,
                    help="'auto' (default: calibrated on healthy data, stored in the model) or a number")
@@ -140,9 +139,8 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on volumes with ground-truth anomaly masks")
     p.add_argument("--model", help="model file (default: the bundled brain T1 model)")
     p.add_argument("--foreground", choices=("brain", "template"),
-                   help="how a brain model finds the brain (default: as it was trained; the bundled model: "
-                        "template): brain, the learned brain extractor (any contrast, with or without skull); "
-                        "template, registration to the MNI T1 template")
+                   help="how a brain model finds the brain: brain (default), the learned brain extractor (any "
+                        "contrast, with or without skull); template, registration to the MNI T1 template")
     p.add_argument("--images", nargs="+", required=True, help="volumes (files, folders or globs)")
     p.add_argument("--masks", nargs="+", required=True,
                    help="ground-truth masks matched to images by name (<stem>, <stem>_mask, <stem>_seg...)")
@@ -176,8 +174,8 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--target-fpr", type=float, help="share of healthy voxels allowed above the threshold")
     p.add_argument("--min-component-ml", type=float, help="smaller connected components are removed")
     p.add_argument("--foreground", choices=FOREGROUND_METHODS,
-                   help="the foreground the new model records (default: the model's): brain, the learned brain "
-                        "extractor; template, registration to the MNI T1 template")
+                   help="the foreground the new model records (default: a brain model's is brain, the learned "
+                        "brain extractor; template: registration to the MNI T1 template)")
     p.add_argument("--overwrite", action="store_true")
     _common(p)
 
@@ -439,7 +437,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scans = [path for pair in pairs for path in pair] + (find_volumes(args.healthy) if args.healthy else [])
         require_new_file(args.json_out, "report.json", overwrite=args.overwrite,
                          protected=[*scans, *([Path(args.model)] if args.model else [])])
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, foreground=args.foreground)
     options = DetectOptions(device=args.device, precision=args.precision, contrast=args.contrast)
     report = finite_or_none(evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress),
                                            options=options))

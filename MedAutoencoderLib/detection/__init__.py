@@ -1,5 +1,5 @@
-"""Detection: reconstruction, scoring, median filter, batch detection of files, read-ahead, shards of a cohort
-and evaluation.
+"""Detection: reconstruction, scoring, median filter, batch detection of files, read-ahead, shards of a cohort,
+evaluation and the evaluation harness per contrast and dataset.
 
 Every name below is imported from its module when first used (:mod:`MedAutoencoderLib._lazy`).
 """
@@ -11,6 +11,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "evaluation": ["curve_points", "voxel_metrics", "dice", "robust_z_baseline", "reconstruction_quality",
         "pair_images_with_masks", "mask_on_grid", "finite_or_none", "PooledScores", "evaluate_model", "sample_auroc",
         "summarise", "format_report"],
+    "harness": ["BASELINE_DIRECTIONS", "ScanCase", "HarnessConfig", "intensity_baseline", "synthetic_healthy_scan",
+        "calibrate_baseline", "evaluate_scans", "Target", "describe_target", "markdown_tables"],
     "inference": ["WINDOW_OVERLAP", "WINDOW_BLEND", "foreground_slices", "reconstruct"],
     "median": ["median_network", "in_plane_median"],
     "pipeline": ["DetectionRun", "OutputCallback", "run_detection", "detect_prepared", "model_name", "input_contrast", "detect_image",

@@ -131,6 +131,8 @@ def input_contrast(prepared: PreparedVolume, model: LoadedModel, choice: str = "
         InputImageError: the input's contrast is not one the model is made for, or cannot be told.
     """
     from MedAutoencoderLib.brain.contrast import (
+        contrast_from_levels,
+        contrast_from_tags,
         dicom_tags_of,
         identify_contrast,
         model_contrasts,
@@ -147,6 +149,9 @@ def input_contrast(prepared: PreparedVolume, model: LoadedModel, choice: str = "
     elif contrasts is None and model.record.preprocess.foreground not in ("brain", "template"):
         entries["contrast"] = None  # no brain mask to read tissues in, nor contrasts to check against
         return entries
+    elif prepared.tissue_levels is not None:
+        # the learned extractor's brain: the levels of the tissues it is sure of, on its own grid (DICOM tags first)
+        estimate = contrast_from_tags(dicom_tags_of(prepared.source)) or contrast_from_levels(prepared.tissue_levels)
     else:
         # the model grid's values in the input's units, its background outside the brain: the tissue ratios are
         # taken above the background

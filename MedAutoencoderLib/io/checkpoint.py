@@ -36,7 +36,8 @@ class ModelRecord:
     model: ModelConfig
     preprocess: PreprocessConfig
     detection: DetectionConfig
-    calibration: Dict[str, Any] = field(default_factory=dict)  # threshold, target_fpr, volumes, voxels
+    # threshold, target_fpr, volumes, voxels; optionally "by_foreground": a threshold calibrated with each brain mask
+    calibration: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
     library_version: str = __version__
     # the MRI contrasts (brain.contrast.CONTRASTS) the model is made for; None: not recorded (older files)
@@ -44,7 +45,10 @@ class ModelRecord:
 
     @property
     def threshold(self) -> Optional[float]:
-        return self.calibration.get("threshold")
+        """The calibrated threshold; for a model calibrated with several brain masks, the one of the brain mask in
+        use (``preprocess.foreground``): the masks differ at the brain's edge, where residuals are largest."""
+        by_foreground = self.calibration.get("by_foreground") or {}
+        return by_foreground.get(self.preprocess.foreground, self.calibration.get("threshold"))
 
 
 def save_model(path: Path, network: nn.Module, record: ModelRecord,

@@ -28,8 +28,8 @@ class LoadedModel:
 
 def brain_foreground(trained_with: str, requested: Optional[str], model_path: Path) -> str:
     """How a model finds its foreground here: a brain model (trained with the "brain" or "template" foreground)
-    uses ``requested`` ("brain": the learned extractor, "template": the registration) or, by default, the one it was
-    trained with; another model keeps its own.
+    uses ``requested`` ("brain": the learned extractor, "template": the registration) or, by default, the learned
+    extractor, whichever it was trained with; another model keeps its own.
 
     Raises:
         ConfigurationError: a brain foreground was requested for a model that was not trained on brains.
@@ -39,15 +39,15 @@ def brain_foreground(trained_with: str, requested: Optional[str], model_path: Pa
             raise ConfigurationError(f"{model_path.name} was trained with the {trained_with!r} foreground, not on "
                                      f"brains: --foreground {requested} applies to brain models only")
         return trained_with
-    return requested or trained_with
+    return requested or "brain"
 
 
 def load_model(path: Union[str, Path, None] = None, device: str = "auto",
                foreground: Optional[str] = None) -> LoadedModel:
     """Load a model file (``None``: the bundled default brain T1 model) onto ``device``.
 
-    ``foreground``: how a brain model finds the brain (:func:`brain_foreground`): ``None`` as it was trained,
-    ``"brain"`` the learned extractor, ``"template"`` the registration of the MNI template.
+    ``foreground``: how a brain model finds the brain (:func:`brain_foreground`): ``None`` or ``"brain"`` the
+    learned extractor, ``"template"`` the registration of the MNI template.
     """
     model_path = Path(path) if path is not None else DEFAULT_MODEL
     if path is None and not model_path.is_file():

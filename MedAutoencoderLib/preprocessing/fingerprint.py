@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from MedAutoencoderLib.config import PLANNABLE_PREPROCESSING, ModelConfig, PreprocessConfig
+from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, PLANNABLE_PREPROCESSING, ModelConfig, PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io.volumes import physical_points, read_image
 from MedAutoencoderLib.preprocessing.prepare import otsu_foreground
@@ -298,11 +298,11 @@ def plan_preprocessing(fingerprint: CohortFingerprint, model: ModelConfig, given
     changes: Dict[str, Any] = {}
     if "normalization" in choose:
         changes["normalization"] = "percentile" if fingerprint.background_darkest else "zscore"
-    brain = given.foreground == "template" or fingerprint.head_sized
+    brain = given.foreground in BRAIN_FOREGROUNDS or fingerprint.head_sized
     if brain:
         defaults = PreprocessConfig()
         changes.update({name: getattr(defaults, name) for name in ("spacing", "size") if name in choose})
-        reason = ("brain cohort (--foreground template)" if given.foreground == "template" else
+        reason = (f"brain cohort (--foreground {given.foreground})" if given.foreground in BRAIN_FOREGROUNDS else
                   "head-sized foreground in every volume") + ": the grid of the bundled brain model"
     elif "spacing" in choose or "size" in choose:
         spacing, size, reason = _fitted_grid(fingerprint, model, given, choose)

@@ -8,7 +8,7 @@ land exactly on the input grid whatever its direction matrix or spacing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,6 +33,9 @@ class PreparedVolume:
     offset: float = 0.0  # normalised = (original - offset) / scale
     scale: float = 1.0
     name: str = "input"
+    # "brain" foreground: the tissue levels of the learned extractor's classes (brain.contrast.extraction_levels),
+    # which tell the scan's contrast
+    tissue_levels: Optional[Dict[str, Any]] = None
 
     def denormalise(self, array: np.ndarray) -> np.ndarray:
         """Back to the input's intensity units (a reconstruction shown beside the input must look like it)."""
@@ -266,26 +269,31 @@ def normalise(values: np.ndarray, foreground: np.ndarray, config: PreprocessConf
     return np.where(foreground, result, 0.0).astype(np.float32), offset, scale
 
 
-def _centre_and_brain(image: sitk.Image, config: PreprocessConfig) -> Tuple[np.ndarray, Optional[Callable]]:
-    """Where to centre the model grid and, for a brain foreground, a function giving the brain on a grid."""
+def _centre_and_brain(image: sitk.Image, config: PreprocessConfig
+                      ) -> Tuple[np.ndarray, Optional[Callable], Optional[Dict[str, Any]]]:
+    """Where to centre the model grid and, for a brain foreground, a function giving the brain on a grid (and, for the
+    "brain" foreground, the tissue levels of the learned extractor's classes)."""
     if config.foreground == "otsu":
-        return foreground_centroid(image), None
+        return foreground_centroid(image), None, None
     coarse = _every_nth_voxel(image)  # the registration would place the template brain on anything, noise included
     _require_contrast(coarse, sitk.OtsuThreshold(coarse, 0, 1))
     if config.foreground == "brain":
+        from MedAutoencoderLib.brain.contrast import extraction_levels
         from MedAutoencoderLib.brain.extractor import extract_brain
 
-        mask = extract_brain(image).mask
+        extraction = extract_brain(image)
+        mask = extraction.mask
         index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask)[::2, ::2, ::2] > 0) * 2
         centre = np.array(mask.TransformContinuousIndexToPhysicalPoint(index_zyx.mean(0)[::-1].tolist()))
         return centre, lambda grid: sitk.GetArrayFromImage(sitk.Resample(
-            mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+            mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0, \
+            extraction_levels(extraction)
     from MedAutoencoderLib.brain.registration import (template_brain_centroid, template_brain_mask_on,
                                                       template_to_image_transform)
 
     transform = template_to_image_transform(image)
     return (np.array(transform.TransformPoint(template_brain_centroid())),
-            lambda grid: template_brain_mask_on(grid, transform))
+            lambda grid: template_brain_mask_on(grid, transform), None)
 
 
 # Interquartile range of the intensities inside the registered brain over their median above the background: real
@@ -320,7 +328,7 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
             _require_not_ct(sitk.GetArrayViewFromImage(image))
             _require_darkest_background(sitk.GetArrayViewFromImage(image))
             _require_head_sized(image)
-        centre, brain_on = _centre_and_brain(image, config)
+        centre, brain_on, tissue_levels = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))
         resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
@@ -335,7 +343,8 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
     except InputImageError as exc:
         raise InputImageError(f"{name}: {exc}") from None
     return PreparedVolume(image=normalised, foreground=foreground, grid=grid, source=image,
-                          background=background, offset=offset, scale=scale, name=name)
+                          background=background, offset=offset, scale=scale, name=name,
+                          tissue_levels=tissue_levels)
 
 
 def erode_mask(mask: np.ndarray, radius_mm: float, spacing: tuple) -> np.ndarray:

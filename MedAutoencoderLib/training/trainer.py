@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from MedAutoencoderLib.config import TrainConfig
+from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, TrainConfig
 from MedAutoencoderLib.detection.scoring import calibrate_threshold, reconstruct_and_score, require_scoring_region
 from MedAutoencoderLib.errors import (
     Cancelled,
@@ -44,6 +44,7 @@ from MedAutoencoderLib.io.checkpoint import (
     record_from_payload,
     save_model,
 )
+from MedAutoencoderLib.io.loaded_model import brain_foreground
 from MedAutoencoderLib.io.volumes import find_volumes, read_image, require_new_file
 from MedAutoencoderLib.networks.autoencoders import build_network, generator_and_critic
 from MedAutoencoderLib.networks.losses import AutoencoderLoss, discriminator_hinge_loss, reconstruction_from_output
@@ -112,6 +113,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, progress: Optional[ProgressCallback] = None,
                  should_stop: Optional[StopRequest] = None) -> None:
         config.validate()
+        config.learning_rate = config.resolved_learning_rate()  # recorded in the model as it was used
         self.config = config
         self.out = Path(config.out)
         self.checkpoint = self.out  # where the best model so far is saved (see _check_output)
@@ -157,6 +159,10 @@ class Trainer:
         resumed = read_model_file(source) if source else None
         if resumed is not None:  # resumed or fine-tuned: the stored model, preprocessing and detection settings
             record = record_from_payload(resumed, source)
+            if self.config.init:  # a brain model fine-tuned: the brain mask asked for, else the learned extractor
+                given = self.config.preprocess.foreground
+                record.preprocess.foreground = brain_foreground(
+                    record.preprocess.foreground, given if given in BRAIN_FOREGROUNDS else None, source)
             self.config.model, self.config.preprocess, self.config.detection = (
                 record.model, record.preprocess, record.detection)
             self.network: nn.Module = network_from_payload(resumed, record, source)
@@ -492,7 +498,8 @@ class Trainer:
                                    "settings are used, options given for them here are ignored")
         if self.config.init:
             tracker.emit("log", 0, f"fine-tuning {self.data_summary['init']['model']}: its model, preprocessing "
-                                   "and detection settings are used, options given for them here are ignored; "
+                                   "and detection settings are used, options given for them here are ignored "
+                                   f"(except a brain --foreground; it uses {self.config.preprocess.foreground}); "
                                    "the optimiser and the epochs start afresh")
         train_volumes = self._prepare_all(train_paths, tracker)
         self._require_training_samples(train_volumes, tracker)

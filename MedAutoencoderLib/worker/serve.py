@@ -2,8 +2,8 @@
 
 Why: a worker process of its own for each detection spends most of its time starting, not detecting. On two
 cores a Detect click took about 7 s in a fresh process, of which importing torch and MONAI took 2-4 s and
-reading the brain template and smoothing it for the registration 0.5 s; the detection itself about 2 s. The
-Slicer module keeps one such worker (:mod:`MedAutoencoderLib.worker.standby`) and sends it each detection.
+loading what the brain mask needs (the extractor's network; for the template registration, the smoothed template:
+0.5 s) more; the detection itself about 2 s. The Slicer module keeps one such worker (:mod:`MedAutoencoderLib.worker.standby`) and sends it each detection.
 
 Requests are JSON lines on standard input, ``{"argv": ["detect", ...]}``. Each is run by the command line's own
 ``main`` (the same options, checks, progress events and errors as a process of its own) and answered, after
@@ -38,9 +38,9 @@ def _warm_up() -> None:
     a detection that needs what failed here reports it itself, one that does not (a model of one's own) runs."""
     try:
         importlib.import_module("MedAutoencoderLib.api")  # torch, MONAI, SimpleITK
-        from MedAutoencoderLib.brain.registration import prepare_registration_template
+        from MedAutoencoderLib.brain.extractor import load_extractor
 
-        prepare_registration_template()
+        load_extractor()  # the brain mask of brain models (the template registration only on request)
     except Exception as exc:  # noqa: BLE001 - reported, and the worker serves on
         print(f"warning: the standby worker could not load everything beforehand: {exc}", flush=True)
 

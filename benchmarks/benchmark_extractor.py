@@ -1,0 +1,60 @@
+"""Time the learned brain extractor (``extract_brain``: resampling both ways included) on shared scans, optionally
+interleaved with a previous implementation of ``MedAutoencoderLib/brain/extractor.py`` (its file, e.g. from
+``git show <commit>:MedAutoencoderLib/brain/extractor.py``), and check that both give the same masks.
+
+    PYTHONPATH=$PWD python benchmarks/benchmark_extractor.py [--previous /tmp/extractor_before.py] [--repeats 7]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from MedAutoencoderLib.brain import extractor as current
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPLIT = json.loads((Path(__file__).resolve().parents[1] / "scripts" / "ixi_split.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--previous", type=Path, help="a previous extractor.py to time beside the current one")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--data", type=Path, default=SHARED)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    versions = {"now": current}
+    if args.previous:
+        spec = importlib.util.spec_from_file_location("previous_extractor", args.previous)
+        previous = importlib.util.module_from_spec(spec)
+        sys.modules["previous_extractor"] = previous
+        spec.loader.exec_module(previous)
+        versions = {"before": previous, "now": current}
+    network = current.load_extractor()
+    scans = {"IXI test head 120x120x90": args.data / "ixi_t1_2mm" / "t1" / f"{SPLIT['test'][0]}_T1.nii.gz",
+             "healthy head 188x256x190": args.data / "healthy_t1_head" / "chris_t1.nii.gz",
+             "BraTS t1n 240x240x155": args.data / "brats_glioma_case" / "t1n.nii.gz"}
+    for name, path in scans.items():
+        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        masks = {k: sitk.GetArrayFromImage(v.extract_brain(image, extractor=network).mask) for k, v in versions.items()}
+        times = {k: [] for k in versions}
+        for _ in range(args.repeats):
+            for key, module in versions.items():  # interleaved: the machine's load drifts alike for both
+                start = time.perf_counter()
+                module.extract_brain(image, extractor=network)
+                times[key].append(time.perf_counter() - start)
+        same = "" if len(masks) == 1 else f"; masks identical: {bool(np.array_equal(*masks.values()))}"
+        print(f"{name}: " + ", ".join(f"{k} median {statistics.median(t):.3f} s (min {min(t):.3f})"
+                                      for k, t in times.items()) + same, flush=True)
+
+
+if __name__ == "__main__":
+    main()
