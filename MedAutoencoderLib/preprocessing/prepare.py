@@ -53,7 +53,15 @@ class PreparedVolume:
         interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
         pixel_type = sitk.sitkUInt8 if nearest else sitk.sitkFloat32
         source = array.astype(np.uint8 if nearest else np.float32, copy=False)
+        _require_room(self.source, 1 if nearest else 4)
         return sitk.Resample(self.on_grid(source), self.source, sitk.Transform(), interpolator, outside, pixel_type)
+
+
+def _require_room(grid: sitk.Image, bytes_per_voxel: int) -> None:
+    """Raise MemoryError unless twice an image of ``grid``'s size can still be allocated: an allocation that fails
+    inside ITK's worker threads can end the process instead of raising, so the room is checked from Python first.
+    """
+    np.empty(2 * bytes_per_voxel * int(np.prod(grid.GetSize(), dtype=np.int64)), dtype=np.uint8)
 
 
 def otsu_foreground(image: sitk.Image) -> sitk.Image:
