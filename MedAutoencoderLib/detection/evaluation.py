@@ -29,11 +29,11 @@ from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io.volumes import (
     find_volumes,
     inside_grid,
+    pair_by_stem,
     physical_points,
     read_image,
     read_mask,
     same_grid,
-    volume_stem,
 )
 from MedAutoencoderLib.runtime.progress import ProgressCallback, ProgressTracker
 
@@ -98,21 +98,9 @@ def reconstruction_quality(image: np.ndarray, reconstruction: np.ndarray, region
 def pair_images_with_masks(images: Sequence[str], masks: Sequence[str]) -> List[Tuple[Path, Path]]:
     """Match each image to the mask named ``<stem>`` + one of the usual suffixes (``_mask``, ``_seg``...),
     preferring a mask in the image's own folder; an ambiguous match is an error, never a silent guess."""
-    masks_by_stem: Dict[str, List[Path]] = {}
-    for mask in find_volumes(masks):
-        masks_by_stem.setdefault(volume_stem(mask), []).append(mask)
-    pairs = []
-    for image in find_volumes(images):
-        stem = volume_stem(image)
-        candidates = [m for s in _MASK_SUFFIXES for m in masks_by_stem.get(stem + s, []) if m != image]
-        same_folder = [m for m in candidates if m.parent == image.parent]
-        chosen = same_folder or candidates
-        if not chosen:
-            raise InputImageError(f"{image}: no ground-truth mask named {stem}_mask (or _seg, _label...) among the masks")
-        if len(chosen) > 1:
-            raise InputImageError(f"{image}: several masks match ({', '.join(map(str, chosen))}); give one per image")
-        pairs.append((image, chosen[0]))
-    return pairs
+    return pair_by_stem(find_volumes(images), find_volumes(masks),
+                        lambda stem, other: any(other == stem + suffix for suffix in _MASK_SUFFIXES), "masks",
+                        "no ground-truth mask named {stem}_mask (or _seg, _label...) among the masks")
 
 
 def mask_on_grid(mask_path: Path, reference: sitk.Image) -> np.ndarray:

@@ -16,7 +16,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "volumes": ["PathLike", "VOLUME_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_KINDS", "SUMMARY_SUFFIX", "volume_suffix",
         "volume_stem", "check_volume", "require_utf8_name", "check_volume_header", "check_volume_grid",
         "physical_points", "inside_grid", "same_grid", "read_image", "read_mask", "GEOMETRY_WARNING_KEY",
-        "find_volumes", "DICOM_SERIES_TAGS", "is_detection_output", "output_path", "refuse_overwrite", "require_writable_folder",
+        "find_volumes", "pair_by_stem", "DICOM_SERIES_TAGS", "is_detection_output", "output_path", "refuse_overwrite", "require_writable_folder",
         "require_writable_file", "require_new_file", "replacing", "write_image", "write_image_directly",
         "write_text"],
 })

@@ -440,6 +440,37 @@ def _check_nifti_complete(path: Path, image: sitk.Image, present: int) -> None:
         raise InputImageError(f"{path}: is truncated (holds {present} of the {expected} bytes its header promises)")
 
 
+def pair_by_stem(images: Sequence[Path], candidates: Sequence[Path], matches: Callable[[str, str], bool],
+                 what: str, missing: str) -> List[Tuple[Path, Path]]:
+    """Match each image to the one candidate whose stem ``matches(image_stem, candidate_stem)``, preferring a
+    candidate in the image's own folder; an ambiguous match is an error, never a silent guess.
+
+    Args:
+        images: the image files.
+        candidates: the files to match them with (masks, label maps); an image itself is never its own match.
+        matches: whether a candidate's stem goes with an image's stem.
+        what: the candidates' name in messages ("masks", "label maps").
+        missing: the message for an image without a match, formatted with ``stem``.
+
+    Returns:
+        (image, candidate) pairs in the images' order.
+
+    Raises:
+        InputImageError: an image without a match, or with several.
+    """
+    pairs = []
+    for image in images:
+        stem = volume_stem(image)
+        found = [c for c in candidates if c != image and matches(stem, volume_stem(c))]
+        chosen = [c for c in found if c.parent == image.parent] or found
+        if not chosen:
+            raise InputImageError(f"{image}: " + missing.format(stem=stem))
+        if len(chosen) > 1:
+            raise InputImageError(f"{image}: several {what} match ({', '.join(map(str, chosen))}); give one per image")
+        pairs.append((image, chosen[0]))
+    return pairs
+
+
 def find_volumes(sources: Sequence[PathLike]) -> List[Path]:
     """Expand files, folders and glob patterns into a sorted list of volumes.
 

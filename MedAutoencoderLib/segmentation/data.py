@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from MedAutoencoderLib.config import PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
-from MedAutoencoderLib.io.volumes import find_volumes, read_image, read_mask, volume_stem
+from MedAutoencoderLib.io.volumes import find_volumes, pair_by_stem, read_image, read_mask
 from MedAutoencoderLib.preprocessing.prepare import PreparedVolume, prepare_volume
 from MedAutoencoderLib.segmentation.labels import LabelSet, label_values
 from MedAutoencoderLib.training.samples import training_slices
@@ -52,23 +52,14 @@ def pair_images_with_labels(images: Sequence[PathLike], labels: Sequence[PathLik
     """
     image_paths = find_volumes(images)
     label_paths = [p for p in find_volumes(labels) if p not in set(image_paths)]
-    pairs, owner = [], {}
-    for image in image_paths:
-        stem = volume_stem(image)
-        candidates = [p for p in label_paths if volume_stem(p) == stem or volume_stem(p).startswith(stem + "_")]
-        same_folder = [p for p in candidates if p.parent == image.parent]
-        chosen = same_folder or candidates
-        if not chosen:
-            raise InputImageError(f"{image}: no label map named {stem} or {stem}_... (e.g. {stem}_seg) among the "
-                                  "label maps")
-        if len(chosen) > 1:
-            raise InputImageError(f"{image}: several label maps match ({', '.join(map(str, chosen))}); give one "
-                                  "per image")
-        if chosen[0] in owner:
-            raise InputImageError(f"{chosen[0]}: is the label map of both {owner[chosen[0]]} and {image}; give one "
-                                  "per image")
-        owner[chosen[0]] = image
-        pairs.append((image, chosen[0]))
+    pairs = pair_by_stem(image_paths, label_paths,
+                         lambda stem, other: other == stem or other.startswith(stem + "_"), "label maps",
+                         "no label map named {stem} or {stem}_... (e.g. {stem}_seg) among the label maps")
+    owner: Dict[Path, Path] = {}
+    for image, label in pairs:
+        if label in owner:
+            raise InputImageError(f"{label}: is the label map of both {owner[label]} and {image}; give one per image")
+        owner[label] = image
     return pairs
 
 

@@ -333,6 +333,20 @@ def update_anomaly_segmentation(input_node, mask_node):
     return segmentation_node
 
 
+def require_unmoved(input_node, geometry_at_start: tuple, task: str) -> None:
+    """Refuse the result of a worker ``task`` on ``input_node`` when the node was moved (its transform edited)
+    since :func:`world_geometry` gave ``geometry_at_start``: the result would no longer lie where the volume is.
+
+    Raises:
+        MedAutoencoderError: the node was moved, named in the message.
+    """
+    if not all(np.allclose(now, then, atol=GEOMETRY_TOLERANCE)
+               for now, then in zip(world_geometry(input_node), geometry_at_start)):
+        raise MedAutoencoderError(f"The input '{input_node.GetName()}' was moved (its transform changed) while the "
+                                  f"{task} ran, so its result no longer lies where the volume is; run the {task} "
+                                  "again.")
+
+
 def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple] = None) -> DetectionNodes:
     """Write a detection result (``api.DetectionResult`` or anything with the same fields) into the scene.
 
@@ -342,12 +356,8 @@ def apply_detection_result(input_node, result, geometry_at_start: Optional[tuple
     volume that has been moved since (its transform edited meanwhile) is refused as such, not as a result off the
     input's grid.
     """
-    if geometry_at_start is not None and not all(
-            np.allclose(now, then, atol=GEOMETRY_TOLERANCE)
-            for now, then in zip(world_geometry(input_node), geometry_at_start)):
-        raise MedAutoencoderError(f"The input '{input_node.GetName()}' was moved (its transform changed) while the "
-                                  "detection ran, so its result no longer lies where the volume is; run the "
-                                  "detection again.")
+    if geometry_at_start is not None:
+        require_unmoved(input_node, geometry_at_start, "detection")
     reconstruction = write_output_volume(input_node, ROLE_RECONSTRUCTION, result.reconstruction)
     anomaly_map = write_output_volume(input_node, ROLE_ANOMALY_MAP, sitk.Cast(result.anomaly_map, sitk.sitkFloat32))
     summary = dict(result.summary or {})

@@ -463,16 +463,12 @@ class WorkerJobs:
                 return None
             import json
 
-            import numpy as np
-
             from MedAutoencoderLib.io.volumes import read_mask
             from MedAutoencoderLib.slicer.segmentation import labelmap_to_segmentation_node
 
             if not _inScene(volumeNode):
                 raise RuntimeError(self._tr("The input volume was removed from the scene while the segmentation ran."))
-            if not all(np.allclose(now, then, atol=bridge.GEOMETRY_TOLERANCE)
-                       for now, then in zip(bridge.world_geometry(volumeNode), geometryAtStart)):
-                raise RuntimeError(self._tr("The input volume was moved while the segmentation ran; run it again."))
+            bridge.require_unmoved(volumeNode, geometryAtStart, "segmentation")
             files = next(iter(outputs.values()))
             with open(files["summary"], encoding="utf-8") as stream:
                 summary = json.load(stream)
