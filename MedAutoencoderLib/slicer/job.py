@@ -252,9 +252,7 @@ class WorkerJobs:
             MedAutoencoderError: the volume cannot be analysed (named in the message); nothing is left behind.
             ConfigurationError: an unknown device.
         """
-        temporaryDirectory = self._newTemporaryDirectory()
-        with removed_on_failure(temporaryDirectory):
-            inputPath = bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
+        temporaryDirectory, inputPath = self._inputForWorker(volumeNode)
         arguments = jobs.detect_arguments([inputPath], os.path.join(temporaryDirectory, "outputs"),
                                           model_path=modelPath, threshold=threshold, device=device)
         geometryAtStart = bridge.world_geometry(volumeNode)
@@ -449,9 +447,7 @@ class WorkerJobs:
         Raises:
             MedAutoencoderError: the volume cannot be used (named); nothing is left behind.
         """
-        temporaryDirectory = self._newTemporaryDirectory()
-        with removed_on_failure(temporaryDirectory):
-            inputPath = bridge.write_volume_for_worker(volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
+        temporaryDirectory, inputPath = self._inputForWorker(volumeNode)
         python, useStartupEnvironment = self._pythonLauncher()
         command = jobs.cli_command(python, ["segment", "--model", str(modelPath), "--images", inputPath, "--out",
                                             os.path.join(temporaryDirectory, "outputs"), "--format", "nrrd",
@@ -485,6 +481,13 @@ class WorkerJobs:
 
     def _pythonLauncher(self) -> Tuple[str, bool]:
         return jobs.python_launcher(which=self._which, executable=self._executable)
+
+    def _inputForWorker(self, volumeNode) -> Tuple[str, str]:
+        """A new job folder and the volume node written into it for a worker (the folder is removed if that fails)."""
+        temporaryDirectory = self._newTemporaryDirectory()
+        with removed_on_failure(temporaryDirectory):
+            return temporaryDirectory, bridge.write_volume_for_worker(
+                volumeNode, os.path.join(temporaryDirectory, "input.nrrd"))
 
     def _newTemporaryDirectory(self) -> str:
         """A new folder of its own for each job (two jobs started in the same instant never share one)."""
