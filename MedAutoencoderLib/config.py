@@ -36,6 +36,7 @@ FOREGROUND_METHODS = ("otsu", "brain", "template")
 BRAIN_FOREGROUNDS = ("brain", "template")
 SCORES = ("residual", "ssim")
 RESIDUAL_SIGNS = ("abs", "positive", "negative")
+PRIORS = ("none", "bright")  # DetectionConfig.prior
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,11 @@ class DetectionConfig:
     # "abs", "positive" (hyperintense targets) or "negative" (hypointense targets)
     residual: str = option("abs", flag="--residual", position=220, choices=RESIDUAL_SIGNS,
                            help="which residual sign counts as anomalous (positive: brighter than expected)")
+    # "bright": the residual weighted by how much brighter than the brain's typical tissue the input is (its robust
+    # z above 0), for contrasts whose lesions are bright (T2, FLAIR), where thresholding alone is strong
+    prior: str = option("none", flag="--prior", position=235, choices=PRIORS,
+                        help="intensity prior: bright weights the residual by the input's robust z above 0 (T2, "
+                             "FLAIR)")
     median_size: int = 5  # in-plane median filter of the residual (Kascenas 2022; Baur 2021)
     mask_erosion_mm: float = 3.0  # edges of the foreground reconstruct badly: score only inside the eroded mask
     # Share of healthy validation voxels allowed above the automatic threshold, and the smallest component kept:
@@ -378,6 +384,8 @@ class DetectionConfig:
     def validate(self) -> None:
         if self.score not in SCORES:
             raise ConfigurationError(f"score must be 'residual' or 'ssim', not {self.score!r}")
+        if self.prior not in PRIORS:
+            raise ConfigurationError(f"prior must be 'none' or 'bright', not {self.prior!r}")
         if self.residual not in RESIDUAL_SIGNS:
             raise ConfigurationError(f"residual must be 'abs', 'positive' or 'negative', not {self.residual!r}")
         if not 0 < self.target_fpr < 1:

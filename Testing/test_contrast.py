@@ -20,6 +20,7 @@ from MedAutoencoderLib.brain.contrast import (
 )
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io import read_image
+from MedAutoencoderLib.io.loaded_model import CONTRAST_MODELS, DEFAULT_MODEL, bundled_contrasts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED.is_dir():
@@ -210,6 +211,65 @@ def test_refusal_names_the_file_the_contrast_and_the_way_out():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The bundled set: without a model named, each contrast goes through the bundled model made for it
+
+needs_contrast_models = pytest.mark.skipif(not all(p.is_file() for p in CONTRAST_MODELS.values()),
+                                           reason="the bundled T2/FLAIR/PD model is not built")
+
+
+def test_a_model_made_for_several_contrasts_has_a_threshold_for_each():
+    from MedAutoencoderLib.config import DetectionConfig, ModelConfig, PreprocessConfig
+    from MedAutoencoderLib.io.checkpoint import ModelRecord
+
+    record = ModelRecord(ModelConfig(), PreprocessConfig(), DetectionConfig(),
+                         calibration={"threshold": 0.3, "by_contrast": {"T2": 0.2, "FLAIR": 0.25}})
+    assert (record.threshold_for("FLAIR"), record.threshold_for("T2")) == (0.25, 0.2)
+    assert record.threshold_for("PD") == record.threshold_for(None) == record.threshold == 0.3
+
+
+@needs_contrast_models
+@pytest.mark.parametrize("kind, model", [("T1", "default_brain_t1"), ("T2", "brain_t2_flair_pd"),
+                                         ("FLAIR", "brain_t2_flair_pd")])
+def test_the_bundled_set_runs_each_contrast_through_its_model(template_head, kind, model):
+    from MedAutoencoderLib.detection.pipeline import detect_image
+    from MedAutoencoderLib.io.loaded_model import load_model
+
+    tissues, _ = template_head
+    image = _synthesised(tissues, kind)
+    bundled = load_model(None, device="cpu")
+    summary = detect_image(image, bundled, name=f"{kind}.nii.gz").summary
+    assert (summary["model"], summary["contrast"]["name"]) == (model, kind), summary["contrast"]
+    used = bundled.for_contrast(kind).record
+    assert summary["calibrated_threshold"] == used.threshold_for(kind)
+    if kind != "T1":  # a bright lesion is what T2 and FLAIR show: only the brighter-than-expected residual counts
+        assert used.detection.residual == "positive" and used.calibration["by_contrast"][kind] != used.threshold
+    # a model named by its file is that model only: the T1 model refuses the T2 and the FLAIR
+    if kind != "T1":
+        with pytest.raises(InputImageError, match=f"looks like {kind} .*the model default_brain_t1 is made for T1"):
+            detect_image(image, load_model(bundled.path, device="cpu"), name=f"{kind}.nii.gz")
+
+
+def test_the_bundled_set_refuses_a_scan_of_unknown_contrast_saying_how_to_choose(template_head):
+    from MedAutoencoderLib.detection.pipeline import detect_image
+    from MedAutoencoderLib.io.loaded_model import load_model
+
+    tissues, _ = template_head
+    image = _synthesised(tissues, "T1")
+    values = sitk.GetArrayFromImage(image)
+    labels = sitk.GetArrayViewFromImage(tissues)
+    values[labels == 3] = values[labels == 2].mean()  # grey and white matter alike, CSF dark: T1 or FLAIR?
+    values += np.random.default_rng(2).normal(0, 0.15 * values[labels == 2].mean(), values.shape).astype(np.float32)
+    flat = sitk.GetImageFromArray(np.abs(values))
+    flat.CopyInformation(image)
+    with pytest.raises(InputImageError) as caught:
+        detect_image(flat, load_model(None, device="cpu"), name="flat.nii.gz")
+    message = str(caught.value)
+    assert message.startswith("flat.nii.gz: ") and "cannot be told" in message, message
+    assert message.endswith(f"the bundled models are made for {', '.join(bundled_contrasts())}: pass --contrast "
+                            "with the scan's contrast to choose one"), message
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The shared real scans: evaluation data; the rules' margins come from validation data (IXI validation
 # split, synthetic volumes)
 
@@ -297,14 +357,25 @@ def test_cli_refuses_a_flair_for_the_t1_model_and_runs_it_when_told(tmp_path):
     assert refused.returncode == 1, refused.stderr
     # through the extractor's tissue classes this FLAIR's grey and white matter come out equally bright: refused as
     # of unknown contrast (test_shared_scans_through_detection_are_identified)
+    bundled = ", ".join(bundled_contrasts())
     assert re.fullmatch(rf"error: {re.escape(str(flair))}: its contrast cannot be told \(grey and white matter "
-                        r"about equally bright; GM/WM [\d.]+, CSF/GM [\d.]+\); the model default_brain_t1 is made for "
-                        r"T1: pass --contrast T1 to run it anyway", refused.stderr.strip()), refused.stderr
+                        r"about equally bright; GM/WM [\d.]+, CSF/GM [\d.]+\); the bundled models are made for "
+                        rf"{bundled}: pass --contrast with the scan's contrast to choose one",
+                        refused.stderr.strip()), refused.stderr
     assert "Traceback" not in refused.stderr and not list(tmp_path.iterdir())
+    named = _detect(tmp_path, flair, "--model", str(DEFAULT_MODEL))  # the T1 model alone says what it is for
+    assert named.returncode == 1 and "the model default_brain_t1 is made for T1: pass --contrast T1 to run it " \
+        "anyway" in named.stderr, named.stderr
     forced = _detect(tmp_path, flair, "--contrast", "T1")
     assert forced.returncode == 0, forced.stderr
     summary = json.loads((tmp_path / "FLAIR_summary.json").read_text())
     assert summary["contrast"] == {"name": "T1", "enhanced": False, "source": "user", "reason": "stated by the user"}
+    assert summary["model"] == "default_brain_t1"
+    if CONTRAST_MODELS["FLAIR"].is_file():  # stated as FLAIR: the bundled FLAIR model
+        stated = _detect(tmp_path, flair, "--contrast", "FLAIR", "--overwrite")
+        assert stated.returncode == 0, stated.stderr
+        summary = json.loads((tmp_path / "FLAIR_summary.json").read_text())
+        assert (summary["model"], summary["contrast"]["name"]) == (CONTRAST_MODELS["FLAIR"].stem, "FLAIR")
 
 
 @needs_shared

@@ -23,6 +23,7 @@ from MedAutoencoderLib.detection.harness import (
     synthetic_healthy_scan,
 )
 from MedAutoencoderLib.errors import ConfigurationError
+from MedAutoencoderLib.io.loaded_model import CONTRAST_MODELS, DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -97,7 +98,7 @@ def small_scans(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(small_scans):
     folder, cases, calibration = small_scans
-    model = load_model(device="cpu", foreground="brain")
+    model = load_model(DEFAULT_MODEL, device="cpu", foreground="brain")  # the T1 model alone, named by its file
     baseline = calibrate_baseline(calibration, model)
     return model, baseline, evaluate_scans(cases, model, baseline)
 
@@ -157,3 +158,21 @@ def test_the_baseline_threshold_and_mask_do_not_depend_on_the_lesion_labels(eval
     assert again["threshold"] == first["threshold"] == baseline["FLAIR"]["threshold"]
     assert again["flagged_share"] == first["flagged_share"]  # the same voxels flagged
     assert again["dice_at_threshold"] != first["dice_at_threshold"]  # while the figures against the truth move
+
+
+@pytest.mark.slow
+@needs_shared
+@pytest.mark.skipif(not CONTRAST_MODELS["FLAIR"].is_file(), reason="the bundled T2/FLAIR/PD model is not built")
+def test_the_bundled_set_scores_the_flair_with_its_own_model(evaluated, small_scans):
+    _, baseline, _ = evaluated
+    _, cases, _ = small_scans
+    bundled = load_model(device="cpu")
+    report = evaluate_scans([cases[1], cases[2]], bundled, baseline)
+    assert report["model"]["bundled_set"]["T1"] == DEFAULT_MODEL.name
+    assert report["model"]["bundled_set"]["FLAIR"] == CONTRAST_MODELS["FLAIR"].name
+    t1n, t2f = report["cases"]
+    assert t1n["model"]["model_used"]["name"] == DEFAULT_MODEL.stem
+    assert t2f["model"]["status"] == "scored" and t2f["model"]["model_used"]["name"] == CONTRAST_MODELS["FLAIR"].stem
+    used = bundled.for_contrast(t2f["model"]["contrast_found"]["name"]).record
+    assert t2f["model"]["model_used"]["threshold"] == used.threshold_for(t2f["model"]["contrast_found"]["name"])
+    assert t2f["model"]["average_precision"] > 0.3  # the bright oedema is found, not chance (~8 % of the brain)

@@ -448,7 +448,8 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
     """Refuse a scan whose contrast is unknown or not one ``contrasts`` holds, in one line naming the scan.
 
     Raises:
-        InputImageError: saying what was found, why, and how to run the model anyway (``--contrast``)."""
+        InputImageError: saying what was found, why, and how to run the model anyway (``--contrast``); its
+            ``contrast`` attribute holds the contrast found (None: not told)."""
     if estimate.name is not None and estimate.name in contrasts:
         return
     made_for = " or ".join(contrasts)
@@ -460,4 +461,6 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
         found = f"given as {estimate.name} (--contrast)"
     else:
         found = f"looks like {estimate.describe()}"
-    raise InputImageError(f"{name}: {found}; the model {model_name} is made for {made_for}: {how}")
+    refusal = InputImageError(f"{name}: {found}; the model {model_name} is made for {made_for}: {how}")
+    refusal.contrast = estimate.name  # the bundled set runs the input through its model of that contrast
+    raise refusal

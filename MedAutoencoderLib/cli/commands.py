@@ -474,8 +474,16 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         print("  data and training: not recorded")
     print(f"  threshold: {_calibration_text(calibration)}")
+    by_contrast = calibration.get("by_contrast") or {}
+    if by_contrast:
+        print("  threshold per contrast: " + ", ".join(f"{name} {value:.5g}" for name, value in by_contrast.items()))
+    detection = card["detection"]
+    print(f"  score: {detection['score']} ({detection['residual']} residual"
+          + (", intensity prior " + detection["prior"] if detection.get("prior", "none") != "none" else "") + ")")
     contrasts = ", ".join(card["contrasts"]) if card["contrasts"] else "not recorded (the input's is not checked)"
     print(f"  made for contrasts: {contrasts}" + (f" ({card['contrasts_note']})" if card.get("contrasts_note") else ""))
+    for source in (training or {}).get("sources", []):
+        print(f"  source: {source}")
     return 0
 
 

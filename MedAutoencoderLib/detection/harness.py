@@ -24,7 +24,7 @@ the own threshold over its lesion scans.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -33,8 +33,9 @@ import SimpleITK as sitk
 
 from MedAutoencoderLib.config import DetectOptions
 from MedAutoencoderLib.detection.evaluation import dice, finite_or_none, mask_on_grid, voxel_metrics
+from MedAutoencoderLib.detection.scoring import robust_z
 from MedAutoencoderLib.errors import ConfigurationError, InputImageError
-from MedAutoencoderLib.io.loaded_model import LoadedModel
+from MedAutoencoderLib.io.loaded_model import LoadedModel, bundled_contrasts
 from MedAutoencoderLib.runtime.progress import ProgressCallback, ProgressTracker
 
 #: How the baseline reads intensity per contrast: "bright" (z) or "both" (|z|).
@@ -77,6 +78,9 @@ class HarnessConfig:
 
     baseline_fpr: float = 0.001
     detect: DetectOptions = field(default_factory=DetectOptions)
+    # a scan whose contrast the model cannot tell is run again with its contrast stated, as its refusal tells a
+    # user to do (--contrast); the case says so ("contrast_stated")
+    state_unknown_contrast: bool = True
 
     def validate(self) -> None:
         if not 0 < self.baseline_fpr < 1:
@@ -101,12 +105,7 @@ def intensity_baseline(image: np.ndarray, region: np.ndarray, contrast: str) -> 
     """
     if contrast not in BASELINE_DIRECTIONS:
         raise ConfigurationError(f"contrast must be one of {', '.join(BASELINE_DIRECTIONS)}, not {contrast!r}")
-    inside = image[region].astype(np.float64)
-    if inside.size == 0:
-        return np.zeros(image.shape, np.float32)
-    median = float(np.median(inside))
-    mad = 1.4826 * float(np.median(np.abs(inside - median))) or 1.0
-    z = (image.astype(np.float64) - median) / mad
+    z = robust_z(image, region)
     if BASELINE_DIRECTIONS[contrast] == "both":
         z = np.abs(z)
     return np.where(region, z, 0.0).astype(np.float32)
@@ -153,10 +152,13 @@ class _Scan:
     refusal: str = ""
     refused_at: str = ""
     contrast_found: Optional[Dict[str, Any]] = None
+    contrast_stated: bool = False  # run again with the case's contrast stated (HarnessConfig.state_unknown_contrast)
+    model_used: Optional[Dict[str, Any]] = None  # the model that ran (the bundled set's, by contrast) and threshold
     voxel_ml: float = 0.0
 
 
-def _run_scan(case: ScanCase, model: LoadedModel, options: DetectOptions, with_model: bool = True) -> _Scan:
+def _run_scan(case: ScanCase, model: LoadedModel, options: DetectOptions, with_model: bool = True,
+              state_unknown: bool = False) -> _Scan:
     """Read ``case``, bring it onto the model grid (its region) and, with ``with_model``, run the model."""
     from MedAutoencoderLib.detection.pipeline import detect_prepared
     from MedAutoencoderLib.detection.scoring import scoring_region
@@ -186,11 +188,19 @@ def _run_scan(case: ScanCase, model: LoadedModel, options: DetectOptions, with_m
     try:
         run = detect_prepared(prepared, model, options)
     except InputImageError as exc:
-        scan.refusal, scan.refused_at = str(exc), "contrast check"
-        return scan
+        if not (state_unknown and options.contrast == "auto" and getattr(exc, "contrast", "") is None):
+            scan.refusal, scan.refused_at = str(exc), "contrast check"
+            return scan
+        try:
+            run = detect_prepared(prepared, model, replace(options, contrast=case.contrast))
+        except InputImageError as stated:
+            scan.refusal, scan.refused_at = str(stated), "contrast check"
+            return scan
+        scan.contrast_stated = True
     scan.anomaly_map = sitk.GetArrayFromImage(run.result.anomaly_map)
     scan.anomaly_mask = sitk.GetArrayFromImage(run.result.anomaly_mask) > 0
     scan.contrast_found = run.result.summary.get("contrast")
+    scan.model_used = {"name": run.result.summary.get("model"), "threshold": run.result.summary.get("threshold")}
     return scan
 
 
@@ -305,14 +315,15 @@ def evaluate_scans(cases: Sequence[ScanCase], model: LoadedModel, baseline: Mapp
     per_case: List[Dict[str, Any]] = []
     pools: Dict[str, Tuple[_Pool, _Pool]] = {row: (_Pool(), _Pool()) for row in pooled_rows}
     for i, case in enumerate(cases):
-        scan = _run_scan(case, model, config.detect)
+        scan = _run_scan(case, model, config.detect, state_unknown=config.state_unknown_contrast)
         entry: Dict[str, Any] = {"scan": case.label, "row": case.row, "dataset": case.dataset,
                                  "contrast": case.contrast, "image": str(case.image),
                                  "lesioned": case.truth is not None}
         if scan.anomaly_map is None:
             entry["model"] = {"status": "refused", "refused_at": scan.refused_at, "refusal": scan.refusal}
         else:
-            entry["model"] = {"status": "scored", "contrast_found": scan.contrast_found,
+            entry["model"] = {"status": "scored", "contrast_found": scan.contrast_found, "model_used": scan.model_used,
+                              "contrast_stated": scan.contrast_stated,
                               **_figures(scan.anomaly_mask, scan)}
         if scan.region is None:
             entry["baseline"] = {"status": "no region", "reason": "the model found no brain region to score in"}
@@ -343,7 +354,9 @@ def _model_entry(model: LoadedModel, config: HarnessConfig) -> Dict[str, Any]:
             "foreground": record.preprocess.foreground, "contrasts": record.contrasts,
             "threshold": record.threshold if config.detect.threshold is None else config.detect.threshold,
             "target_fpr": record.calibration.get("target_fpr"),
-            "min_component_ml": record.detection.min_component_ml, "contrast_option": config.detect.contrast}
+            "min_component_ml": record.detection.min_component_ml, "contrast_option": config.detect.contrast,
+            **({"bundled_set": {c: model.for_contrast(c).path.name for c in bundled_contrasts()}}
+               if model.bundled_set else {})}
 
 
 def _method_group(cases: List[Dict[str, Any]], method: str, pool: Optional[_Pool]) -> Dict[str, Any]:
@@ -449,6 +462,9 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
                          + (f", {b['known_brain']} of them inside their own brain" if b.get("known_brain") else "")
                          + ")"
                          for c, b in report["baseline"].items()) + ".", ""]
+    if model.get("bundled_set"):
+        lines[0] = lines[0].replace(f"Model `{model['name']}`", "Bundled models: " + ", ".join(
+            f"{c} `{name}`" for c, name in model["bundled_set"].items()) + " (threshold per model and contrast)")
     healthy = [g for g in report["groups"] if g["lesion_scans"] == 0]
     lesioned = [g for g in report["groups"] if g["lesion_scans"] > 0]
     if healthy:
@@ -476,13 +492,27 @@ def markdown_tables(report: Mapping[str, Any], targets: Optional[Mapping[str, Se
             refused = len(g["model"]["not_scored"])
             if 0 < refused < g["scans"]:  # the model's figures cover the others only
                 scans += f" (**{refused} refused** by the model: its figures without them)"
-            lines.append(f"| {g['row']}{scans} | {g['contrast']} | {' | '.join(cells)} | {_targets(g, targets)} |")
+            lines.append(f"| {g['row']}{scans}{_how_run(report, g['row'])} | {g['contrast']} | {' | '.join(cells)} | "
+                         f"{_targets(g, targets)} |")
         lines.append("")
     refusals = [(g["row"], r) for g in report["groups"] for r in g["model"]["not_scored"]]
     if refusals:
         lines.append("Refused by the model:")
         lines += [f"- {row}, {r['scan']}: {_short(r['why'])}" for row, r in refusals]
     return "\n".join(lines) + "\n"
+
+
+def _how_run(report: Mapping[str, Any], row: str) -> str:
+    """How the model ran a row's scans where that is not plain: read as another contrast, or its contrast stated
+    after the model could not tell it."""
+    notes = []
+    for case in (c for c in report["cases"] if c["row"] == row and c["model"]["status"] == "scored"):
+        found = (case["model"].get("contrast_found") or {}).get("name")
+        if case["model"].get("contrast_stated"):
+            notes.append(f"contrast not told by the model: run as {found}, stated")
+        elif found and found != case["contrast"]:
+            notes.append(f"read as {found}")
+    return f" ({'; '.join(sorted(set(notes)))})" if notes else ""
 
 
 def _targets(group: Mapping[str, Any], targets: Mapping[str, Sequence[Target]]) -> str:

@@ -36,7 +36,7 @@ from MedAutoencoderLib.errors import (
     is_cuda_failure,
     is_out_of_memory,
 )
-from MedAutoencoderLib.io.loaded_model import LoadedModel
+from MedAutoencoderLib.io.loaded_model import LoadedModel, bundled_contrasts
 from MedAutoencoderLib.io.outputs import PendingOutputs, pending_path
 from MedAutoencoderLib.io.volumes import (
     OUTPUT_KINDS,
@@ -54,13 +54,13 @@ from MedAutoencoderLib.runtime.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.runtime.threads import WaitingThreadPool
 
 
-def _threshold(model: LoadedModel, options: DetectOptions) -> float:
+def _threshold(model: LoadedModel, options: DetectOptions, contrast: Optional[str] = None) -> float:
     if options.threshold is not None:
         return float(options.threshold)
     if model.record.threshold is None:
         raise ModelFileError(f"{model.path}: has no calibrated threshold (its training was interrupted before "
                              "calibration); give a threshold explicitly")
-    return float(model.record.threshold)
+    return float(model.record.threshold_for(contrast))
 
 
 @dataclass
@@ -90,9 +90,11 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
     model's preprocessing), as a batch prepares its next volumes ahead of the network."""
     options = options or DetectOptions()
     options.validate()
-    threshold = _threshold(model, options)
+    _threshold(model, options)  # a model without a threshold fails before any work
+    prepared, model, contrast = _model_for_input(prepared, model, options.contrast)
     record = model.record
-    contrast = input_contrast(prepared, model, options.contrast)  # before the network: a refusal costs nothing
+    contrast_name = (contrast.get("contrast") or {}).get("name")
+    threshold = _threshold(model, options, contrast_name)
     reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device,
                                  options.precision)
     reconstruction_image = reconstruction_on_input_grid(prepared, reconstruction)
@@ -100,12 +102,36 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     scored = score_volume(prepared, reconstruction, record.detection)
     result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
-    result.summary.update(calibrated_threshold=record.threshold,
+    result.summary.update(calibrated_threshold=record.threshold_for(contrast_name),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
+
+
+def _model_for_input(prepared: PreparedVolume, model: LoadedModel, choice: str,
+                     ) -> Tuple[PreparedVolume, LoadedModel, Dict[str, object]]:
+    """The model an input runs through, checked against its contrast (:func:`input_contrast`): ``model``, or for
+    the bundled set the bundled model of the input's contrast (the input brought onto that model's grid if it
+    has another preprocessing)."""
+    try:
+        return prepared, model, input_contrast(prepared, model, choice)
+    except InputImageError as refusal:
+        found = getattr(refusal, "contrast", None)
+        other = model.for_contrast(found)
+        if other is model and model.bundled_set and found is None:
+            reason = str(refusal).split(": ", 1)[1].split("; the model ")[0]
+            unknown = InputImageError(f"{prepared.name}: {reason}; the bundled models are made for "
+                                      f"{', '.join(bundled_contrasts())}: pass --contrast with the scan's contrast "
+                                      "to choose one")
+            unknown.contrast = None
+            raise unknown from None
+        if other is model:
+            raise
+    if other.record.preprocess != model.record.preprocess:
+        prepared = prepare_volume(prepared.source, other.record.preprocess, name=prepared.name)
+    return prepared, other, input_contrast(prepared, other, choice)
 
 
 def model_name(model: LoadedModel) -> str:

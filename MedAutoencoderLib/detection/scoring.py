@@ -62,6 +62,19 @@ def structural_dissimilarity(image: np.ndarray, reconstruction: np.ndarray, sigm
     return (1.0 - ssim).astype(np.float32)
 
 
+def robust_z(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``image`` as robust z-scores of the values inside ``region`` (median, 1.4826 MAD), float32, any shape.
+
+    Written here because MONAI's ``NormalizeIntensity`` standardises by the mean and standard deviation, which
+    the lesions themselves inflate."""
+    inside = image[region].astype(np.float64)
+    if inside.size == 0:
+        return np.zeros(image.shape, np.float32)
+    median = float(np.median(inside))
+    mad = 1.4826 * float(np.median(np.abs(inside - median))) or 1.0
+    return ((image.astype(np.float64) - median) / mad).astype(np.float32)
+
+
 def scoring_region(prepared: PreparedVolume, config: DetectionConfig) -> np.ndarray:
     """The foreground eroded by ``config.mask_erosion_mm``: where scores count (edges reconstruct badly)."""
     return erode_mask(prepared.foreground, config.mask_erosion_mm, prepared.grid.GetSpacing())
@@ -78,8 +91,8 @@ def require_scoring_region(prepared: PreparedVolume, config: DetectionConfig) ->
 
 
 def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: DetectionConfig) -> ScoredVolume:
-    """Residual (signed as configured) or structural dissimilarity, median filtered per slice, inside the
-    eroded foreground."""
+    """Residual (signed as configured) or structural dissimilarity, weighted by the intensity prior if configured,
+    median filtered per slice, inside the eroded foreground."""
     residual = prepared.image - reconstruction
     if config.score == "ssim":
         residual = structural_dissimilarity(prepared.image, reconstruction)
@@ -90,6 +103,8 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
     else:
         residual = np.maximum(-residual, 0.0)
     region = scoring_region(prepared, config)
+    if config.prior == "bright":
+        residual = residual * np.maximum(robust_z(prepared.image, region), 0.0)
     score_map = np.zeros_like(residual)
     box = ndimage.find_objects(region.astype(np.uint8))
     if box:  # filter only the region's bounding box: a third of the grid for a brain

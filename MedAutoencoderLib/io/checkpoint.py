@@ -36,7 +36,8 @@ class ModelRecord:
     model: ModelConfig
     preprocess: PreprocessConfig
     detection: DetectionConfig
-    # threshold, target_fpr, volumes, voxels; optionally "by_foreground": a threshold calibrated with each brain mask
+    # threshold, target_fpr, volumes, voxels; optionally "by_foreground": a threshold calibrated with each brain
+    # mask, and "by_contrast": one per MRI contrast of a model made for several
     calibration: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
     library_version: str = __version__
@@ -49,6 +50,12 @@ class ModelRecord:
         use (``preprocess.foreground``): the masks differ at the brain's edge, where residuals are largest."""
         by_foreground = self.calibration.get("by_foreground") or {}
         return by_foreground.get(self.preprocess.foreground, self.calibration.get("threshold"))
+
+    def threshold_for(self, contrast: Optional[str]) -> Optional[float]:
+        """The calibrated threshold for an input of ``contrast``: a model made for several contrasts is
+        calibrated on each (their residuals differ), else :attr:`threshold`."""
+        by_contrast = self.calibration.get("by_contrast") or {}
+        return by_contrast.get(contrast, self.threshold) if contrast else self.threshold
 
 
 def save_model(path: Path, network: nn.Module, record: ModelRecord,

@@ -1,9 +1,9 @@
 """A model file loaded for inference: the network on its device with the configuration it was trained with."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -14,6 +14,15 @@ from MedAutoencoderLib.io.checkpoint import ModelRecord, network_from_payload, r
 from MedAutoencoderLib.runtime.device import configure_for_speed, resolve_device
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default_brain_t1.pt"
+#: The bundled models of the contrasts the default (T1) model is not made for: without --model, detection runs
+#: an input of one of these contrasts through its model instead of refusing it.
+CONTRAST_MODELS = {name: DEFAULT_MODEL.parent / "brain_t2_flair_pd.pt" for name in ("T2", "FLAIR", "PD")}
+
+
+def bundled_contrasts() -> list:
+    """The MRI contrasts the bundled models here are made for: T1 (the default model) and those of
+    :data:`CONTRAST_MODELS` whose file is present."""
+    return ["T1", *(name for name, path in CONTRAST_MODELS.items() if path.is_file())]
 
 
 @dataclass
@@ -24,6 +33,22 @@ class LoadedModel:
     record: ModelRecord
     device: torch.device
     path: Optional[Path] = None
+    # the bundled set (loaded without a model file named): the bundled model of each other contrast, loaded
+    # when an input of that contrast comes (:meth:`for_contrast`)
+    bundled_set: bool = False
+    foreground_asked: Optional[str] = None
+    _others: Dict[Path, "LoadedModel"] = field(default_factory=dict, repr=False)
+
+    def for_contrast(self, contrast: Optional[str]) -> "LoadedModel":
+        """The model to run on an input of ``contrast``: this one, or for the bundled set the bundled model made
+        for that contrast (loaded once, on the same device and with the same brain mask)."""
+        path = CONTRAST_MODELS.get(contrast or "") if self.bundled_set else None
+        if path is None or not path.is_file() or path == self.path:
+            return self
+        if path not in self._others:
+            other = load_model(path, device=str(self.device), foreground=self.foreground_asked)
+            self._others[path] = other
+        return self._others[path]
 
 
 def brain_foreground(trained_with: str, requested: Optional[str], model_path: Path) -> str:
@@ -44,7 +69,8 @@ def brain_foreground(trained_with: str, requested: Optional[str], model_path: Pa
 
 def load_model(path: Union[str, Path, None] = None, device: str = "auto",
                foreground: Optional[str] = None) -> LoadedModel:
-    """Load a model file (``None``: the bundled default brain T1 model) onto ``device``.
+    """Load a model file (``None``: the bundled set: the default brain T1 model, and the bundled model of another
+    contrast for inputs of that contrast, :meth:`LoadedModel.for_contrast`) onto ``device``.
 
     ``foreground``: how a brain model finds the brain (:func:`brain_foreground`): ``None`` or ``"brain"`` the
     learned extractor, ``"template"`` the registration of the MNI template.
@@ -58,4 +84,5 @@ def load_model(path: Union[str, Path, None] = None, device: str = "auto",
     torch_device = resolve_device(device)
     configure_for_speed(torch_device)
     network = network_from_payload(payload, record, model_path).to(torch_device).eval()
-    return LoadedModel(network=network, record=record, device=torch_device, path=model_path)
+    return LoadedModel(network=network, record=record, device=torch_device, path=model_path,
+                       bundled_set=path is None, foreground_asked=foreground)

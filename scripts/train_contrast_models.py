@@ -1,0 +1,331 @@
+"""Train and calibrate the bundled real-scan models: brain T1 (real IXI anatomy) and brain T2/FLAIR/PD (synthesised).
+
+Both fine-tune the bundled template-trained DAE (same network, grid and noise) with the learned brain extractor as
+the brain mask, so that training sees the mask detection uses:
+
+* ``t1``: the real IXI T1 heads of the training split (``scripts/ixi_split.json``, with face and neck) together
+  with template-generated healthy subjects (:func:`MedAutoencoderLib.data.synthetic.make_cohort`; they keep the
+  template's anatomy in the model's domain). Threshold: the IXI calibration heads (real, healthy, never trained on).
+* ``t2flair``: images the synthesis engine draws from the label maps of the training split (IXI DLMUSE heads and the
+  SynthSeg whole-head maps) in the T2, FLAIR and PD orderings, with skull or stripped, cut or whole. The residual
+  counts where the input is brighter than its reconstruction (lesions are bright in these contrasts). Threshold: one
+  per contrast, on engine images drawn from the IXI calibration maps (no real healthy T2/FLAIR/PD scan is here).
+
+No lesion scan, and no scan of the test split, is read. Reproducible: every draw is seeded (``--seed``); training
+is bounded by time (``--minutes``), so the number of steps depends on the machine (the file records it).
+
+    PYTHONPATH=$PWD python scripts/train_contrast_models.py data --work /work/cache/contrast_models
+    PYTHONPATH=$PWD python scripts/train_contrast_models.py train t2flair --work /work/cache/contrast_models
+    PYTHONPATH=$PWD python scripts/train_contrast_models.py calibrate t2flair --work /work/cache/contrast_models
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from MedAutoencoderLib.api import load_model, train_model  # noqa: E402
+from MedAutoencoderLib.config import TrainConfig  # noqa: E402
+from MedAutoencoderLib.detection.scoring import calibrate_threshold, reconstruct_and_score  # noqa: E402
+from MedAutoencoderLib.errors import InputImageError  # noqa: E402
+from MedAutoencoderLib.io.checkpoint import save_model  # noqa: E402
+from MedAutoencoderLib.io.volumes import read_image  # noqa: E402
+from MedAutoencoderLib.preprocessing.prepare import prepare_volume  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE.parent / "MedAutoencoderLib" / "models"
+CONTRASTS = {"t2": "T2", "flair": "FLAIR", "pd": "PD"}  # engine ordering -> contrast name
+OUT_NAMES = {"t1": "default_brain_t1.pt", "t2flair": "brain_t2_flair_pd.pt"}
+_TEMPLATE = "MNI ICBM152 2009a nonlinear symmetric T1 template (bundled; see its NOTICE): the bundled model's weights"
+SOURCES = {
+    "t1": [_TEMPLATE,
+           "IXI T1 heads of the training split (scripts/ixi_split.json), CC BY-SA 3.0, "
+           "brain-development.org/ixi-dataset",
+           "template-generated healthy subjects (MedAutoencoderLib.data.synthetic)",
+           "threshold: the IXI calibration heads (CC BY-SA 3.0)"],
+    "t2flair": [_TEMPLATE, "images synthesised by MedAutoencoderLib.synthesis from the DLMUSE parcellations of the "
+                "IXI training heads (IXI: CC BY-SA 3.0) and the SynthSeg whole-head label maps (Apache 2.0)",
+                "thresholds: synthesised images of the IXI calibration heads' parcellations"],
+}
+
+
+def _engine_volumes(maps: list, out_dir: Path, per_map: int, seed: int, strip_share: float, cut_share: float) -> list:
+    """Engine images of the maps in the T2/FLAIR/PD orderings (cycled), written as 2 mm NIfTI volumes."""
+    from MedAutoencoderLib.brain.extractor import extract_brain
+    from MedAutoencoderLib.synthesis.engine import SynthesisConfig, synthesize, to_tensors
+    from MedAutoencoderLib.synthesis.sources import load_map
+
+    config = SynthesisConfig(shape=(96, 120, 104), rotation_deg=10.0, strip_probability=strip_share,
+                             cut_probability=cut_share, thick_probability=0.4, thickness_mm=(2.0, 5.0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names, written = list(CONTRASTS), []
+    gen = torch.Generator().manual_seed(seed)
+    for i, path in enumerate(maps):
+        label_map = to_tensors(load_map(str(path)))
+        for k in range(per_map):
+            contrast = names[(i * per_map + k) % len(names)]
+            drawn = synthesize(label_map, gen, config, contrast)
+            image = sitk.GetImageFromArray(drawn["image"][0].numpy())
+            image.SetSpacing((2.0, 2.0, 2.0))
+            try:  # a draw the extractor refuses (a brain scaled past 2200 mL) would stop training: left out
+                extract_brain(image, name=str(path))
+            except InputImageError as error:
+                print("left out:", error, flush=True)
+                continue
+            target = out_dir / f"{Path(path).stem}_{k}_{contrast}.nii.gz"
+            sitk.WriteImage(image, str(target))
+            written.append(target)
+    return written
+
+
+def make_data(args: argparse.Namespace) -> None:
+    from MedAutoencoderLib.data.synthetic import LESION_KINDS, make_cohort
+    from MedAutoencoderLib.synthesis.sources import build_cache
+
+    split = json.loads((HERE / "ixi_split.json").read_text())
+    paths = [Path(p) for p in build_cache(args.data, args.cache, split["train"] + split["calibration"])]
+    synthseg = sorted(p for p in paths if p.name.startswith("synthseg_"))
+    train_maps = synthseg + [Path(args.cache) / f"ixi_{s}.npz" for s in split["train"]]
+    calibration_maps = [Path(args.cache) / f"ixi_{s}.npz" for s in split["calibration"]]
+    work = Path(args.work)
+    for folder in ("t2flair_train", "t2flair_calibration"):
+        for old in (Path(args.work) / folder).glob("*.nii.gz"):
+            old.unlink()
+    n = len(_engine_volumes(train_maps, work / "t2flair_train", 1, args.seed, 0.3, 0.3))
+    # every calibration map in each contrast, whole heads and stripped brains as detection meets them
+    m = len(_engine_volumes(calibration_maps, work / "t2flair_calibration", 3, args.seed + 1, 0.3, 0.0))
+    t = len(make_cohort(work / "t1_template", args.template_subjects, args.seed, overwrite=True))
+    print(f"written: {n} T2/FLAIR/PD training volumes, {m} calibration volumes, {t} template T1 subjects")
+    # the T1 validation sets (validate t1): lesions in the IXI validation heads, lesioned template subjects
+    subprocess.run([sys.executable, str(HERE / "make_ixi_lesions.py"), "--out", str(work / "ixi_val_lesions"),
+                    "--split", "validation", "--seed", "31"], check=True)
+    for k, kind in enumerate(LESION_KINDS):
+        for path in make_cohort(work / "template_val" / kind, 2, 500 + 1000 * k, lesioned=True, kinds=(kind,),
+                                overwrite=True):
+            for source, folder in ((path, "flat"), (path.with_name(path.name.replace(".nii", "_mask.nii")), "masks")):
+                (work / "template_val" / folder).mkdir(parents=True, exist_ok=True)
+                source.replace(work / "template_val" / folder / f"{kind}_{source.name}")
+    make_cohort(work / "template_val" / "healthy", 3, 599, overwrite=True)
+
+
+def train(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    split = json.loads((HERE / "ixi_split.json").read_text())
+    if args.which == "t1":
+        data = [str(Path(args.data) / "ixi_t1_2mm" / "t1" / f"{s}_T1.nii.gz") for s in split["train"]]
+        data += [str(work / "t1_template")]
+    else:
+        data = [str(work / "t2flair_train")]
+    config = TrainConfig(data=data, out=str(work / f"{args.which}_trained.pt"), init="default",
+                         max_minutes=args.minutes, epochs=args.epochs, learning_rate=args.learning_rate,
+                         validation_fraction=0.1, seed=args.seed, overwrite=True)
+    config.preprocess.foreground = "brain"
+    print("model written:", train_model(config))
+
+
+def _scored(model, record, paths: list) -> list:
+    out = []
+    for path in paths:
+        prepared = prepare_volume(read_image(path), record.preprocess, name=str(path))
+        out.append(reconstruct_and_score(model.network, prepared, record.model, record.detection, model.device)[1])
+    return out
+
+
+def _calibration_groups(args: argparse.Namespace) -> dict:
+    """Healthy volumes never trained on, per contrast."""
+    work = Path(args.work)
+    if args.which == "t1":
+        split = json.loads((HERE / "ixi_split.json").read_text())
+        return {"T1": [Path(args.data) / "ixi_t1_2mm" / "t1" / f"{s}_T1.nii.gz" for s in split["calibration"]]}
+    files = sorted((work / "t2flair_calibration").glob("*.nii.gz"))
+    return {name: [f for f in files if f.name.endswith(f"_{key}.nii.gz")] for key, name in CONTRASTS.items()}
+
+
+def _calibrated(model, prior: str, args: argparse.Namespace) -> None:
+    """Set ``model``'s detection settings for its contrasts and calibrate its threshold(s) in place."""
+    record = model.record
+    groups = _calibration_groups(args)
+    record.contrasts = list(groups)
+    if args.which != "t1":
+        record.detection.residual = "positive"
+        record.detection.prior = prior
+    by_contrast, everything = {}, []
+    for name, paths in groups.items():
+        scored = _scored(model, record, paths)
+        by_contrast[name] = calibrate_threshold(scored, record.detection.target_fpr)["threshold"]
+        everything += scored
+        print(f"{name}: threshold {by_contrast[name]:.4f} on {len(paths)} volumes", flush=True)
+    record.calibration = {**calibrate_threshold(everything, record.detection.target_fpr),
+                          "calibrated_on": sorted({p.parent.name for ps in groups.values() for p in ps})}
+    if len(by_contrast) > 1:
+        record.calibration["by_contrast"] = by_contrast
+    else:
+        record.calibration["threshold"] = by_contrast[record.contrasts[0]]
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    """The threshold(s) on healthy volumes never trained on; the model file gets its contrasts and sources."""
+    model = load_model(Path(args.work) / f"{args.which}_trained.pt", device="cpu")
+    _calibrated(model, args.prior, args)
+    if args.which == "t1":  # --foreground template: its own threshold, on the heads the registration takes
+        record = model.record
+        record.calibration["by_foreground"] = {"brain": record.calibration["threshold"]}
+        with_template = copy.deepcopy(record)
+        with_template.preprocess.foreground = "template"
+        scored = []
+        for path in _calibration_groups(args)["T1"]:
+            try:
+                scored += _scored(model, with_template, [path])
+            except InputImageError as refused:
+                print("template mask: left out", refused, flush=True)
+        record.calibration["by_foreground"]["template"] = calibrate_threshold(
+            scored, record.detection.target_fpr)["threshold"]
+        print("thresholds by brain mask:", record.calibration["by_foreground"], flush=True)
+    model.record.training["sources"] = SOURCES[args.which]
+    out = Path(args.out) if args.out else MODELS / OUT_NAMES[args.which]
+    save_model(out, model.network, model.record)
+    print("written:", out, model.record.calibration.get("by_contrast", model.record.calibration["threshold"]))
+
+
+def _validation_set(args: argparse.Namespace) -> list:
+    """(contrast, lesioned image, truth, healthy image): engine T2 and FLAIR images of the IXI validation maps, each
+    with one bright lesion (hyper or mass, in turn) painted inside its brain, and the same image without it."""
+    from MedAutoencoderLib.data.synthetic import insert_lesion
+    from MedAutoencoderLib.synthesis.engine import SynthesisConfig, synthesize, to_tensors
+    from MedAutoencoderLib.synthesis.sources import build_cache, load_map
+
+    split = json.loads((HERE / "ixi_split.json").read_text())
+    build_cache(args.data, args.cache, split["validation"])
+    config = SynthesisConfig(shape=(96, 120, 104), rotation_deg=10.0, strip_probability=0.3, cut_probability=0.0,
+                             thick_probability=0.4, thickness_mm=(2.0, 5.0))
+    gen, rng, cases = torch.Generator().manual_seed(args.seed + 2), np.random.default_rng(args.seed + 2), []
+    for i, subject in enumerate(split["validation"]):
+        label_map = to_tensors(load_map(str(Path(args.cache) / f"ixi_{subject}.npz")))
+        for key in ("t2", "flair"):
+            drawn = synthesize(label_map, gen, config, key)
+            image = sitk.GetImageFromArray(drawn["image"][0].numpy())
+            image.SetSpacing((2.0, 2.0, 2.0))
+            brain = sitk.GetImageFromArray(drawn["brain"].numpy().astype(np.uint8))
+            brain.CopyInformation(image)
+            lesioned, truth = insert_lesion(image, brain, ("hyper", "mass")[i % 2], rng)
+            cases.append((CONTRASTS[key], lesioned, sitk.GetArrayFromImage(truth) > 0, image))
+    return cases
+
+
+def validate_t1(args: argparse.Namespace) -> None:
+    """Choose between the bundled template-trained T1 model and the new one on validation data: synthetic lesions
+    painted in the IXI validation heads (scripts/make_ixi_lesions.py --split validation --seed 31) with the untouched
+    heads as healthy controls, and template subjects with lesions of every kind, 2 each, and 3 healthy controls
+    (make_cohort seeds 500 + 1000 k and 599; the reported evaluation uses seed 7). Both models calibrated alike on
+    the IXI calibration heads."""
+    from MedAutoencoderLib.detection.evaluation import evaluate_model, pair_images_with_masks
+
+    work = Path(args.work)
+    sets = {"IXI validation heads": (pair_images_with_masks([str(work / "ixi_val_lesions" / "lesioned")],
+                                                            [str(work / "ixi_val_lesions" / "masks")]),
+                                     [str(work / "ixi_val_lesions" / "healthy")]),
+            "template subjects": (pair_images_with_masks([str(work / "template_val" / "flat")],
+                                                         [str(work / "template_val" / "masks")]),
+                                  [str(work / "template_val" / "healthy")])}
+    results = {}
+    for label, path in (("bundled", MODELS / "default_brain_t1.pt"), ("new", work / "t1_trained.pt")):
+        model = load_model(path, device="cpu")
+        _calibrated(model, "none", args)
+        for name, (pairs, healthy) in sets.items():
+            report = evaluate_model(model, pairs, healthy)["model"]
+            results[f"{label} {name}"] = {k: report[k] for k in ("average_precision", "dice_at_threshold",
+                                                                 "healthy_flagged_share")}
+            print(f"{label:8s} {name:22s} AP {report['average_precision']:.3f}  Dice {report['dice_at_threshold']:.3f}"
+                  f"  healthy flagged {100 * report['healthy_flagged_share']:.2f} %  (threshold "
+                  f"{model.record.threshold:.4f})", flush=True)
+    (work / "validation_t1.json").write_text(json.dumps(results, indent=2))
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Choose the non-T1 model's intensity prior on validation data: synthetic bright lesions in engine images of
+    the validation maps (pooled voxel AP and Dice at the calibrated threshold per contrast, brain volume flagged in
+    the same images without the lesion). Each volume is reconstructed once; the priors differ in the scoring only.
+    No real scan is read."""
+    from MedAutoencoderLib.detection.evaluation import voxel_metrics
+    from MedAutoencoderLib.detection.inference import reconstruct
+    from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
+
+    model = load_model(Path(args.work) / f"{args.which}_trained.pt", device="cpu")
+    record = model.record
+    record.detection.residual = "positive"
+
+    def run(image: sitk.Image, name: str):
+        prepared = prepare_volume(image, record.preprocess, name=name)
+        return prepared, reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
+
+    calibration = {c: [run(read_image(p), str(p)) for p in paths] for c, paths in _calibration_groups(args).items()}
+    cases = [(c, run(lesioned, f"{c}_{i}"), truth, run(healthy, f"{c}_{i}_healthy"))
+             for i, (c, lesioned, truth, healthy) in enumerate(_validation_set(args))]
+    print(f"reconstructed {sum(map(len, calibration.values()))} calibration and {2 * len(cases)} validation volumes",
+          flush=True)
+    results = {}
+    for prior in ("none", "bright"):
+        record.detection.prior = prior
+        for contrast in ("T2", "FLAIR"):
+            threshold = calibrate_threshold([score_volume(p, r, record.detection) for p, r in calibration[contrast]],
+                                            record.detection.target_fpr)["threshold"]
+            scores, labels, found, healthy_ml = [], [], [], []
+            for _, (prepared, rec), truth, (h_prepared, h_rec) in (c for c in cases if c[0] == contrast):
+                result = finish_detection(prepared, reconstruction_on_input_grid(prepared, rec),
+                                          score_volume(prepared, rec, record.detection), threshold, record.detection)
+                score_map = sitk.GetArrayFromImage(result.anomaly_map)
+                keep = (score_map != 0) | truth
+                scores.append(score_map[keep])
+                labels.append(truth[keep])
+                found.append(sitk.GetArrayFromImage(result.anomaly_mask)[keep] > 0)
+                control = finish_detection(h_prepared, reconstruction_on_input_grid(h_prepared, h_rec),
+                                           score_volume(h_prepared, h_rec, record.detection), threshold,
+                                           record.detection)
+                healthy_ml.append(control.summary["anomalous_volume_ml"])
+            metrics = voxel_metrics(np.concatenate(scores), np.concatenate(labels))
+            f, t = np.concatenate(found), np.concatenate(labels)
+            dice = 2 * float((f & t).sum()) / max(1, int(f.sum() + t.sum()))
+            results[f"{prior} {contrast}"] = {"average_precision": metrics["average_precision"], "dice": dice,
+                                              "healthy_ml_flagged_median": float(np.median(healthy_ml)),
+                                              "threshold": threshold}
+            print(f"prior {prior:6s} {contrast:5s}: AP {metrics['average_precision']:.3f}  Dice {dice:.3f}  "
+                  f"healthy flagged median {np.median(healthy_ml):.2f} mL (threshold {threshold:.4f})", flush=True)
+    (Path(args.work) / "validation.json").write_text(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("data", "train", "calibrate", "validate"))
+    parser.add_argument("which", nargs="?", choices=("t1", "t2flair"), default="t2flair")
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--cache", default="/work/cache/brain_maps", help="prepared label maps (synthesis.sources)")
+    parser.add_argument("--work", default="/work/cache/contrast_models")
+    parser.add_argument("--out", default="", help="model file (default: the bundled file in MedAutoencoderLib/models)")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--template-subjects", type=int, default=32)
+    parser.add_argument("--prior", choices=("none", "bright"), default="none",
+                        help="T2/FLAIR/PD model's intensity prior (chosen by the validate stage)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    np.random.seed(args.seed)
+    stages = {"data": make_data, "train": train, "calibrate": calibrate,
+              "validate": validate_t1 if args.which == "t1" else validate}
+    stages[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
