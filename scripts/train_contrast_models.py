@@ -156,6 +156,7 @@ def _calibrated(model, prior: str, args: argparse.Namespace) -> None:
     record = model.record
     groups = _calibration_groups(args)
     record.contrasts = list(groups)
+    record.detection.target_fpr = args.target_fpr
     if args.which != "t1":
         record.detection.residual = "positive"
         record.detection.prior = prior
@@ -222,6 +223,54 @@ def _validation_set(args: argparse.Namespace) -> list:
     return cases
 
 
+FPR_CHOICES = (0.0002, 0.001, 0.003, 0.01)  # voxel false-positive rates on healthy calibration volumes
+
+
+def _run(model, record, image: sitk.Image, name: str):
+    """A volume prepared and reconstructed once; the settings compared differ in the scoring only."""
+    from MedAutoencoderLib.detection.inference import reconstruct
+
+    prepared = prepare_volume(image, record.preprocess, name=name)
+    return prepared, reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
+
+
+def _sweep(record, calibration: list, lesioned: list, healthy: list) -> list:
+    """For each rate of :data:`FPR_CHOICES`: the threshold on the calibration runs, the pooled voxel AP and Dice of
+    the lesioned runs ((run, truth on the input grid)) and the median share of the healthy runs' scored brain
+    flagged, each detection finished as detect finishes it (mapping back, components under 0.2 mL removed)."""
+    from MedAutoencoderLib.detection.evaluation import voxel_metrics
+    from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
+
+    def finished(run, threshold):
+        prepared, rec = run
+        scored = score_volume(prepared, rec, record.detection)
+        result = finish_detection(prepared, reconstruction_on_input_grid(prepared, rec), scored, threshold,
+                                  record.detection)
+        region = sitk.GetArrayFromImage(prepared.to_input_grid(scored.region, nearest=True)) > 0
+        return sitk.GetArrayFromImage(result.anomaly_map), sitk.GetArrayFromImage(result.anomaly_mask) > 0, region
+
+    scored = [score_volume(p, r, record.detection) for p, r in calibration]
+    rows = []
+    for fpr in FPR_CHOICES:
+        threshold = calibrate_threshold(scored, fpr)["threshold"]
+        scores, labels, found = [], [], []
+        for run, truth in lesioned:
+            score_map, mask, region = finished(run, threshold)
+            keep = region | truth
+            scores.append(score_map[keep])
+            labels.append(truth[keep])
+            found.append(mask[keep])
+        flagged = [float(mask[region].mean()) for mask, region in (finished(run, threshold)[1:] for run in healthy)]
+        f, t = np.concatenate(found), np.concatenate(labels)
+        rows.append({"target_fpr": fpr, "threshold": threshold,
+                     "average_precision": voxel_metrics(np.concatenate(scores), t)["average_precision"],
+                     "dice": 2 * float((f & t).sum()) / max(1, int(f.sum() + t.sum())),
+                     "healthy_flagged_median": float(np.median(flagged)) if flagged else 0.0})
+        print("  FPR {target_fpr:.4f}: threshold {threshold:.4f}  AP {average_precision:.3f}  Dice {dice:.3f}  "
+              "healthy brain flagged (median) {healthy_flagged_median:.3%}".format(**rows[-1]), flush=True)
+    return rows
+
+
 def validate_t1(args: argparse.Namespace) -> None:
     """Choose between the bundled template-trained T1 model and the new one on validation data: synthetic lesions
     painted in the IXI validation heads (scripts/make_ixi_lesions.py --split validation --seed 31) with the untouched
@@ -238,7 +287,8 @@ def validate_t1(args: argparse.Namespace) -> None:
                                                          [str(work / "template_val" / "masks")]),
                                   [str(work / "template_val" / "healthy")])}
     results = {}
-    for label, path in (("bundled", MODELS / "default_brain_t1.pt"), ("new", work / "t1_trained.pt")):
+    compared = (("bundled", MODELS / "default_brain_t1.pt"), ("new", work / "t1_trained.pt"))
+    for label, path in () if args.sweep_only else compared:
         model = load_model(path, device="cpu")
         _calibrated(model, "none", args)
         for name, (pairs, healthy) in sets.items():
@@ -248,6 +298,21 @@ def validate_t1(args: argparse.Namespace) -> None:
             print(f"{label:8s} {name:22s} AP {report['average_precision']:.3f}  Dice {report['dice_at_threshold']:.3f}"
                   f"  healthy flagged {100 * report['healthy_flagged_share']:.2f} %  (threshold "
                   f"{model.record.threshold:.4f})", flush=True)
+    # the new model's false-positive rate, chosen on the same validation heads and subjects
+    model = load_model(work / "t1_trained.pt", device="cpu")
+    record = model.record
+    calibration = [_run(model, record, read_image(p), str(p)) for p in _calibration_groups(args)["T1"]]
+    for name, (pairs, healthy) in sets.items():
+        from MedAutoencoderLib.detection.evaluation import mask_on_grid
+        from MedAutoencoderLib.io.volumes import find_volumes
+
+        lesioned = []
+        for image_path, mask_path in pairs:
+            image = read_image(image_path)
+            lesioned.append((_run(model, record, image, str(image_path)), mask_on_grid(mask_path, image)))
+        controls = [_run(model, record, read_image(p), str(p)) for p in find_volumes(healthy)]
+        print(f"new model, {name}:", flush=True)
+        results[f"sweep {name}"] = _sweep(record, calibration, lesioned, controls)
     (work / "validation_t1.json").write_text(json.dumps(results, indent=2))
 
 
@@ -274,7 +339,7 @@ def validate(args: argparse.Namespace) -> None:
     print(f"reconstructed {sum(map(len, calibration.values()))} calibration and {2 * len(cases)} validation volumes",
           flush=True)
     results = {}
-    for prior in ("none", "bright"):
+    for prior in () if args.sweep_only else ("none", "bright"):
         record.detection.prior = prior
         for contrast in ("T2", "FLAIR"):
             threshold = calibrate_threshold([score_volume(p, r, record.detection) for p, r in calibration[contrast]],
@@ -300,6 +365,12 @@ def validate(args: argparse.Namespace) -> None:
                                               "threshold": threshold}
             print(f"prior {prior:6s} {contrast:5s}: AP {metrics['average_precision']:.3f}  Dice {dice:.3f}  "
                   f"healthy flagged median {np.median(healthy_ml):.2f} mL (threshold {threshold:.4f})", flush=True)
+    record.detection.prior = "none"
+    for contrast in ("T2", "FLAIR"):
+        print(f"prior none, {contrast}:", flush=True)
+        results[f"sweep {contrast}"] = _sweep(record, calibration[contrast],
+                                              [(run, truth) for c, run, truth, _ in cases if c == contrast],
+                                              [healthy for c, _, _, healthy in cases if c == contrast])
     (Path(args.work) / "validation.json").write_text(json.dumps(results, indent=2))
 
 
@@ -317,6 +388,10 @@ def main() -> None:
     parser.add_argument("--template-subjects", type=int, default=32)
     parser.add_argument("--prior", choices=("none", "bright"), default="none",
                         help="T2/FLAIR/PD model's intensity prior (chosen by the validate stage)")
+    parser.add_argument("--target-fpr", type=float, default=0.0002,
+                        help="calibrate: the voxel false-positive rate (chosen by the validate stage's sweep)")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="validate: only the false-positive-rate sweep (the model comparison already run)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
