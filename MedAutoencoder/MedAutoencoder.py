@@ -88,9 +88,10 @@ labelmap and an editable segmentation. Models can be trained on healthy volumes 
 See the <a href="{url}">module documentation</a>.
 """).format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _("""
-Built on 3D Slicer, PyTorch, MONAI and SimpleITK. The bundled default model is trained on data derived from
-the MNI ICBM152 2009a template (Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre,
-Montreal Neurological Institute, McGill University).
+Built on 3D Slicer, PyTorch, MONAI and SimpleITK. The bundled models are trained on data derived from the MNI
+ICBM152 2009a template (Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal
+Neurological Institute, McGill University), the IXI dataset (CC BY-SA 3.0) and the SynthSeg label maps
+(Apache-2.0).
 """)
 
 
