@@ -391,6 +391,21 @@ def test_cli_t1_passes_with_the_contrast_in_its_summary(tmp_path):
 
 @needs_shared
 @pytest.mark.slow
+@needs_contrast_models
+def test_cli_t2_goes_through_the_bundled_t2_flair_pd_model(tmp_path):
+    done = _detect(tmp_path, SHARED / "brats_glioma_case" / "t2w.nii.gz")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "t2w_summary.json").read_text())
+    assert (summary["model"], summary["contrast"]["name"]) == ("brain_t2_flair_pd", "T2")
+    assert summary["model_contrasts"] == ["T2", "FLAIR", "PD"] and summary["threshold_source"] == "calibrated"
+    from MedAutoencoderLib.io.loaded_model import load_model
+
+    assert summary["calibrated_threshold"] == load_model(CONTRAST_MODELS["T2"], device="cpu").record.threshold_for("T2")
+    assert summary["anomalous_volume_ml"] > 5  # the glioma's bright oedema
+
+
+@needs_shared
+@pytest.mark.slow
 def test_keep_going_reports_a_refusal_like_other_failures(tmp_path):
     t1 = SHARED / "brats_glioma_case" / "t1n.nii.gz"
     flair = SHARED / "ms_lesion_patient26" / "FLAIR.nii.gz"

@@ -331,9 +331,10 @@ def test_info_reports_a_damaged_model_file_like_loading_does(capsys, tmp_path, d
 def test_info_without_a_model_describes_the_bundled_one(capsys):
     code, out, err = run_cli(capsys, "info")  # the README said so; it required a path
     assert code == 0, err
-    # the threshold of its default brain mask, the learned extractor (calibrated on the model's own calibration
-    # subjects; the registration's is 0.148)
-    assert "default_brain_t1.pt" in out and "threshold: 0.201" in out
+    # the threshold of its default brain mask, the learned extractor (calibrated on the IXI calibration heads; the
+    # registration's is 0.151), and where the model comes from
+    assert "default_brain_t1.pt" in out and "threshold: 0.1559" in out and "made for contrasts: T1" in out
+    assert "source: IXI T1 heads of the training split" in out and "CC BY-SA 3.0" in out
 
 
 def test_a_folder_given_as_the_model_is_named_as_a_folder(capsys, tmp_path):

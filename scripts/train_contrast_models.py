@@ -167,7 +167,7 @@ def _calibrated(model, prior: str, args: argparse.Namespace) -> None:
         everything += scored
         print(f"{name}: threshold {by_contrast[name]:.4f} on {len(paths)} volumes", flush=True)
     record.calibration = {**calibrate_threshold(everything, record.detection.target_fpr),
-                          "calibrated_on": sorted({p.parent.name for ps in groups.values() for p in ps})}
+                          "calibrated_on": [p.name for ps in groups.values() for p in ps]}
     if len(by_contrast) > 1:
         record.calibration["by_contrast"] = by_contrast
     else:
