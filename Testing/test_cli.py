@@ -116,9 +116,12 @@ def test_stopped_mid_batch_keeps_the_volumes_done_and_removes_the_one_in_progres
 
     scans = brain_scans(tmp_path / "scans", "abcd", ".nii.gz")
     out = tmp_path / "out"
+    # as from a terminal: a test run started in the background (CI under nohup) ignores SIGINT, and its children
+    # would inherit that
     process = subprocess.Popen([sys.executable, "-m", "MedAutoencoderLib", "detect", str(scans), "--output-dir",
                                 str(out), "--device", "cpu", "--progress", "json", *read_ahead],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stdout:  # each volume takes about a second on two cores: the next one is under way
         if "mL flagged" in line:
             process.send_signal(stop)

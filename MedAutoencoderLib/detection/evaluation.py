@@ -24,7 +24,7 @@ from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
 
 from MedAutoencoderLib.config import DetectOptions
-from MedAutoencoderLib.detection.scoring import ScoredVolume, anomaly_score, voxel_volume_ml
+from MedAutoencoderLib.detection.scoring import ScoredVolume, anomaly_score, robust_z, voxel_volume_ml
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io.volumes import (
     find_volumes,
@@ -78,10 +78,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def robust_z_baseline(image: np.ndarray, region: np.ndarray) -> np.ndarray:
     """|x - median| / (1.4826 MAD) inside ``region``: the "bright/dark = abnormal" intensity baseline."""
-    inside = image[region].astype(np.float64)
-    median = np.median(inside)
-    mad = 1.4826 * np.median(np.abs(inside - median)) or 1.0
-    return np.where(region, np.abs(image - median) / mad, 0.0).astype(np.float32)
+    return np.where(region, np.abs(robust_z(image, region)), 0.0).astype(np.float32)
 
 
 def reconstruction_quality(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray) -> Dict[str, float]:
