@@ -258,3 +258,30 @@ def test_median_network_leaves_the_middle_rank_in_the_middle_for_any_order(count
     rng = np.random.default_rng(count)
     values = np.stack([rng.permutation(count) for _ in range(2000)], axis=1).astype(np.float32)  # ranks 0..n-1
     np.testing.assert_array_equal(run_median_network(list(values)), np.full(2000, count // 2))
+
+
+def test_the_bright_prior_keeps_the_residuals_of_voxels_brighter_than_the_tissue_only():
+    """--prior bright: a residual where the input is darker than the brain's typical tissue counts for nothing,
+    one where it is brighter counts in proportion to how much brighter (its robust z)."""
+    from MedAutoencoderLib.detection.scoring import robust_z, score_volume
+    from MedAutoencoderLib.errors import ConfigurationError
+    from MedAutoencoderLib.preprocessing.prepare import PreparedVolume
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((20, 40, 40), np.float32)
+    foreground = np.zeros(image.shape, bool)
+    foreground[2:18, 5:35, 5:35] = True
+    image[foreground] = 0.5 + 0.02 * rng.standard_normal(int(foreground.sum()))
+    image[8:12, 10:14, 10:14] = 0.9  # bright lesion
+    image[8:12, 25:29, 25:29] = 0.1  # dark lesion
+    reconstruction = np.where(foreground, 0.5, 0.0).astype(np.float32)
+    grid = sitk.GetImageFromArray(image)
+    prepared = PreparedVolume(image=image, foreground=foreground, grid=grid, source=grid)
+    plain = score_volume(prepared, reconstruction, DetectionConfig(median_size=1, mask_erosion_mm=0.0))
+    bright = score_volume(prepared, reconstruction, DetectionConfig(median_size=1, mask_erosion_mm=0.0, prior="bright"))
+    z = robust_z(image, plain.region)
+    assert plain.score_map[10, 27, 27] == pytest.approx(0.4) and plain.score_map[10, 12, 12] == pytest.approx(0.4)
+    assert bright.score_map[10, 27, 27] == 0.0
+    assert bright.score_map[10, 12, 12] == pytest.approx(0.4 * z[10, 12, 12]) and z[10, 12, 12] > 10
+    with pytest.raises(ConfigurationError, match="prior must be"):
+        DetectionConfig(prior="dark").validate()
