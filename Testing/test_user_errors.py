@@ -26,6 +26,7 @@ from MedAutoencoderLib.data import synthetic
 from MedAutoencoderLib.detection import pipeline
 from MedAutoencoderLib.errors import ConfigurationError, ModelFileError, OutputLocationError
 from MedAutoencoderLib.io.checkpoint import save_model
+from MedAutoencoderLib.io.loaded_model import CONTRAST_MODELS
 
 TINY_TRAIN = ["--model", "ae", "--channels", "8", "16", "--epochs", "1", "--device", "cpu"]
 TINY_GRID = ["--size", "32", "32", "32"]
@@ -335,6 +336,8 @@ def test_info_without_a_model_describes_the_bundled_one(capsys):
     # registration's is 0.151), and where the model comes from
     assert "default_brain_t1.pt" in out and "threshold: 0.1559" in out and "made for contrasts: T1" in out
     assert "source: IXI T1 heads of the training split" in out and "CC BY-SA 3.0" in out
+    bundled = CONTRAST_MODELS["FLAIR"]
+    assert out.rstrip().endswith(f"bundled with it, for T2, FLAIR, PD: {bundled} (info prints its card)")
 
 
 def test_a_folder_given_as_the_model_is_named_as_a_folder(capsys, tmp_path):

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from MedAutoencoderLib import __version__
 from MedAutoencoderLib.cli.exit_codes import EXIT_CANCELLED, EXIT_USER_ERROR
@@ -484,6 +484,15 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  made for contrasts: {contrasts}" + (f" ({card['contrasts_note']})" if card.get("contrasts_note") else ""))
     for source in (training or {}).get("sources", []):
         print(f"  source: {source}")
+    if args.model is None:  # the bundled set: say which model takes the other contrasts
+        from MedAutoencoderLib.io.loaded_model import CONTRAST_MODELS
+
+        others: Dict[str, List[str]] = {}
+        for contrast, path in CONTRAST_MODELS.items():
+            if path.is_file():
+                others.setdefault(str(path), []).append(contrast)
+        for path, contrasts in others.items():
+            print(f"bundled with it, for {', '.join(contrasts)}: {path} (info prints its card)")
     return 0
 
 
