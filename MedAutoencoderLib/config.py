@@ -29,7 +29,7 @@ PLANNABLE_PREPROCESSING = ("spacing", "size", "normalization")
 RECONSTRUCTION_LOSSES = ("mse", "l1", "ssim", "bce")
 SPATIAL_DIMS = (2, 3)
 SPARSITY_PENALTIES = ("l1", "kl")
-NOISE_KINDS = ("coarse", "gaussian")
+NOISE_KINDS = ("coarse", "gaussian", "restore")
 NORMALIZATIONS = ("percentile", "zscore")
 FOREGROUND_METHODS = ("otsu", "brain", "template")
 #: The foreground methods that find the brain (brain models).
@@ -288,8 +288,10 @@ class ModelConfig:
     adversarial_weight: float = option(
         0.01, flag="--adversarial-weight", position=160,
         help="aae: weight of the discriminator's verdict beside the reconstruction loss")
-    # DAE: "coarse" (low-resolution, upsampled; Kascenas 2022) or "gaussian"
-    noise: str = option("coarse", flag="--noise", position=120, choices=NOISE_KINDS, help="dae corruption")
+    # DAE: "coarse" (low-resolution, upsampled; Kascenas 2022), "gaussian", or "restore": coarse noise plus a
+    # synthetic anomaly (a brighter or darker blob) in half of the samples, which the network learns to remove
+    noise: str = option("coarse", flag="--noise", position=120, choices=NOISE_KINDS,
+                        help="dae corruption: coarse, gaussian, or restore (coarse noise plus synthetic anomalies)")
     noise_std: float = option(0.2, flag="--noise-std", position=130)
     noise_resolution: int = 16  # coarse noise is drawn on this many cells per axis
     reconstruction_loss: str = option("mse", flag="--loss", position=110, choices=RECONSTRUCTION_LOSSES,
@@ -307,7 +309,7 @@ class ModelConfig:
         if self.sparsity not in SPARSITY_PENALTIES:
             raise ConfigurationError(f"sparsity must be 'l1' or 'kl', not {self.sparsity!r}")
         if self.noise not in NOISE_KINDS:
-            raise ConfigurationError(f"noise must be 'coarse' or 'gaussian', not {self.noise!r}")
+            raise ConfigurationError(f"noise must be 'coarse', 'gaussian' or 'restore', not {self.noise!r}")
         _require_at_least(1, latent_channels=self.latent_channels, smallest_channel_count=min(self.channels))
         # NaN passed "not negative" and ended as "training diverged (loss nan); lower --learning-rate"
         invalid = [name for name in ("sparsity_weight", "kl_weight", "noise_std", "adversarial_weight")

@@ -9,7 +9,7 @@ from MedAutoencoderLib.config import ModelConfig
 from MedAutoencoderLib.errors import ConfigurationError
 from MedAutoencoderLib.networks.autoencoders import build_network
 from MedAutoencoderLib.networks.losses import AutoencoderLoss, reconstruction_from_output, sparsity_penalty
-from MedAutoencoderLib.networks.noise import coarse_noise, corrupt
+from MedAutoencoderLib.networks.noise import coarse_noise, corrupt, synthetic_anomalies
 
 
 def tiny(name: str, dims: int = 2, **kw) -> ModelConfig:
@@ -170,3 +170,25 @@ def test_unknown_model_settings_are_refused():
     for bad in (dict(name="gan"), dict(spatial_dims=4), dict(reconstruction_loss="huber"), dict(noise="salt")):
         with pytest.raises(ConfigurationError):
             build_network(ModelConfig(**bad))
+
+
+def test_restoration_corruption_paints_one_anomaly_inside_the_foreground_only():
+    clean = torch.full((6, 1, 48, 48), 0.5)
+    foreground = torch.zeros_like(clean)
+    foreground[:5, :, 8:40, 8:40] = 1  # the last sample has none
+    painted = synthetic_anomalies(clean, foreground, torch.Generator().manual_seed(3), share=1.0)
+    changed = (painted - clean).abs() > 1e-6
+    assert not changed[foreground == 0].any() and not changed[5].any()
+    for b in range(5):
+        assert changed[b].any()
+        ratio = painted[b][changed[b]] / 0.5
+        assert (ratio > 1).all() or (ratio < 1).all()  # one blob: all brighter or all darker
+        extreme = ratio.max() if ratio.max() > 1 else ratio.min()
+        assert 1.4 <= extreme <= 2.2 or 0.3 <= extreme <= 0.7
+    again = synthetic_anomalies(clean, foreground, torch.Generator().manual_seed(3), share=1.0)
+    assert torch.equal(painted, again)
+    assert torch.equal(synthetic_anomalies(clean, foreground, torch.Generator().manual_seed(3), share=0.0), clean)
+    noisy = corrupt(clean, foreground, ModelConfig(noise="restore"), torch.Generator().manual_seed(3))
+    assert noisy.shape == clean.shape and not torch.equal(noisy, painted)  # coarse noise on top
+    with pytest.raises(ConfigurationError, match="'restore'"):
+        ModelConfig(noise="blobs").validate()

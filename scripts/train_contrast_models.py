@@ -126,7 +126,15 @@ def train(args: argparse.Namespace) -> None:
         data += [str(work / "t1_template")]
     else:
         data = [str(work / "t2flair_train")]
-    config = TrainConfig(data=data, out=str(work / f"{args.which}_trained.pt"), init="default",
+    init, name = "default", args.which
+    if args.noise != "coarse":  # the bundled weights to start from, with another corruption recorded for training
+        from MedAutoencoderLib.io.checkpoint import read_model_file
+
+        payload = read_model_file(Path(args.init_from) if args.init_from else MODELS / "default_brain_t1.pt")
+        payload["model"]["noise"] = args.noise
+        init, name = str(work / f"init_{args.noise}.pt"), f"{args.which}_{args.noise}"
+        torch.save(payload, init)
+    config = TrainConfig(data=data, out=str(work / f"{name}_trained.pt"), init=init,
                          max_minutes=args.minutes, epochs=args.epochs, learning_rate=args.learning_rate,
                          validation_fraction=0.1, seed=args.seed, overwrite=True)
     config.preprocess.foreground = "brain"
@@ -298,22 +306,23 @@ def validate_t1(args: argparse.Namespace) -> None:
             print(f"{label:8s} {name:22s} AP {report['average_precision']:.3f}  Dice {report['dice_at_threshold']:.3f}"
                   f"  healthy flagged {100 * report['healthy_flagged_share']:.2f} %  (threshold "
                   f"{model.record.threshold:.4f})", flush=True)
-    # the new model's false-positive rate, chosen on the same validation heads and subjects
-    model = load_model(work / "t1_trained.pt", device="cpu")
-    record = model.record
-    calibration = [_run(model, record, read_image(p), str(p)) for p in _calibration_groups(args)["T1"]]
-    for name, (pairs, healthy) in sets.items():
-        from MedAutoencoderLib.detection.evaluation import mask_on_grid
-        from MedAutoencoderLib.io.volumes import find_volumes
+    # the false-positive rate of each trained model (--sweep-models), on the same validation heads and subjects
+    from MedAutoencoderLib.detection.evaluation import mask_on_grid
+    from MedAutoencoderLib.io.volumes import find_volumes
 
-        lesioned = []
-        for image_path, mask_path in pairs:
-            image = read_image(image_path)
-            lesioned.append((_run(model, record, image, str(image_path)), mask_on_grid(mask_path, image)))
-        controls = [_run(model, record, read_image(p), str(p)) for p in find_volumes(healthy)]
-        print(f"new model, {name}:", flush=True)
-        results[f"sweep {name}"] = _sweep(record, calibration, lesioned, controls)
-    (work / "validation_t1.json").write_text(json.dumps(results, indent=2))
+    for trained in args.sweep_models.split(","):
+        model = load_model(work / f"{trained}_trained.pt", device="cpu")
+        record = model.record
+        calibration = [_run(model, record, read_image(p), str(p)) for p in _calibration_groups(args)["T1"]]
+        for name, (pairs, healthy) in sets.items():
+            lesioned = []
+            for image_path, mask_path in pairs:
+                image = read_image(image_path)
+                lesioned.append((_run(model, record, image, str(image_path)), mask_on_grid(mask_path, image)))
+            controls = [_run(model, record, read_image(p), str(p)) for p in find_volumes(healthy)]
+            print(f"{trained}, {name}:", flush=True)
+            results[f"sweep {trained} {name}"] = _sweep(record, calibration, lesioned, controls)
+    (work / f"validation_t1_{args.sweep_models.replace(',', '_')}.json").write_text(json.dumps(results, indent=2))
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -390,6 +399,11 @@ def main() -> None:
                         help="T2/FLAIR/PD model's intensity prior (chosen by the validate stage)")
     parser.add_argument("--target-fpr", type=float, default=0.0002,
                         help="calibrate: the voxel false-positive rate (chosen by the validate stage's sweep)")
+    parser.add_argument("--noise", choices=("coarse", "restore"), default="coarse",
+                        help="train: the DAE's corruption (restore: coarse noise plus synthetic anomalies)")
+    parser.add_argument("--init-from", default="", help="train with --noise: the model file to start from")
+    parser.add_argument("--sweep-models", default="t1",
+                        help="validate t1: the trained models (<work>/<name>_trained.pt) whose rates are swept")
     parser.add_argument("--sweep-only", action="store_true",
                         help="validate: only the false-positive-rate sweep (the model comparison already run)")
     parser.add_argument("--seed", type=int, default=2026)
