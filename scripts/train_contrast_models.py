@@ -184,7 +184,7 @@ def _calibrated(model, prior: str, args: argparse.Namespace) -> None:
 
 def calibrate(args: argparse.Namespace) -> None:
     """The threshold(s) on healthy volumes never trained on; the model file gets its contrasts and sources."""
-    model = load_model(Path(args.work) / f"{args.which}_trained.pt", device="cpu")
+    model = load_model(Path(args.work) / f"{args.trained or args.which}_trained.pt", device="cpu")
     _calibrated(model, args.prior, args)
     if args.which == "t1":  # --foreground template: its own threshold, on the heads the registration takes
         record = model.record
@@ -402,6 +402,7 @@ def main() -> None:
     parser.add_argument("--noise", choices=("coarse", "restore"), default="coarse",
                         help="train: the DAE's corruption (restore: coarse noise plus synthetic anomalies)")
     parser.add_argument("--init-from", default="", help="train with --noise: the model file to start from")
+    parser.add_argument("--trained", default="", help="calibrate: <work>/<name>_trained.pt (default: the kind's)")
     parser.add_argument("--sweep-models", default="t1",
                         help="validate t1: the trained models (<work>/<name>_trained.pt) whose rates are swept")
     parser.add_argument("--sweep-only", action="store_true",
