@@ -14,9 +14,17 @@ the brain mask, so that training sees the mask detection uses:
 No lesion scan, and no scan of the test split, is read. Reproducible: every draw is seeded (``--seed``); training
 is bounded by time (``--minutes``), so the number of steps depends on the machine (the file records it).
 
-    PYTHONPATH=$PWD python scripts/train_contrast_models.py data --work /work/cache/contrast_models
-    PYTHONPATH=$PWD python scripts/train_contrast_models.py train t2flair --work /work/cache/contrast_models
-    PYTHONPATH=$PWD python scripts/train_contrast_models.py calibrate t2flair --work /work/cache/contrast_models
+The shipped models, in this order (``S=scripts/train_contrast_models.py``; both started from the template-trained
+model bundled before them: ``git show d1c13c8:MedAutoencoderLib/models/default_brain_t1.pt > template_t1.pt``, or
+``scripts/train_default_model.py``):
+
+    PYTHONPATH=$PWD python $S data
+    PYTHONPATH=$PWD python $S train t2flair --minutes 28 --init-from template_t1.pt
+    PYTHONPATH=$PWD python $S train t1 --minutes 28 --init-from template_t1.pt
+    PYTHONPATH=$PWD python $S validate t2flair          # intensity prior and threshold rate
+    PYTHONPATH=$PWD python $S validate t1 --init-from template_t1.pt   # real-anatomy vs template-trained, rate
+    PYTHONPATH=$PWD python $S calibrate t2flair --target-fpr 0.003
+    PYTHONPATH=$PWD python $S calibrate t1 --target-fpr 0.001
 """
 from __future__ import annotations
 
@@ -126,8 +134,8 @@ def train(args: argparse.Namespace) -> None:
         data += [str(work / "t1_template")]
     else:
         data = [str(work / "t2flair_train")]
-    init, name = "default", args.which
-    if args.noise != "coarse":  # the bundled weights to start from, with another corruption recorded for training
+    init, name = args.init_from or "default", args.which
+    if args.noise != "coarse":  # the weights to start from, with another corruption recorded for training
         from MedAutoencoderLib.io.checkpoint import read_model_file
 
         payload = read_model_file(Path(args.init_from) if args.init_from else MODELS / "default_brain_t1.pt")
@@ -295,7 +303,8 @@ def validate_t1(args: argparse.Namespace) -> None:
                                                          [str(work / "template_val" / "masks")]),
                                   [str(work / "template_val" / "healthy")])}
     results = {}
-    compared = (("bundled", MODELS / "default_brain_t1.pt"), ("new", work / "t1_trained.pt"))
+    start = Path(args.init_from) if args.init_from else MODELS / "default_brain_t1.pt"
+    compared = (("started from", start), ("new", work / "t1_trained.pt"))
     for label, path in () if args.sweep_only else compared:
         model = load_model(path, device="cpu")
         _calibrated(model, "none", args)
@@ -401,7 +410,8 @@ def main() -> None:
                         help="calibrate: the voxel false-positive rate (chosen by the validate stage's sweep)")
     parser.add_argument("--noise", choices=("coarse", "restore"), default="coarse",
                         help="train: the DAE's corruption (restore: coarse noise plus synthetic anomalies)")
-    parser.add_argument("--init-from", default="", help="train with --noise: the model file to start from")
+    parser.add_argument("--init-from", default="",
+                        help="train: the model file to start from (default: the bundled T1 model)")
     parser.add_argument("--trained", default="", help="calibrate: <work>/<name>_trained.pt (default: the kind's)")
     parser.add_argument("--sweep-models", default="t1",
                         help="validate t1: the trained models (<work>/<name>_trained.pt) whose rates are swept")
