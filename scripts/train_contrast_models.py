@@ -21,10 +21,12 @@ model bundled before them: ``git show d1c13c8:MedAutoencoderLib/models/default_b
     PYTHONPATH=$PWD python $S data
     PYTHONPATH=$PWD python $S train t2flair --minutes 28 --init-from template_t1.pt
     PYTHONPATH=$PWD python $S train t1 --minutes 28 --init-from template_t1.pt
+    PYTHONPATH=$PWD python $S train t1 --noise restore --minutes 28 --init-from template_t1.pt
     PYTHONPATH=$PWD python $S validate t2flair          # intensity prior and threshold rate
     PYTHONPATH=$PWD python $S validate t1 --init-from template_t1.pt   # real-anatomy vs template-trained, rate
+    PYTHONPATH=$PWD python $S validate t1 --sweep-only --sweep-models t1_restore   # restoration vs plain noise
     PYTHONPATH=$PWD python $S calibrate t2flair --target-fpr 0.003
-    PYTHONPATH=$PWD python $S calibrate t1 --target-fpr 0.001
+    PYTHONPATH=$PWD python $S calibrate t1 --trained t1_restore --target-fpr 0.001
 """
 from __future__ import annotations
 
