@@ -259,26 +259,31 @@ def _sweep(record, calibration: list, lesioned: list, healthy: list) -> list:
     from MedAutoencoderLib.detection.evaluation import voxel_metrics
     from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
 
-    def finished(run, threshold):
+    def scored_run(run):  # scores, reconstruction and region on the input grid: the same for every rate
         prepared, rec = run
         scored = score_volume(prepared, rec, record.detection)
-        result = finish_detection(prepared, reconstruction_on_input_grid(prepared, rec), scored, threshold,
-                                  record.detection)
         region = sitk.GetArrayFromImage(prepared.to_input_grid(scored.region, nearest=True)) > 0
+        return prepared, reconstruction_on_input_grid(prepared, rec), scored, region
+
+    def finished(ready, threshold):
+        prepared, reconstruction, scored, region = ready
+        result = finish_detection(prepared, reconstruction, scored, threshold, record.detection)
         return sitk.GetArrayFromImage(result.anomaly_map), sitk.GetArrayFromImage(result.anomaly_mask) > 0, region
 
     scored = [score_volume(p, r, record.detection) for p, r in calibration]
+    lesioned = [(scored_run(run), truth) for run, truth in lesioned]
+    healthy = [scored_run(run) for run in healthy]
     rows = []
     for fpr in FPR_CHOICES:
         threshold = calibrate_threshold(scored, fpr)["threshold"]
         scores, labels, found = [], [], []
-        for run, truth in lesioned:
-            score_map, mask, region = finished(run, threshold)
+        for ready, truth in lesioned:
+            score_map, mask, region = finished(ready, threshold)
             keep = region | truth
             scores.append(score_map[keep])
             labels.append(truth[keep])
             found.append(mask[keep])
-        flagged = [float(mask[region].mean()) for mask, region in (finished(run, threshold)[1:] for run in healthy)]
+        flagged = [float(mask[region].mean()) for mask, region in (finished(r, threshold)[1:] for r in healthy)]
         f, t = np.concatenate(found), np.concatenate(labels)
         rows.append({"target_fpr": fpr, "threshold": threshold,
                      "average_precision": voxel_metrics(np.concatenate(scores), t)["average_precision"],
@@ -337,60 +342,27 @@ def validate_t1(args: argparse.Namespace) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Choose the non-T1 model's intensity prior on validation data: synthetic bright lesions in engine images of
-    the validation maps (pooled voxel AP and Dice at the calibrated threshold per contrast, brain volume flagged in
-    the same images without the lesion). Each volume is reconstructed once; the priors differ in the scoring only.
-    No real scan is read."""
-    from MedAutoencoderLib.detection.evaluation import voxel_metrics
-    from MedAutoencoderLib.detection.inference import reconstruct
-    from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
-
+    """Choose the non-T1 model's intensity prior and threshold rate on validation data: synthetic bright lesions in
+    engine images of the validation maps (:func:`_sweep` per contrast: pooled voxel AP, Dice at the calibrated
+    threshold, healthy brain flagged in the same images without the lesion). Each volume is reconstructed once;
+    the priors differ in the scoring only. No real scan is read."""
     model = load_model(Path(args.work) / f"{args.which}_trained.pt", device="cpu")
     record = model.record
     record.detection.residual = "positive"
-
-    def run(image: sitk.Image, name: str):
-        prepared = prepare_volume(image, record.preprocess, name=name)
-        return prepared, reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device)
-
-    calibration = {c: [run(read_image(p), str(p)) for p in paths] for c, paths in _calibration_groups(args).items()}
-    cases = [(c, run(lesioned, f"{c}_{i}"), truth, run(healthy, f"{c}_{i}_healthy"))
+    calibration = {c: [_run(model, record, read_image(p), str(p)) for p in paths]
+                   for c, paths in _calibration_groups(args).items()}
+    cases = [(c, _run(model, record, lesioned, f"{c}_{i}"), truth, _run(model, record, healthy, f"{c}_{i}_healthy"))
              for i, (c, lesioned, truth, healthy) in enumerate(_validation_set(args))]
     print(f"reconstructed {sum(map(len, calibration.values()))} calibration and {2 * len(cases)} validation volumes",
           flush=True)
     results = {}
-    for prior in () if args.sweep_only else ("none", "bright"):
+    for prior in ("none",) if args.sweep_only else ("none", "bright"):
         record.detection.prior = prior
         for contrast in ("T2", "FLAIR"):
-            threshold = calibrate_threshold([score_volume(p, r, record.detection) for p, r in calibration[contrast]],
-                                            record.detection.target_fpr)["threshold"]
-            scores, labels, found, healthy_ml = [], [], [], []
-            for _, (prepared, rec), truth, (h_prepared, h_rec) in (c for c in cases if c[0] == contrast):
-                result = finish_detection(prepared, reconstruction_on_input_grid(prepared, rec),
-                                          score_volume(prepared, rec, record.detection), threshold, record.detection)
-                score_map = sitk.GetArrayFromImage(result.anomaly_map)
-                keep = (score_map != 0) | truth
-                scores.append(score_map[keep])
-                labels.append(truth[keep])
-                found.append(sitk.GetArrayFromImage(result.anomaly_mask)[keep] > 0)
-                control = finish_detection(h_prepared, reconstruction_on_input_grid(h_prepared, h_rec),
-                                           score_volume(h_prepared, h_rec, record.detection), threshold,
-                                           record.detection)
-                healthy_ml.append(control.summary["anomalous_volume_ml"])
-            metrics = voxel_metrics(np.concatenate(scores), np.concatenate(labels))
-            f, t = np.concatenate(found), np.concatenate(labels)
-            dice = 2 * float((f & t).sum()) / max(1, int(f.sum() + t.sum()))
-            results[f"{prior} {contrast}"] = {"average_precision": metrics["average_precision"], "dice": dice,
-                                              "healthy_ml_flagged_median": float(np.median(healthy_ml)),
-                                              "threshold": threshold}
-            print(f"prior {prior:6s} {contrast:5s}: AP {metrics['average_precision']:.3f}  Dice {dice:.3f}  "
-                  f"healthy flagged median {np.median(healthy_ml):.2f} mL (threshold {threshold:.4f})", flush=True)
-    record.detection.prior = "none"
-    for contrast in ("T2", "FLAIR"):
-        print(f"prior none, {contrast}:", flush=True)
-        results[f"sweep {contrast}"] = _sweep(record, calibration[contrast],
-                                              [(run, truth) for c, run, truth, _ in cases if c == contrast],
-                                              [healthy for c, _, _, healthy in cases if c == contrast])
+            print(f"prior {prior}, {contrast}:", flush=True)
+            results[f"{prior} {contrast}"] = _sweep(
+                record, calibration[contrast], [(run, truth) for c, run, truth, _ in cases if c == contrast],
+                [healthy for c, _, _, healthy in cases if c == contrast])
     (Path(args.work) / "validation.json").write_text(json.dumps(results, indent=2))
 
 
@@ -418,7 +390,7 @@ def main() -> None:
     parser.add_argument("--sweep-models", default="t1",
                         help="validate t1: the trained models (<work>/<name>_trained.pt) whose rates are swept")
     parser.add_argument("--sweep-only", action="store_true",
-                        help="validate: only the false-positive-rate sweep (the model comparison already run)")
+                        help="validate: only the false-positive-rate sweep of the chosen model or prior")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

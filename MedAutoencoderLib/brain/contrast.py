@@ -449,7 +449,7 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
 
     Raises:
         InputImageError: saying what was found, why, and how to run the model anyway (``--contrast``); its
-            ``contrast`` attribute holds the contrast found (None: not told)."""
+            ``contrast`` attribute holds the contrast found (None: not told), ``found`` what was found, in words."""
     if estimate.name is not None and estimate.name in contrasts:
         return
     made_for = " or ".join(contrasts)
@@ -463,4 +463,5 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
         found = f"looks like {estimate.describe()}"
     refusal = InputImageError(f"{name}: {found}; the model {model_name} is made for {made_for}: {how}")
     refusal.contrast = estimate.name  # the bundled set runs the input through its model of that contrast
+    refusal.found = found  # or says what was found in its own refusal
     raise refusal

@@ -121,8 +121,7 @@ def _model_for_input(prepared: PreparedVolume, model: LoadedModel, choice: str,
         found = getattr(refusal, "contrast", None)
         other = model.for_contrast(found)
         if other is model and model.bundled_set and found is None:
-            reason = str(refusal).split(": ", 1)[1].split("; the model ")[0]
-            unknown = InputImageError(f"{prepared.name}: {reason}; the bundled models are made for "
+            unknown = InputImageError(f"{prepared.name}: {refusal.found}; the bundled models are made for "
                                       f"{', '.join(bundled_contrasts())}: pass --contrast with the scan's contrast "
                                       "to choose one")
             unknown.contrast = None
