@@ -62,8 +62,8 @@ class OutOfMemoryError(DeviceError):
 OUT_OF_MEMORY_ADVICE = ("close other programs, give fewer or smaller volumes at once (a smaller --batch-size for "
                         "training), or use a machine with more memory")
 # How torch's CPU allocator and ITK's image buffers say that the machine's memory ran out (numpy raises
-# MemoryError).
-_OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "Failed to allocate memory")
+# MemoryError), and Python when no memory is left for a new thread's stack.
+_OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "Failed to allocate memory", "can't start new thread")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
