@@ -168,6 +168,13 @@ def test_a_scan_that_is_no_brain_is_refused_by_the_brain_model(kind):
         prepare_volume(_body_part(kind), PreprocessConfig(foreground="template"), name=f"{kind}.nii.gz")
 
 
+@pytest.mark.parametrize("kind", ["abdomen", "knee"])
+def test_a_scan_that_is_no_brain_is_refused_by_the_brain_extractor(kind):
+    """The default brain mask: the abdomen's 'brain' is unsure (confidence 0.84), the knee's 270 mm long."""
+    with pytest.raises(InputImageError, match=f"^{kind}.nii.gz: it does not look like a brain MRI"):
+        prepare_volume(_body_part(kind), PreprocessConfig(foreground="brain"), name=f"{kind}.nii.gz")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ellipsoid", "rimmed ellipsoid"])
 def test_a_head_shaped_object_without_tissue_contrast_is_refused_by_the_brain_model(kind):

@@ -53,7 +53,8 @@ def run(method: str, image: sitk.Image, name: str, model: str, config: Extractio
             result = extract_brain(image, name=name, config=config, model_file=model, refuse=refuse)
             mask = sitk.GetArrayFromImage(result.mask) > 0
             extra = {"brain_ml": round(result.brain_ml), "confidence": round(result.confidence, 3),
-                     "edge_share": round(result.edge_share, 3), "csf_share": round(result.csf_share, 3), "stripped": result.stripped}
+                     "edge_share": round(result.edge_share, 3), "csf_share": round(result.csf_share, 3),
+                     "length_mm": round(result.length_mm), "stripped": result.stripped}
         return mask, {"seconds": round(time.perf_counter() - start, 3), **extra}
     except MedAutoencoderError as exc:
         return None, {"seconds": round(time.perf_counter() - start, 3), "refused": str(exc)}
