@@ -300,3 +300,28 @@ def test_evaluate_refuses_an_existing_json_report_before_evaluating(dae_model_pa
     assert done.returncode == 1 and "report.json: already exists" in done.stderr and "Traceback" not in done.stderr
     assert [json.loads(line)["event"] for line in done.stdout.strip().splitlines()] == ["error"]  # no evaluation
     assert report_file.read_text() == "mine"
+
+
+def test_evaluate_keep_going_leaves_out_a_refused_volume_and_lists_it(dae_model_path, lesion_case, tmp_path):
+    """A cohort of real scans with one the model refuses: without --keep-going the evaluation stops naming it;
+    with it the others are evaluated and the refused one is listed with the report (exit code 1)."""
+    controls = tmp_path / "controls"
+    controls.mkdir()
+    shutil.copy(lesion_case["healthy_path"], controls / "control_000.nii.gz")
+    broken = sitk.Cast(lesion_case["healthy"], sitk.sitkFloat32)
+    broken[0, 0, 0] = float("nan")
+    sitk.WriteImage(broken, str(controls / "control_nan.nii.gz"))
+    command = ["evaluate", "--model", dae_model_path, "--images", lesion_case["image_path"], "--masks",
+               lesion_case["mask_path"], "--healthy", controls, "--progress", "none", "--device", "cpu"]
+    stopped = cli(*command)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "control_nan.nii.gz:" in stopped.stderr and not stopped.stdout.strip()
+    report_file = tmp_path / "report.json"
+    done = cli(*command, "--keep-going", "--json", report_file)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("1 lesioned, 1 healthy")
+    assert lines[-2] == "skipped 1 volume(s), not in the figures above:" and "control_nan.nii.gz:" in lines[-1]
+    report = json.loads(report_file.read_text())
+    assert [(c["image"], c["lesioned"]) for c in report["skipped"]] == [("control_nan.nii.gz", False)]
+    assert report["n_healthy"] == 1 and report["skipped"][0]["reason"] == lines[-1].strip()

@@ -12,6 +12,7 @@ runs once more with that setting too, for a like-for-like ratio. Last, whole one
 timed, as each Slicer job ran before the standby worker (imports and first-use costs included), and detections
 sent to a standby worker (``python -m MedAutoencoderLib serve``), as the Slicer module now runs them.
 
+    pip install -e ".[bench]"  # nibabel, which MONAI's LoadImage reads NIfTI with
     python benchmarks/benchmark_speed.py --repeats 5 [--device cuda]
 """
 from __future__ import annotations

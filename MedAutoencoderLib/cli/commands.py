@@ -147,6 +147,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--healthy", nargs="*", default=[], help="healthy control volumes (no lesion)")
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--keep-going", action="store_true",
+                   help="leave out a volume the model refuses (its checks, its contrast, the memory) and evaluate "
+                        "the others; the skipped volumes are listed with the report (exit code 1)")
     _add_precision(p)
     _add_options(p, DetectOptions)
     _common(p)
@@ -440,11 +443,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, foreground=args.foreground)
     options = DetectOptions(device=args.device, precision=args.precision, contrast=args.contrast)
     report = finite_or_none(evaluate_model(model, pairs, args.healthy, progress=make_reporter(args.progress),
-                                           options=options))
+                                           options=options, keep_going=args.keep_going))
     if args.json_out:
         write_text(Path(args.json_out), json.dumps(report, indent=2), overwrite=args.overwrite)
     print(format_report(report) if args.progress != "json" else json.dumps({"event": "report", **report}))
-    return 0
+    return 1 if report["skipped"] else 0
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from MedAutoencoderLib.config import DetectOptions
 from MedAutoencoderLib.detection.scoring import ScoredVolume, anomaly_score, robust_z, voxel_volume_ml
-from MedAutoencoderLib.errors import InputImageError
+from MedAutoencoderLib.errors import OUT_OF_MEMORY_ADVICE, InputImageError, is_out_of_memory
 from MedAutoencoderLib.io.volumes import (
     find_volumes,
     inside_grid,
@@ -167,8 +167,25 @@ def _case_arrays(run, truth: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
 
 def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[str] = (),
                    progress: Optional[ProgressCallback] = None, options: Optional[DetectOptions] = None,
-                   ) -> Dict[str, Any]:
-    """Run detection on lesioned (``pairs``) and healthy volumes and compute the report (plain data)."""
+                   keep_going: bool = False) -> Dict[str, Any]:
+    """Run detection on lesioned (``pairs``) and healthy volumes and compute the report (plain data).
+
+    Args:
+        model: the loaded model.
+        pairs: (volume, ground-truth mask) of each lesioned case.
+        healthy: healthy control volumes (files, folders or globs).
+        progress: receives progress events.
+        options: detection options.
+        keep_going: a volume the model refuses (its checks, its contrast, the machine's memory) is left out and
+            listed under the report's ``skipped``, and the others are evaluated, as a cohort of real scans wants;
+            without it the first refusal is raised.
+
+    Returns:
+        The report: pooled voxel metrics of the model and the baseline, per-case figures, the skipped volumes.
+
+    Raises:
+        InputImageError: a volume or mask cannot be used (without ``keep_going``), or every volume was skipped.
+    """
     from MedAutoencoderLib.detection.pipeline import run_detection
 
     healthy_paths = find_volumes(healthy) if healthy else []
@@ -177,13 +194,21 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
     tracker.emit("start", 0, f"evaluating on {len(pairs)} volume(s) with ground truth and {len(healthy_paths)} "
                              "healthy control(s)")
     model_pool, baseline_pool = PooledScores(), PooledScores()
-    per_case, sample_labels = [], []
+    per_case, sample_labels, skipped = [], [], []
     for i, (image_path, mask_path) in enumerate(cases):
-        image = read_image(image_path)
+        try:
+            image = read_image(image_path)
+        except InputImageError as exc:
+            skipped.append(_skipped(exc, image_path, mask_path, keep_going, tracker, i))
+            continue
         given_truth = mask_on_grid(mask_path, image) if mask_path else None  # a bad mask stops before detection
         if given_truth is not None and not given_truth.any():
             mask_path = None  # an all-zero ground truth: a healthy control (so the report counts it)
-        run = run_detection(image, model, options, name=str(image_path))
+        try:
+            run = run_detection(image, model, options, name=str(image_path))
+        except (InputImageError, MemoryError, RuntimeError) as exc:
+            skipped.append(_skipped(exc, image_path, mask_path, keep_going, tracker, i))
+            continue
         arrays = _case_arrays(run, given_truth)
         region, truth = arrays["region"], arrays["truth"] & arrays["region"]
         model_pool.add(arrays["map"][region], truth[region])
@@ -201,9 +226,25 @@ def evaluate_model(model, pairs: Sequence[Tuple[Path, Path]], healthy: Sequence[
         per_case.append(case)
         sample_labels.append(int(mask_path is not None))
         tracker.emit("progress", i + 1, f"{image_path.name}: dice {case.get('dice', float('nan')):.3f}")
+    if not per_case:
+        raise InputImageError(f"every volume was skipped, nothing to evaluate:"
+                              + "".join(f"\n  {case['reason']}" for case in skipped))
     report = summarise(per_case, model_pool, baseline_pool, sample_labels)
+    report["skipped"] = skipped
     tracker.emit("done", len(cases), "evaluation finished")
     return report
+
+
+def _skipped(error: BaseException, image_path: Path, mask_path: Optional[Path], keep_going: bool,
+             tracker: ProgressTracker, index: int) -> Dict[str, Any]:
+    """The report's entry for a volume left out by :func:`evaluate_model`'s ``keep_going``: one its checks refused
+    or the memory could not hold. Anything else, or any refusal without ``keep_going``, is raised."""
+    if not keep_going or not (isinstance(error, InputImageError) or is_out_of_memory(error)):
+        raise error
+    reason = str(error) if isinstance(error, InputImageError) else \
+        f"{image_path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
+    tracker.emit("log", index + 1, f"skipped {reason}")
+    return {"image": image_path.name, "lesioned": mask_path is not None, "reason": reason}
 
 
 def sample_auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
@@ -244,6 +285,10 @@ def format_report(report: Dict[str, Any]) -> str:
     for label, key in rows:
         model_value, base_value = (_number(report[method].get(key)) for method in ("model", "baseline_robust_z"))
         lines.append(f"{label:<{width}}{model_value:>10.4f}{base_value:>14.4f}")
+    skipped = report.get("skipped", [])
+    if skipped:
+        lines.append(f"skipped {len(skipped)} volume(s), not in the figures above:")
+        lines += [f"  {case['reason']}" for case in skipped]
     return "\n".join(lines)
 
 
