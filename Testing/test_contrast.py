@@ -319,9 +319,9 @@ def test_shared_scans_through_detection_are_identified():
         except InputImageError as refusal:
             found[scan] = str(refusal).split(": ", 1)[1].split(" (")[0]
     expected = {scan: ("T1" if contrast == "T1" else f"looks like {contrast}") for scan, contrast in scans}
-    # known misses, refused for the T1 model all the same: the glioma FLAIR's bright oedema makes the bright tail
-    # taken for CSF (read as T2); the MS FLAIR's grey and white matter come out equally bright (GM/WM 1.00)
-    expected["brats_glioma_case/t2f.nii.gz"] = "looks like T2"
+    # a known miss, refused for the T1 model all the same: the MS FLAIR's grey and white matter come out equally
+    # bright (GM/WM 1.00). The glioma FLAIR, read as T2 before the ventricle rule (its bright oedema outweighs its
+    # dark CSF in the brain's bright tail), is a FLAIR by its dark ventricles
     expected["ms_lesion_patient26/FLAIR.nii.gz"] = "its contrast cannot be told"
     assert found == expected
 
@@ -416,3 +416,23 @@ def test_keep_going_reports_a_refusal_like_other_failures(tmp_path):
     assert done.returncode == 1
     assert f"{flair}: its contrast cannot be told" in done.stderr and "1 of 2 volumes failed" in done.stderr
     assert (tmp_path / "t1n_summary.json").is_file() and not (tmp_path / "FLAIR_summary.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["FLAIR", "T2"])
+def test_a_large_bright_lesion_does_not_turn_a_flair_into_a_t2(template_head, kind):
+    """A glioma's oedema is brighter than a FLAIR's grey matter and outweighs its dark CSF in the brain's bright
+    tail, which the ordering took for a T2's CSF; the extractor's sure CSF voxels (the ventricles) stay dark on a
+    FLAIR and bright on a T2 (scripts/choose_contrast_rule.py)."""
+    from MedAutoencoderLib.brain.extractor import extract_brain
+
+    tissues, brain = template_head
+    image = _synthesised(tissues, kind)
+    values, inside = sitk.GetArrayFromImage(image), sitk.GetArrayViewFromImage(brain) > 0
+    z, y, x = np.ogrid[:values.shape[0], :values.shape[1], :values.shape[2]]
+    oedema = (((z - 55) / 15) ** 2 + ((y - 60) / 20) ** 2 + ((x - 60) / 15) ** 2 < 1) & inside  # about 150 mL
+    values[oedema] = 2.5 * np.median(values[inside])
+    lesioned = sitk.GetImageFromArray(values)
+    lesioned.CopyInformation(image)
+    extraction = extract_brain(lesioned, name=kind)
+    estimate = identify_contrast(extraction.scan, extraction.tissue, tissues=extraction.sure_tissue)
+    assert estimate.name == kind, estimate
