@@ -208,6 +208,10 @@ def test_refusal_names_the_file_the_contrast_and_the_way_out():
     require_model_contrast(ContrastEstimate("T1", "user", "stated by the user"), ["T1"], "case.nii.gz", "m")
     with pytest.raises(InputImageError, match="cannot be told"):
         require_model_contrast(ContrastEstimate(None, "tissue ordering", "no ordering"), ["T1"], "c.nii", "m")
+    not_t1 = ContrastEstimate(None, "tissue ordering", "grey brighter", candidates=["T2", "FLAIR", "PD"])
+    require_model_contrast(not_t1, ["T2", "FLAIR", "PD"], "c.nii", "m")  # made for each it may be
+    with pytest.raises(InputImageError, match="c.nii: its contrast cannot be told beyond one of T2, FLAIR, PD "):
+        require_model_contrast(not_t1, ["T2", "FLAIR"], "c.nii", "m")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -267,6 +271,34 @@ def test_the_bundled_set_refuses_a_scan_of_unknown_contrast_saying_how_to_choose
     assert message.startswith("flat.nii.gz: ") and "cannot be told" in message, message
     assert message.endswith(f"the bundled models are made for {', '.join(bundled_contrasts())}: pass --contrast "
                             "with the scan's contrast to choose one"), message
+
+
+@needs_contrast_models
+def test_the_bundled_set_runs_a_scan_that_may_be_t2_flair_or_pd_through_their_one_model(template_head):
+    """Grey matter brighter than white matter rules a T1 out; CSF between a PD's and a T2's (CSF/GM 1.46) does
+    not tell which of the others: the model made for all three runs it, with the highest of their thresholds."""
+    from MedAutoencoderLib.detection.pipeline import detect_image
+    from MedAutoencoderLib.io.loaded_model import load_model
+    from MedAutoencoderLib.slicer.report import contrast_text
+
+    tissues, _ = template_head
+    labels = sitk.GetArrayViewFromImage(tissues)
+    values = np.zeros(labels.shape, np.float32)
+    values[labels == 3], values[labels == 2], values[labels == 1] = 100.0, 120.0, 175.0
+    values += np.random.default_rng(3).normal(0, 3, values.shape).astype(np.float32)
+    image = sitk.GetImageFromArray(np.abs(values))
+    image.CopyInformation(tissues)
+    bundled = load_model(None, device="cpu")
+    summary = detect_image(image, bundled, name="between.nii.gz").summary
+    contrast = summary["contrast"]
+    assert (summary["model"], contrast["name"], contrast["candidates"]) == \
+        ("brain_t2_flair_pd", None, ["T2", "FLAIR", "PD"]), contrast
+    used = bundled.for_contrast("T2").record
+    assert summary["calibrated_threshold"] == summary["threshold"] == \
+        max(used.threshold_for(name) for name in ("T2", "FLAIR", "PD"))
+    assert contrast_text(summary) == "T2, FLAIR or PD (not told apart)"
+    with pytest.raises(InputImageError, match="cannot be told beyond one of T2, FLAIR, PD .*made for T1"):
+        detect_image(image, load_model(bundled.path, device="cpu"), name="between.nii.gz")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -57,25 +57,32 @@ _CSF_DEPARTURE = 0.25
 class ContrastEstimate:
     """What contrast a scan is, and why.
 
-    ``name`` is one of :data:`CONTRASTS`, or None when it cannot be told; ``enhanced`` says a T1 was taken
-    with a contrast agent (known from DICOM tags only); ``source`` is "dicom", "tissue ordering" or "user";
-    ``evidence`` holds the tags or the tissue levels and ratios used; ``reason`` says it in one line."""
+    ``name`` is one of :data:`CONTRASTS`, or None when it cannot be told; ``candidates`` then holds the contrasts
+    the tissues leave (grey matter brighter than white matter: T2, FLAIR or PD, never T1), if any; ``enhanced``
+    says a T1 was taken with a contrast agent (known from DICOM tags only); ``source`` is "dicom", "tissue
+    ordering" or "user"; ``evidence`` holds the tags or the tissue levels and ratios used; ``reason`` says it in
+    one line."""
 
     name: Optional[str]
     source: str
     reason: str
     enhanced: bool = False
     evidence: Dict[str, Any] = field(default_factory=dict)
+    candidates: List[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        """'FLAIR (grey matter brighter than white matter, CSF dark)', or 'an unknown contrast (...)'."""
-        what = (f"contrast-enhanced {self.name}" if self.enhanced else self.name) if self.name else \
-            "an unknown contrast"
+        """'FLAIR (grey matter brighter than white matter, CSF dark)', 'one of T2, FLAIR, PD (...)' or 'an unknown
+        contrast (...)'."""
+        if self.name:
+            what = f"contrast-enhanced {self.name}" if self.enhanced else self.name
+        else:
+            what = f"one of {', '.join(self.candidates)}" if self.candidates else "an unknown contrast"
         return f"{what} ({self.reason})"
 
     def summary(self) -> Dict[str, Any]:
         """The part a detection's summary JSON carries."""
-        return {"name": self.name, "enhanced": self.enhanced, "source": self.source, "reason": self.reason}
+        return {"name": self.name, "enhanced": self.enhanced, "source": self.source, "reason": self.reason,
+                **({"candidates": list(self.candidates)} if self.candidates else {})}
 
     def to_plain(self) -> Dict[str, Any]:
         return asdict(self)
@@ -394,6 +401,10 @@ _FLAIR_MAX_CSF_WHITE = 0.6
 _FLAIR_MAX_CSF_CLASS_WHITE = 0.6
 _MIN_CSF_CLASS_ML = 0.8
 _T1_MAX_CSF_GREY = 0.8
+# What grey matter brighter than white matter (by _MIN_GREY_WHITE) leaves when the CSF does not tell: never a T1 (on
+# the engine images of scripts/choose_contrast_rule.py T1s reach GM/WM 0.97 at most; 8 T2 and 7 PD of the 25 left
+# unknown are such scans)
+_NOT_T1 = ("T2", "FLAIR", "PD")
 
 
 def contrast_from_levels(levels: Mapping[str, Any]) -> ContrastEstimate:
@@ -412,8 +423,9 @@ def contrast_from_levels(levels: Mapping[str, Any]) -> ContrastEstimate:
                     csf_over_wm=None if csf_white is None else round(csf_white, 3))
     ratios = f"GM/WM {grey_white:.2f}" + ("" if csf_grey is None else f", CSF/GM {csf_grey:.2f}")
 
-    def found(name: str, reason: str) -> ContrastEstimate:
-        return ContrastEstimate(name, "tissue ordering", f"{reason}; {ratios}", evidence=evidence)
+    def found(name: Optional[str], reason: str, candidates: Sequence[str] = ()) -> ContrastEstimate:
+        return ContrastEstimate(name, "tissue ordering", f"{reason}; {ratios}", evidence=evidence,
+                                candidates=list(candidates))
 
     t1_max = _T1_MAX_GREY_WHITE_OF_MAP if levels.get("method") == "tissue map" else _T1_MAX_GREY_WHITE
     if grey_white <= t1_max:
@@ -430,7 +442,8 @@ def contrast_from_levels(levels: Mapping[str, Any]) -> ContrastEstimate:
         if ventricles_white <= _FLAIR_MAX_CSF_CLASS_WHITE:
             return found("FLAIR", "grey matter brighter than white matter, the ventricles dark")
     if csf_grey is None:
-        return found(None, "grey matter brighter than white matter, but no CSF found to tell the contrast by")
+        return found(None, "grey matter brighter than white matter, but no CSF found to tell the contrast by",
+                     _NOT_T1)
     if csf_grey >= _T2_MIN_CSF_GREY:
         return found("T2", "CSF brightest, grey matter brighter than white matter")
     if csf_white <= _FLAIR_MAX_CSF_WHITE:
@@ -438,7 +451,7 @@ def contrast_from_levels(levels: Mapping[str, Any]) -> ContrastEstimate:
     if _PD_CSF_GREY[0] <= csf_grey <= _PD_CSF_GREY[1] and grey_white <= _PD_MAX_GREY_WHITE:
         return found("PD", "grey matter brighter than white matter, CSF about as bright as grey matter")
     return found(None, "grey matter brighter than white matter, but CSF neither dark as in a FLAIR nor bright "
-                 "as in a T2")
+                 "as in a T2", _NOT_T1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -473,10 +486,14 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
             ``contrast`` attribute holds the contrast found (None: not told), ``found`` what was found, in words."""
     if estimate.name is not None and estimate.name in contrasts:
         return
+    if estimate.name is None and estimate.candidates and set(estimate.candidates) <= set(contrasts):
+        return  # the model is made for each contrast it may be
     made_for = " or ".join(contrasts)
     how = f"pass --contrast {contrasts[0]} to run it anyway" if estimate.source != "user" else \
         "no model for it here"
-    if estimate.name is None:
+    if estimate.name is None and estimate.candidates:
+        found = f"its contrast cannot be told beyond one of {', '.join(estimate.candidates)} ({estimate.reason})"
+    elif estimate.name is None:
         found = f"its contrast cannot be told ({estimate.reason})"
     elif estimate.source == "user":
         found = f"given as {estimate.name} (--contrast)"
@@ -484,5 +501,6 @@ def require_model_contrast(estimate: ContrastEstimate, contrasts: Sequence[str],
         found = f"looks like {estimate.describe()}"
     refusal = InputImageError(f"{name}: {found}; the model {model_name} is made for {made_for}: {how}")
     refusal.contrast = estimate.name  # the bundled set runs the input through its model of that contrast
+    refusal.candidates = list(estimate.candidates)  # ... or of all of these, when one model is made for each
     refusal.found = found  # or says what was found in its own refusal
     raise refusal

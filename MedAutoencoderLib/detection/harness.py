@@ -507,11 +507,14 @@ def _how_run(report: Mapping[str, Any], row: str) -> str:
     after the model could not tell it."""
     notes = []
     for case in (c for c in report["cases"] if c["row"] == row and c["model"]["status"] == "scored"):
-        found = (case["model"].get("contrast_found") or {}).get("name")
+        contrast = case["model"].get("contrast_found") or {}
+        found = contrast.get("name")
         if case["model"].get("contrast_stated"):
             notes.append(f"contrast not told by the model: run as {found}, stated")
         elif found and found != case["contrast"]:
             notes.append(f"read as {found}")
+        elif not found and contrast.get("candidates"):
+            notes.append(f"read as one of {', '.join(contrast['candidates'])}")
     return f" ({'; '.join(sorted(set(notes)))})" if notes else ""
 
 

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,13 +54,24 @@ from MedAutoencoderLib.runtime.progress import ProgressCallback, ProgressTracker
 from MedAutoencoderLib.runtime.threads import WaitingThreadPool
 
 
-def _threshold(model: LoadedModel, options: DetectOptions, contrast: Optional[str] = None) -> float:
+def _threshold(model: LoadedModel, options: DetectOptions, contrast: Optional[Dict[str, Any]] = None) -> float:
+    """The threshold a detection uses: the user's, else the model's calibrated one for the input's ``contrast``
+    (a summary's "contrast" entry; :func:`calibrated_threshold`)."""
     if options.threshold is not None:
         return float(options.threshold)
     if model.record.threshold is None:
         raise ModelFileError(f"{model.path}: has no calibrated threshold (its training was interrupted before "
                              "calibration); give a threshold explicitly")
-    return float(model.record.threshold_for(contrast))
+    return calibrated_threshold(model, contrast)
+
+
+def calibrated_threshold(model: LoadedModel, contrast: Optional[Dict[str, Any]]) -> float:
+    """The model's calibrated threshold for an input of ``contrast`` (a summary's "contrast" entry): that of its
+    contrast, or for an input that may be any of several contrasts ("candidates") the highest of theirs, so that
+    no healthy scan of any of them is flagged more than the calibration allows."""
+    contrast = contrast or {}
+    names = [contrast.get("name")] if contrast.get("name") else list(contrast.get("candidates") or [None])
+    return max(float(model.record.threshold_for(name)) for name in names)
 
 
 @dataclass
@@ -93,8 +104,7 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
     _threshold(model, options)  # a model without a threshold fails before any work
     prepared, model, contrast = _model_for_input(prepared, model, options.contrast)
     record = model.record
-    contrast_name = (contrast.get("contrast") or {}).get("name")
-    threshold = _threshold(model, options, contrast_name)
+    threshold = _threshold(model, options, contrast.get("contrast"))
     reconstruction = reconstruct(model.network, prepared, record.model, record.detection.batch_size, model.device,
                                  options.precision)
     reconstruction_image = reconstruction_on_input_grid(prepared, reconstruction)
@@ -102,12 +112,18 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     scored = score_volume(prepared, reconstruction, record.detection)
     result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
-    result.summary.update(calibrated_threshold=record.threshold_for(contrast_name),
+    result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
+
+
+def _one_model_for(model: LoadedModel, contrasts: List[str]) -> LoadedModel:
+    """The bundled model made for every one of ``contrasts`` (an input that may be any of them), else ``model``."""
+    others = {id(other): other for other in (model.for_contrast(name) for name in contrasts)}
+    return next(iter(others.values())) if len(others) == 1 else model
 
 
 def _model_for_input(prepared: PreparedVolume, model: LoadedModel, choice: str,
@@ -119,7 +135,8 @@ def _model_for_input(prepared: PreparedVolume, model: LoadedModel, choice: str,
         return prepared, model, input_contrast(prepared, model, choice)
     except InputImageError as refusal:
         found = getattr(refusal, "contrast", None)
-        other = model.for_contrast(found)
+        other = model.for_contrast(found) if found is not None else \
+            _one_model_for(model, getattr(refusal, "candidates", []))
         if other is model and model.bundled_set and found is None:
             unknown = InputImageError(f"{prepared.name}: {refusal.found}; the bundled models are made for "
                                       f"{', '.join(bundled_contrasts())}: pass --contrast with the scan's contrast "

@@ -55,11 +55,16 @@ def contrast_text(summary: Mapping[str, Any]) -> str:
 
     Returns:
         The contrast's name, "(contrast-enhanced)" when the DICOM tags said so, "(stated by the user)" when the
-        user chose it; an empty string for summaries without a contrast.
+        user chose it, "T2, FLAIR or PD (not told apart)" for an input that may be any of them; an empty string
+        for summaries without a contrast.
     """
     contrast = summary.get("contrast")
     if not isinstance(contrast, Mapping):
         return str(contrast) if contrast else ""
+    candidates = [str(c) for c in contrast.get("candidates") or []]
+    if not contrast.get("name") and candidates:
+        return f"{', '.join(candidates[:-1])} or {candidates[-1]} (not told apart)" if len(candidates) > 1 else \
+            candidates[0]
     name = str(contrast.get("name") or "")
     if name and contrast.get("enhanced"):
         name += " (contrast-enhanced)"
