@@ -397,7 +397,7 @@ _FLAIR_MAX_CSF_WHITE = 0.6
 # matter, outweigh its dark CSF there). On engine images of the 16 IXI validation maps in each contrast, healthy and
 # with a 30-200 mL lesion (scripts/choose_contrast_rule.py): FLAIR 20 -> 28 of 32 named, T1 and T2 unchanged (the
 # T2s' ventricles 0.64 of white matter and above), PD read as FLAIR 2 -> 3 of 31 (the same bundled model, its
-# threshold 0.02 higher); 0.8 mL of the least of 0, 0.4, 0.8 and 2 mL that keeps the FLAIRs
+# threshold 0.02 higher). 0.8 mL: of 0, 0.4, 0.8 and 2 mL the largest that keeps those 28 (PD as FLAIR 5, 4, 3, 2)
 _FLAIR_MAX_CSF_CLASS_WHITE = 0.6
 _MIN_CSF_CLASS_ML = 0.8
 _T1_MAX_CSF_GREY = 0.8

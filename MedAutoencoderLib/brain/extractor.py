@@ -13,7 +13,8 @@ brain) keeps its whole non-zero brain: the mask is the scan's filled non-zero re
 dilated, reaches it (a region of at most 1.5 times the predicted brain: a head with skull is far larger).
 
 Refusals, from the network's output: too little brain (no brain, or a slab), too large or too long a "brain" (a
-limb), an unsure prediction, or a brain cut by the field of view; each raises :class:`NoBrainError` with one line naming the scan.
+limb), an unsure prediction, or a brain cut by the field of view; each raises :class:`NoBrainError` with one line
+naming the scan.
 """
 from __future__ import annotations
 

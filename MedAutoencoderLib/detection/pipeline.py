@@ -62,16 +62,17 @@ def _threshold(model: LoadedModel, options: DetectOptions, contrast: Optional[Di
     if model.record.threshold is None:
         raise ModelFileError(f"{model.path}: has no calibrated threshold (its training was interrupted before "
                              "calibration); give a threshold explicitly")
-    return calibrated_threshold(model, contrast)
+    return float(calibrated_threshold(model, contrast))
 
 
-def calibrated_threshold(model: LoadedModel, contrast: Optional[Dict[str, Any]]) -> float:
+def calibrated_threshold(model: LoadedModel, contrast: Optional[Dict[str, Any]]) -> Optional[float]:
     """The model's calibrated threshold for an input of ``contrast`` (a summary's "contrast" entry): that of its
     contrast, or for an input that may be any of several contrasts ("candidates") the highest of theirs, so that
-    no healthy scan of any of them is flagged more than the calibration allows."""
+    no healthy scan of any of them is flagged more than the calibration allows; None for an uncalibrated model."""
     contrast = contrast or {}
     names = [contrast.get("name")] if contrast.get("name") else list(contrast.get("candidates") or [None])
-    return max(float(model.record.threshold_for(name)) for name in names)
+    thresholds = [model.record.threshold_for(name) for name in names]
+    return None if any(t is None for t in thresholds) else max(float(t) for t in thresholds)
 
 
 @dataclass
