@@ -292,3 +292,20 @@ def test_the_bright_prior_keeps_the_residuals_of_voxels_brighter_than_the_tissue
     assert bright.score_map[10, 12, 12] == pytest.approx(0.4 * z[10, 12, 12]) and z[10, 12, 12] > 10
     with pytest.raises(ConfigurationError, match="prior must be"):
         DetectionConfig(prior="dark").validate()
+
+
+def test_a_model_without_a_calibrated_threshold_runs_with_a_given_one_and_refuses_without(dae_model_path,
+                                                                                           lesion_case):
+    """A training interrupted before calibration leaves no threshold: a detection needs the user's, and its summary
+    says that none was calibrated."""
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.config import DetectOptions
+    from MedAutoencoderLib.detection.pipeline import detect_image
+    from MedAutoencoderLib.errors import ModelFileError
+
+    model = load_model(dae_model_path, device="cpu")
+    model.record.calibration = {}
+    summary = detect_image(lesion_case["image"], model, DetectOptions(device="cpu", threshold=0.5)).summary
+    assert (summary["threshold"], summary["calibrated_threshold"], summary["threshold_source"]) == (0.5, None, "user")
+    with pytest.raises(ModelFileError, match="has no calibrated threshold"):
+        detect_image(lesion_case["image"], model, DetectOptions(device="cpu"))
