@@ -16,8 +16,10 @@ from MedAutoencoderLib.detection.scoring import (
     ScoredVolume,
     calibrate_threshold,
     describe_components,
+    level_factor,
     structural_dissimilarity,
     threshold_mask,
+    to_error_level,
 )
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.preprocessing.prepare import prepare_volume
@@ -41,6 +43,32 @@ def test_calibrated_threshold_leaves_the_target_share_of_healthy_voxels_above_it
     values = np.concatenate([v.values() for v in healthy])
     assert abs((values > calibration["threshold"]).mean() - 0.01) < 0.001
     assert calibration["healthy_volumes"] == 3 and calibration["healthy_voxels"] == values.size
+
+
+def test_calibration_records_the_healthy_error_level_and_brings_worse_reconstructed_volumes_to_it():
+    """The threshold is taken over the healthy maps as detection will see them: a calibration volume reconstructed
+    three times worse than the others' median is divided by 3 first."""
+    rng = np.random.default_rng(2)
+    maps = [rng.random((10, 20, 20)).astype(np.float32) for _ in range(3)]
+    healthy = [ScoredVolume(score_map=m, region=np.ones(m.shape, bool), error_level=level)
+               for m, level in zip(maps, (0.02, 0.02, 0.06))]
+    calibration = calibrate_threshold(healthy, target_fpr=0.01)
+    assert calibration["error_level"] == pytest.approx(0.02)
+    brought = np.concatenate([maps[0].ravel(), maps[1].ravel(), maps[2].ravel() / 3])
+    assert calibration["threshold"] == pytest.approx(float(np.quantile(brought, 0.99)), rel=1e-5)
+    assert calibration["threshold"] < float(np.quantile(np.concatenate([m.ravel() for m in maps]), 0.99))
+
+
+def test_a_map_is_divided_only_where_the_scan_is_reconstructed_worse_than_the_healthy_scans():
+    assert level_factor(0.01, 0.02) == 1.0  # never more sensitive than calibrated
+    assert level_factor(0.05, 0.02) == pytest.approx(2.5)
+    assert level_factor(0.05, None) == 1.0  # a model calibrated before error levels were recorded
+    scored = ScoredVolume(score_map=np.full((2, 3, 3), 0.5, np.float32), region=np.ones((2, 3, 3), bool),
+                          error_level=0.05)
+    divided = to_error_level(scored, 0.02)
+    assert divided.divided_by == pytest.approx(2.5) and np.allclose(divided.score_map, 0.2)
+    assert np.allclose(scored.score_map, 0.5) and scored.divided_by == 1.0  # the scores given are kept
+    assert to_error_level(scored, 0.1) is scored
 
 
 def _image(array: np.ndarray, spacing=(2.0, 1.0, 1.0)) -> sitk.Image:
@@ -309,3 +337,27 @@ def test_a_model_without_a_calibrated_threshold_runs_with_a_given_one_and_refuse
     assert (summary["threshold"], summary["calibrated_threshold"], summary["threshold_source"]) == (0.5, None, "user")
     with pytest.raises(ModelFileError, match="has no calibrated threshold"):
         detect_image(lesion_case["image"], model, DetectOptions(device="cpu"))
+
+
+def test_a_scan_reconstructed_worse_than_the_healthy_calibration_scans_gets_its_map_divided_and_a_warning(
+        dae_model_path, lesion_case):
+    """Detection brings a scan's map to the healthy calibration scans' error level: a model whose healthy scans were
+    reconstructed twice as well as this scan divides its map by 2 and says why; at this scan's own level nothing
+    changes."""
+    from MedAutoencoderLib.api import load_model
+    from MedAutoencoderLib.config import DetectOptions
+    from MedAutoencoderLib.detection.pipeline import run_detection
+
+    model = load_model(dae_model_path, device="cpu")
+    assert model.record.calibration["error_level"] > 0  # training records it with the threshold
+    level = run_detection(lesion_case["image"], model, DetectOptions(device="cpu")).scored.error_level
+    model.record.calibration["error_level"] = level
+    same = run_detection(lesion_case["image"], model, DetectOptions(device="cpu")).result
+    model.record.calibration["error_level"] = level / 2
+    worse = run_detection(lesion_case["image"], model, DetectOptions(device="cpu")).result
+    assert same.summary["error_level"]["map_divided_by"] == 1.0 and "warnings" not in same.summary
+    assert worse.summary["error_level"]["map_divided_by"] == pytest.approx(2.0, rel=1e-3)
+    assert np.allclose(2 * sitk.GetArrayFromImage(worse.anomaly_map), sitk.GetArrayFromImage(same.anomaly_map),
+                       atol=1e-6)
+    assert "reconstructed 2.0 times worse" in worse.summary["warnings"][0]
+    assert worse.summary["anomalous_volume_ml"] <= same.summary["anomalous_volume_ml"]

@@ -118,41 +118,53 @@ def default_model():
     return load_model(None, device="cpu")
 
 
+def _glioma_dice_at_the_undivided_threshold(model, image, truth):
+    """The glioma scan is another site's: detection says it is out of the model's domain and divides its map; a user
+    who lowers the threshold by that factor (the Results slider) finds the tumour."""
+    from MedAutoencoderLib.config import DetectOptions
+
+    run = run_detection(image, model)
+    level = run.result.summary["error_level"]
+    assert level["out_of_domain"] and level["map_divided_by"] > 1.5  # measured 2.09 (extractor mask)
+    assert "times worse than the healthy scans" in run.result.summary["warnings"][0]
+    lowered = run_detection(image, model, DetectOptions(threshold=run.result.summary["threshold"] /
+                                                        level["map_divided_by"]))
+    return run, dice(sitk.GetArrayFromImage(lowered.result.anomaly_mask) > 0, truth)
+
+
 def test_default_model_finds_the_glioma_on_native_t1(default_model):
     image = read_image(SHARED_DATA / "brats_glioma_case" / "t1n.nii.gz")
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "brats_glioma_case" /
                                                       "tumor_segmentation.nii.gz"))) > 0
-    run = run_detection(image, default_model)
+    run, lowered_dice = _glioma_dice_at_the_undivided_threshold(default_model, image, truth)
     region = sitk.GetArrayFromImage(run.prepared.to_input_grid(run.scored.region, nearest=True)) > 0
     metrics = voxel_metrics(sitk.GetArrayFromImage(run.result.anomaly_map)[region], truth[region])
-    assert metrics["auroc"] > 0.7
-    # with the extractor's brain mask and the threshold calibrated with it on the IXI calibration heads (0.143, not
-    # chosen on this scan) the glioma's Dice is 0.45: docs/evaluation.md
-    assert dice(sitk.GetArrayFromImage(run.result.anomaly_mask) > 0, truth) > 0.25
+    assert metrics["auroc"] > 0.7 and metrics["average_precision"] > 0.35  # measured AP 0.45: docs/evaluation.md
+    assert lowered_dice > 0.25
     assert run.result.anomaly_mask.GetSize() == image.GetSize()
     assert run.result.anomaly_mask.GetDirection() == image.GetDirection()
 
 
 def test_default_model_with_the_registration_keeps_its_glioma_figures():
-    """--foreground template: the registration's mask with the threshold calibrated with it (0.141, on the IXI
+    """--foreground template: the registration's mask with the threshold calibrated with it (0.132, on the IXI
     calibration heads the registration takes)."""
     model = load_model(None, device="cpu", foreground="template")
     assert model.record.threshold == model.record.calibration["by_foreground"]["template"] == pytest.approx(
-        0.1408, abs=2e-4)
+        0.1316, abs=2e-4)
     image = read_image(SHARED_DATA / "brats_glioma_case" / "t1n.nii.gz")
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "brats_glioma_case" /
                                                       "tumor_segmentation.nii.gz"))) > 0
-    run = run_detection(image, model)
-    assert dice(sitk.GetArrayFromImage(run.result.anomaly_mask) > 0, truth) > 0.3
+    assert _glioma_dice_at_the_undivided_threshold(model, image, truth)[1] > 0.3
 
 
-def test_default_model_flags_little_of_a_healthy_head_with_skull(default_model, head):
+def test_default_model_flags_nothing_of_a_healthy_head_from_another_scanner(default_model, head):
     run = run_detection(head, default_model)
     region = sitk.GetArrayFromImage(run.prepared.to_input_grid(run.scored.region, nearest=True)) > 0
     flagged = sitk.GetArrayFromImage(run.result.anomaly_mask)[region].mean()
-    # measured 2.5 %: ventricles and midline CSF of a real brain differ from the one template anatomy the model
-    # has seen (README, limits); this bound catches a regression such as skull or scalp entering the scored region
-    assert flagged < 0.05
+    # measured 0.00 % (4.4 % before the error level and other scanners' appearances in training; issue 22's bound
+    # for healthy T1 is 0.5 %); the summary says the scan is out of the model's domain
+    assert flagged < 0.005
+    assert run.result.summary["error_level"]["out_of_domain"]
 
 
 def test_brain_mask_registration_does_not_depend_on_the_metric_sampling(head, head_brain):

@@ -310,6 +310,13 @@ def test_what_the_panel_reads_of_a_result_needs_neither_torch_nor_scipy():
     assert finished.returncode == 0, finished.stderr
 
 
+def test_domain_text_says_when_the_input_was_out_of_the_models_domain_and_only_then():
+    assert report.domain_text({}) == ""
+    assert report.domain_text({"error_level": {"map_divided_by": 1.2, "out_of_domain": False}}) == ""
+    text = report.domain_text({"error_level": {"map_divided_by": 2.304, "out_of_domain": True}})
+    assert "2.3x worse" in text and "calibrate" in text
+
+
 def test_contrast_text_names_the_contrast_as_the_summary_states_it():
     assert report.contrast_text({}) == ""
     assert report.contrast_text({"contrast": {"name": "FLAIR", "enhanced": False, "source": "tissue ordering"}}) \

@@ -333,8 +333,9 @@ def test_info_without_a_model_describes_the_bundled_one(capsys):
     code, out, err = run_cli(capsys, "info")  # the README said so; it required a path
     assert code == 0, err
     # the threshold of its default brain mask, the learned extractor (calibrated on the IXI calibration heads; the
-    # registration's is 0.141), and where the model comes from
-    assert "default_brain_t1.pt" in out and "threshold: 0.1434" in out and "made for contrasts: T1" in out
+    # registration's is 0.132), its healthy error level, and where the model comes from
+    assert "default_brain_t1.pt" in out and "threshold: 0.12866" in out and "made for contrasts: T1" in out
+    assert "healthy error level 0.02279" in out
     assert "source: IXI T1 heads of the training split" in out and "CC BY-SA 3.0" in out
     bundled = CONTRAST_MODELS["FLAIR"]
     assert out.rstrip().endswith(f"bundled with it, for T2, FLAIR, PD: {bundled} (info prints its card)")

@@ -5,7 +5,9 @@ the brain mask, so that training sees the mask detection uses:
 
 * ``t1``: the real IXI T1 heads of the training split (``scripts/ixi_split.json``, with face and neck) together
   with template-generated healthy subjects (:func:`MedAutoencoderLib.data.synthetic.make_cohort`; they keep the
-  template's anatomy in the model's domain). Threshold: the IXI calibration heads (real, healthy, never trained on).
+  template's anatomy in the model's domain), and (``--appearance engine``) engine images of the training maps as other
+  scanners show them: each head's real T1 through the engine's bias field, gamma, noise, blur and slices, and a
+  drawn T1 contrast. Threshold: the IXI calibration heads (real, healthy, never trained on).
 * ``t2flair``: images the synthesis engine draws from the label maps of the training split (IXI DLMUSE heads and the
   SynthSeg whole-head maps) in the T2, FLAIR and PD orderings, with skull or stripped, cut or whole. The residual
   counts where the input is brighter than its reconstruction (lesions are bright in these contrasts). Threshold: one
@@ -26,7 +28,10 @@ model bundled before them: ``git show d1c13c8:MedAutoencoderLib/models/default_b
     PYTHONPATH=$PWD python $S validate t1 --init-from template_t1.pt   # real-anatomy vs template-trained, rate
     PYTHONPATH=$PWD python $S validate t1 --sweep-only --sweep-models t1_restore   # restoration vs plain noise
     PYTHONPATH=$PWD python $S calibrate t2flair --target-fpr 0.003
-    PYTHONPATH=$PWD python $S calibrate t1 --trained t1_restore --target-fpr 0.001
+    PYTHONPATH=$PWD python $S train t1 --noise restore --appearance engine --minutes 28 \
+        --init-from <work>/t1_restore_trained.pt                      # other scanners' appearances
+    PYTHONPATH=$PWD:$PWD/scripts python scripts/choose_error_level.py t1 --model <the calibrated t1_restore_engine>
+    PYTHONPATH=$PWD python $S calibrate t1 --trained t1_restore_engine --target-fpr 0.001
 """
 from __future__ import annotations
 
@@ -69,16 +74,23 @@ SOURCES = {
 }
 
 
-def _engine_volumes(maps: list, out_dir: Path, per_map: int, seed: int, strip_share: float, cut_share: float) -> list:
-    """Engine images of the maps in the T2/FLAIR/PD orderings (cycled), written as 2 mm NIfTI volumes."""
-    from MedAutoencoderLib.brain.extractor import extract_brain
+ENGINE_T1_SOURCES = ["images synthesised by MedAutoencoderLib.synthesis from the IXI training heads (their real T1 "
+                     "with other scanners' bias, gamma, noise, blur and slices; drawn T1 contrasts of their DLMUSE "
+                     "parcellations; IXI: CC BY-SA 3.0) and the SynthSeg whole-head label maps (Apache 2.0)"]
+
+
+def _engine_volumes(maps: list, out_dir: Path, per_map: int, seed: int, strip_share: float, cut_share: float,
+                    contrasts: tuple = tuple(CONTRASTS)) -> list:
+    """Engine images of the maps in ``contrasts`` (engine orderings or "real", cycled; default T2/FLAIR/PD), written
+    as 2 mm NIfTI volumes."""
+    from MedAutoencoderLib.config import PreprocessConfig
     from MedAutoencoderLib.synthesis.engine import SynthesisConfig, synthesize, to_tensors
     from MedAutoencoderLib.synthesis.sources import load_map
 
     config = SynthesisConfig(shape=(96, 120, 104), rotation_deg=10.0, strip_probability=strip_share,
                              cut_probability=cut_share, thick_probability=0.4, thickness_mm=(2.0, 5.0))
     out_dir.mkdir(parents=True, exist_ok=True)
-    names, written = list(CONTRASTS), []
+    names, written = list(contrasts), []
     gen = torch.Generator().manual_seed(seed)
     for i, path in enumerate(maps):
         label_map = to_tensors(load_map(str(path)))
@@ -87,8 +99,8 @@ def _engine_volumes(maps: list, out_dir: Path, per_map: int, seed: int, strip_sh
             drawn = synthesize(label_map, gen, config, contrast)
             image = sitk.GetImageFromArray(drawn["image"][0].numpy())
             image.SetSpacing((2.0, 2.0, 2.0))
-            try:  # a draw the extractor refuses (a brain scaled past 2200 mL) would stop training: left out
-                extract_brain(image, name=str(path))
+            try:  # a draw training would refuse (a brain scaled past 2200 mL, noise over all): left out
+                prepare_volume(image, PreprocessConfig(foreground="brain"), name=str(path))
             except InputImageError as error:
                 print("left out:", error, flush=True)
                 continue
@@ -116,6 +128,12 @@ def make_data(args: argparse.Namespace) -> None:
     m = len(_engine_volumes(calibration_maps, work / "t2flair_calibration", 3, args.seed + 1, 0.3, 0.0))
     t = len(make_cohort(work / "t1_template", args.template_subjects, args.seed, overwrite=True))
     print(f"written: {n} T2/FLAIR/PD training volumes, {m} calibration volumes, {t} template T1 subjects")
+    # T1 appearances of other scanners (train t1 --appearance engine): each training map's real T1 through the
+    # engine's bias field, gamma, noise, blur and thick slices, and a drawn T1 contrast
+    for old in (work / "t1_engine_train").glob("*.nii.gz"):
+        old.unlink()
+    e = len(_engine_volumes(train_maps, work / "t1_engine_train", 2, args.seed + 3, 0.3, 0.0, ("real", "t1")))
+    print(f"written: {e} T1 engine training volumes")
     # the T1 validation sets (validate t1): lesions in the IXI validation heads, lesioned template subjects
     subprocess.run([sys.executable, str(HERE / "make_ixi_lesions.py"), "--out", str(work / "ixi_val_lesions"),
                     "--split", "validation", "--seed", "31"], check=True)
@@ -134,6 +152,8 @@ def train(args: argparse.Namespace) -> None:
     if args.which == "t1":
         data = [str(Path(args.data) / "ixi_t1_2mm" / "t1" / f"{s}_T1.nii.gz") for s in split["train"]]
         data += [str(work / "t1_template")]
+        if args.appearance == "engine":
+            data += [str(work / "t1_engine_train")]
     else:
         data = [str(work / "t2flair_train")]
     init, name = args.init_from or "default", args.which
@@ -144,6 +164,8 @@ def train(args: argparse.Namespace) -> None:
         payload["model"]["noise"] = args.noise
         init, name = str(work / f"init_{args.noise}.pt"), f"{args.which}_{args.noise}"
         torch.save(payload, init)
+    if args.appearance == "engine":
+        name += "_engine"
     config = TrainConfig(data=data, out=str(work / f"{name}_trained.pt"), init=init,
                          max_minutes=args.minutes, epochs=args.epochs, learning_rate=args.learning_rate,
                          validation_fraction=0.1, seed=args.seed, overwrite=True)
@@ -178,18 +200,22 @@ def _calibrated(model, prior: str, args: argparse.Namespace) -> None:
     if args.which != "t1":
         record.detection.residual = "positive"
         record.detection.prior = prior
-    by_contrast, everything = {}, []
+    by_contrast, levels, everything = {}, {}, []
     for name, paths in groups.items():
         scored = _scored(model, record, paths)
-        by_contrast[name] = calibrate_threshold(scored, record.detection.target_fpr)["threshold"]
+        calibration = calibrate_threshold(scored, record.detection.target_fpr)
+        by_contrast[name], levels[name] = calibration["threshold"], calibration["error_level"]
         everything += scored
-        print(f"{name}: threshold {by_contrast[name]:.4f} on {len(paths)} volumes", flush=True)
+        print(f"{name}: threshold {by_contrast[name]:.4f}, error level {levels[name]:.4f} on {len(paths)} volumes",
+              flush=True)
     record.calibration = {**calibrate_threshold(everything, record.detection.target_fpr),
                           "calibrated_on": [p.name for ps in groups.values() for p in ps]}
     if len(by_contrast) > 1:
         record.calibration["by_contrast"] = by_contrast
+        record.calibration["error_level_by_contrast"] = levels
     else:
         record.calibration["threshold"] = by_contrast[record.contrasts[0]]
+        record.calibration["error_level"] = levels[record.contrasts[0]]
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -210,7 +236,7 @@ def calibrate(args: argparse.Namespace) -> None:
         record.calibration["by_foreground"]["template"] = calibrate_threshold(
             scored, record.detection.target_fpr)["threshold"]
         print("thresholds by brain mask:", record.calibration["by_foreground"], flush=True)
-    model.record.training["sources"] = SOURCES[args.which]
+    model.record.training["sources"] = SOURCES[args.which] + (ENGINE_T1_SOURCES if "engine" in args.trained else [])
     out = Path(args.out) if args.out else MODELS / OUT_NAMES[args.which]
     save_model(out, model.network, model.record)
     print("written:", out, model.record.calibration.get("by_contrast", model.record.calibration["threshold"]))
@@ -384,6 +410,9 @@ def main() -> None:
                         help="calibrate: the voxel false-positive rate (chosen by the validate stage's sweep)")
     parser.add_argument("--noise", choices=("coarse", "restore"), default="coarse",
                         help="train: the DAE's corruption (restore: coarse noise plus synthetic anomalies)")
+    parser.add_argument("--appearance", choices=("ixi", "engine"), default="ixi",
+                        help="train t1: the IXI heads as they are, or also engine images of the training maps with "
+                             "other scanners' appearances (data writes them)")
     parser.add_argument("--init-from", default="",
                         help="train: the model file to start from (default: the bundled T1 model)")
     parser.add_argument("--trained", default="", help="calibrate: <work>/<name>_trained.pt (default: the kind's)")

@@ -525,7 +525,10 @@ def _calibration_text(calibration: Dict[str, Any]) -> str:
     how = " ".join(part for part in (
         f"voxel FPR {calibration['target_fpr']}" if "target_fpr" in calibration else "",
         f"on {calibration['healthy_volumes']} healthy volume(s)" if "healthy_volumes" in calibration else "") if part)
-    return f"{threshold} ({how or 'calibration details not recorded'})"
+    level = calibration.get("error_level")
+    level_text = f"; healthy error level {level:.4g}: a scan reconstructed worse has its map divided by the ratio" \
+        if level else ""
+    return f"{threshold} ({how or 'calibration details not recorded'}){level_text}"
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

@@ -200,7 +200,8 @@ def _run_scan(case: ScanCase, model: LoadedModel, options: DetectOptions, with_m
     scan.anomaly_map = sitk.GetArrayFromImage(run.result.anomaly_map)
     scan.anomaly_mask = sitk.GetArrayFromImage(run.result.anomaly_mask) > 0
     scan.contrast_found = run.result.summary.get("contrast")
-    scan.model_used = {"name": run.result.summary.get("model"), "threshold": run.result.summary.get("threshold")}
+    scan.model_used = {"name": run.result.summary.get("model"), "threshold": run.result.summary.get("threshold"),
+                       "error_level": run.result.summary.get("error_level")}
     return scan
 
 

@@ -18,11 +18,13 @@ from MedAutoencoderLib.config import DetectOptions, PreprocessConfig
 from MedAutoencoderLib.detection.inference import reconstruct
 from MedAutoencoderLib.detection.read_ahead import prepared_in_order
 from MedAutoencoderLib.detection.scoring import (
+    ERROR_LEVEL_WARNING_RATIO,
     DetectionResult,
     ScoredVolume,
     finish_detection,
     reconstruction_on_input_grid,
     score_volume,
+    to_error_level,
 )
 from MedAutoencoderLib.errors import (
     OUT_OF_MEMORY_ADVICE,
@@ -69,10 +71,37 @@ def calibrated_threshold(model: LoadedModel, contrast: Optional[Dict[str, Any]])
     """The model's calibrated threshold for an input of ``contrast`` (a summary's "contrast" entry): that of its
     contrast, or for an input that may be any of several contrasts ("candidates") the highest of theirs, so that
     no healthy scan of any of them is flagged more than the calibration allows; None for an uncalibrated model."""
-    contrast = contrast or {}
-    names = [contrast.get("name")] if contrast.get("name") else list(contrast.get("candidates") or [None])
-    thresholds = [model.record.threshold_for(name) for name in names]
+    thresholds = [model.record.threshold_for(name) for name in _contrast_names(contrast)]
     return None if any(t is None for t in thresholds) else max(float(t) for t in thresholds)
+
+
+def _contrast_names(contrast: Optional[Dict[str, Any]]) -> List[Optional[str]]:
+    """The contrast an input was read as, or the candidates it may be (a summary's "contrast" entry)."""
+    contrast = contrast or {}
+    return [contrast.get("name")] if contrast.get("name") else list(contrast.get("candidates") or [None])
+
+
+def healthy_error_level(model: LoadedModel, contrast: Optional[Dict[str, Any]]) -> Optional[float]:
+    """The healthy calibration scans' error level for an input of ``contrast`` (for one that may be any of several
+    contrasts, the lowest of theirs: its map is divided the most, as with the highest threshold); None where the
+    model has none recorded."""
+    levels = [model.record.error_level_for(name) for name in _contrast_names(contrast)]
+    return None if any(level is None for level in levels) else min(float(level) for level in levels)
+
+
+def _error_level_entries(scored: ScoredVolume, healthy: Optional[float]) -> Dict[str, Any]:
+    """The summary's "error_level" entry and, for a scan far out of the model's domain, a warning."""
+    out_of_domain = bool(healthy) and scored.error_level >= ERROR_LEVEL_WARNING_RATIO * healthy
+    entry = {"error_level": {"input": round(scored.error_level, 6), "healthy": healthy,
+                             "map_divided_by": round(scored.divided_by, 4), "out_of_domain": out_of_domain}}
+    if out_of_domain:
+        ratio = scored.error_level / healthy
+        entry["warning"] = (f"it is reconstructed {ratio:.1f} times worse than the healthy scans the model was "
+                            "calibrated on (another scanner, protocol or contrast than its training data?): its "
+                            f"anomaly map was divided by {ratio:.1f}, so only what stands out within this scan is "
+                            "flagged; calibrate the model on healthy scans of this site (calibrate) or fine-tune it "
+                            "(train --init) before trusting it here")
+    return entry
 
 
 @dataclass
@@ -111,10 +140,15 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
     reconstruction_image = reconstruction_on_input_grid(prepared, reconstruction)
     if on_output is not None:
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
-    scored = score_volume(prepared, reconstruction, record.detection)
+    healthy = healthy_error_level(model, contrast.get("contrast"))
+    scored = to_error_level(score_volume(prepared, reconstruction, record.detection), healthy)
     result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
     result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
+    level = _error_level_entries(scored, healthy)
+    if "warning" in level:
+        result.summary.setdefault("warnings", []).append(level.pop("warning"))
+    result.summary.update(level)
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)

@@ -36,8 +36,9 @@ class ModelRecord:
     model: ModelConfig
     preprocess: PreprocessConfig
     detection: DetectionConfig
-    # threshold, target_fpr, volumes, voxels; optionally "by_foreground": a threshold calibrated with each brain
-    # mask, and "by_contrast": one per MRI contrast of a model made for several
+    # threshold, target_fpr, volumes, voxels, error_level (the healthy scans' median residual); optionally
+    # "by_foreground": a threshold calibrated with each brain mask, and "by_contrast" and "error_level_by_contrast":
+    # one per MRI contrast of a model made for several
     calibration: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
     library_version: str = __version__
@@ -56,6 +57,13 @@ class ModelRecord:
         calibrated on each (their residuals differ), else :attr:`threshold`."""
         by_contrast = self.calibration.get("by_contrast") or {}
         return by_contrast.get(contrast, self.threshold) if contrast else self.threshold
+
+    def error_level_for(self, contrast: Optional[str]) -> Optional[float]:
+        """The healthy calibration scans' error level (``detection.scoring.error_level``) for an input of
+        ``contrast``; None for a model calibrated before error levels were recorded (its maps are not scaled)."""
+        by_contrast = self.calibration.get("error_level_by_contrast") or {}
+        level = by_contrast.get(contrast) if contrast else None
+        return level if level is not None else self.calibration.get("error_level")
 
 
 def save_model(path: Path, network: nn.Module, record: ModelRecord,

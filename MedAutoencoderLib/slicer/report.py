@@ -72,6 +72,25 @@ def contrast_text(summary: Mapping[str, Any]) -> str:
         name += " (stated by the user)"
     return name
 
+def domain_text(summary: Mapping[str, Any]) -> str:
+    """What a reader must know when the input was out of the model's domain (the summary's "error_level"): "" when
+    it was not.
+
+    Args:
+        summary: a detection summary (:func:`read_summary`).
+
+    Returns:
+        For example "reconstructed 2.3x worse than the model's healthy scans (another scanner?): map divided by 2.3;
+        calibrate the model on this site's healthy scans".
+    """
+    level = summary.get("error_level")
+    if not isinstance(level, Mapping) or not level.get("out_of_domain"):
+        return ""
+    divided = float(level.get("map_divided_by") or 1.0)
+    return (f"reconstructed {divided:.1f}x worse than the model's healthy scans (another scanner?): map divided by "
+            f"{divided:.1f}; calibrate the model on this site's healthy scans")
+
+
 def _window(array: np.ndarray) -> Tuple[float, float]:
     low, high = np.percentile(array, (1, 99)) if array.size else (0.0, 1.0)
     return float(low), float(high if high > low else low + 1.0)
@@ -88,7 +107,7 @@ def _facts(data: ReportData) -> List[str]:
         f"Threshold: {threshold:.4g} ({source or 'unknown source'})" if threshold is not None else "Threshold: -",
         f"Volume score: {summary.get('anomaly_score', float('nan')):.4g}    Flagged: "
         f"{summary.get('anomalous_volume_ml', 0.0):.2f} mL in {len(data.findings)} finding(s)",
-    ]
+    ] + ([f"Note: {domain_text(summary)}"] if domain_text(summary) else [])
 
 
 def write_report(data: ReportData, path: str) -> List[str]:
