@@ -63,6 +63,7 @@ def test_a_map_is_divided_only_where_the_scan_is_reconstructed_worse_than_the_he
     assert level_factor(0.01, 0.02) == 1.0  # never more sensitive than calibrated
     assert level_factor(0.05, 0.02) == pytest.approx(2.5)
     assert level_factor(0.05, None) == 1.0  # a model calibrated before error levels were recorded
+    assert level_factor(0.05, float("nan")) == 1.0 and level_factor(float("nan"), 0.02) == 1.0
     scored = ScoredVolume(score_map=np.full((2, 3, 3), 0.5, np.float32), region=np.ones((2, 3, 3), bool),
                           error_level=0.05)
     divided = to_error_level(scored, 0.02)
@@ -361,3 +362,16 @@ def test_a_scan_reconstructed_worse_than_the_healthy_calibration_scans_gets_its_
                        atol=1e-6)
     assert "reconstructed 2.0 times worse" in worse.summary["warnings"][0]
     assert worse.summary["anomalous_volume_ml"] <= same.summary["anomalous_volume_ml"]
+
+
+def test_each_brain_mask_divides_by_the_healthy_level_its_threshold_was_calibrated_with():
+    """The bundled T1 model holds a threshold per brain mask; the registration's mask covers another region, so its
+    healthy error level is its own too (a threshold taken over maps divided by one level, applied to maps divided by
+    another, would not flag the calibrated share)."""
+    from MedAutoencoderLib.api import load_model
+
+    for foreground in ("brain", "template"):
+        record = load_model(None, device="cpu", foreground=foreground).record
+        levels = record.calibration["error_level_by_foreground"]
+        assert record.error_level_for("T1") == record.error_level_for(None) == levels[foreground]
+    assert levels["brain"] != levels["template"]

@@ -339,6 +339,9 @@ def test_info_without_a_model_describes_the_bundled_one(capsys):
     assert "source: IXI T1 heads of the training split" in out and "CC BY-SA 3.0" in out
     bundled = CONTRAST_MODELS["FLAIR"]
     assert out.rstrip().endswith(f"bundled with it, for T2, FLAIR, PD: {bundled} (info prints its card)")
+    code, out, err = run_cli(capsys, "info", str(bundled))
+    assert code == 0, err  # the levels detection divides by, per contrast, beside the thresholds
+    assert "threshold per contrast: T2 0.15219" in out and "healthy error level per contrast: T2 0.03507" in out
 
 
 def test_a_folder_given_as_the_model_is_named_as_a_folder(capsys, tmp_path):

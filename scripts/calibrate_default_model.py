@@ -48,6 +48,9 @@ def main() -> None:
     new = payload["calibration"]["threshold"]
     print(f"{args.foreground}: threshold {new:.5f} (bundled {before})", flush=True)
     payload["calibration"]["by_foreground"] = {**before, args.foreground: new}
+    levels = bundled.get("error_level_by_foreground", {})  # each mask's threshold beside the level it was set with
+    payload["calibration"]["error_level_by_foreground"] = {**levels,
+                                                           args.foreground: payload["calibration"]["error_level"]}
     torch.save(payload, out)
     if args.write:
         shutil.copyfile(out, args.write)

@@ -233,9 +233,12 @@ def calibrate(args: argparse.Namespace) -> None:
                 scored += _scored(model, with_template, [path])
             except InputImageError as refused:
                 print("template mask: left out", refused, flush=True)
-        record.calibration["by_foreground"]["template"] = calibrate_threshold(
-            scored, record.detection.target_fpr)["threshold"]
-        print("thresholds by brain mask:", record.calibration["by_foreground"], flush=True)
+        template = calibrate_threshold(scored, record.detection.target_fpr)
+        record.calibration["by_foreground"]["template"] = template["threshold"]
+        record.calibration["error_level_by_foreground"] = {"brain": record.calibration["error_level"],
+                                                           "template": template["error_level"]}
+        print("thresholds by brain mask:", record.calibration["by_foreground"], "error levels:",
+              record.calibration["error_level_by_foreground"], flush=True)
     model.record.training["sources"] = SOURCES[args.which] + (ENGINE_T1_SOURCES if "engine" in args.trained else [])
     out = Path(args.out) if args.out else MODELS / OUT_NAMES[args.which]
     save_model(out, model.network, model.record)
@@ -283,11 +286,12 @@ def _sweep(record, calibration: list, lesioned: list, healthy: list) -> list:
     the lesioned runs ((run, truth on the input grid)) and the median share of the healthy runs' scored brain
     flagged, each detection finished as detect finishes it (mapping back, components under 0.2 mL removed)."""
     from MedAutoencoderLib.detection.evaluation import voxel_metrics
-    from MedAutoencoderLib.detection.scoring import finish_detection, reconstruction_on_input_grid, score_volume
+    from MedAutoencoderLib.detection.scoring import (finish_detection, reconstruction_on_input_grid, score_volume,
+                                                     to_error_level)
 
     def scored_run(run):  # scores, reconstruction and region on the input grid: the same for every rate
         prepared, rec = run
-        scored = score_volume(prepared, rec, record.detection)
+        scored = to_error_level(score_volume(prepared, rec, record.detection), reference)
         region = sitk.GetArrayFromImage(prepared.to_input_grid(scored.region, nearest=True)) > 0
         return prepared, reconstruction_on_input_grid(prepared, rec), scored, region
 
@@ -297,6 +301,7 @@ def _sweep(record, calibration: list, lesioned: list, healthy: list) -> list:
         return sitk.GetArrayFromImage(result.anomaly_map), sitk.GetArrayFromImage(result.anomaly_mask) > 0, region
 
     scored = [score_volume(p, r, record.detection) for p, r in calibration]
+    reference = calibrate_threshold(scored, FPR_CHOICES[0])["error_level"]  # maps divided as detection divides them
     lesioned = [(scored_run(run), truth) for run, truth in lesioned]
     healthy = [scored_run(run) for run in healthy]
     rows = []

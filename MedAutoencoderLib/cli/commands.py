@@ -480,6 +480,10 @@ def run_info(args: argparse.Namespace) -> int:
     by_contrast = calibration.get("by_contrast") or {}
     if by_contrast:
         print("  threshold per contrast: " + ", ".join(f"{name} {value:.5g}" for name, value in by_contrast.items()))
+        levels = calibration.get("error_level_by_contrast") or {}
+        if levels:
+            print("  healthy error level per contrast: " + ", ".join(f"{name} {value:.4g}"
+                                                                     for name, value in levels.items()))
     detection = card["detection"]
     print(f"  score: {detection['score']} ({detection['residual']} residual"
           + (", intensity prior " + detection["prior"] if detection.get("prior", "none") != "none" else "") + ")")

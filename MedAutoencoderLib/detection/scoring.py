@@ -136,7 +136,7 @@ def level_factor(level: float, reference: Optional[float]) -> float:
     it is above it, else 1 (a scan is never made more sensitive than calibrated). Chosen on validation data
     (scripts/choose_error_level.py): healthy IXI heads drawn with other scanners' appearances went from 0.8-13 %
     of the brain flagged to 0.02-0.03 %; the cost is on large lesions, which raise a scan's level too."""
-    if not reference or reference <= 0 or level <= reference:
+    if reference is None or not np.isfinite(reference) or reference <= 0 or not level > reference:
         return 1.0
     return level / reference
 

@@ -37,8 +37,8 @@ class ModelRecord:
     preprocess: PreprocessConfig
     detection: DetectionConfig
     # threshold, target_fpr, volumes, voxels, error_level (the healthy scans' median residual); optionally
-    # "by_foreground": a threshold calibrated with each brain mask, and "by_contrast" and "error_level_by_contrast":
-    # one per MRI contrast of a model made for several
+    # "by_foreground" and "error_level_by_foreground": those calibrated with each brain mask, and "by_contrast" and
+    # "error_level_by_contrast": one per MRI contrast of a model made for several
     calibration: Dict[str, Any] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)  # data summary, epochs, losses, time, device
     library_version: str = __version__
@@ -63,6 +63,8 @@ class ModelRecord:
         ``contrast``; None for a model calibrated before error levels were recorded (its maps are not scaled)."""
         by_contrast = self.calibration.get("error_level_by_contrast") or {}
         level = by_contrast.get(contrast) if contrast else None
+        if level is None:  # the level measured with the brain mask in use, as its threshold was
+            level = (self.calibration.get("error_level_by_foreground") or {}).get(self.preprocess.foreground)
         return level if level is not None else self.calibration.get("error_level")
 
 
