@@ -465,8 +465,9 @@ class MedAutoencoderWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         noValue = "\u2014"
         self.ui.resultModelValueLabel.text = _("{model}, contrast: {contrast}").format(
             model=summary.get("model") or noValue, contrast=report.contrast_text(summary) or noValue) if nodes else noValue
-        if nodes and report.domain_text(summary):
-            self.ui.resultModelValueLabel.text += "\n" + report.domain_text(summary)
+        domain = report.domain_text(summary) if nodes else ""
+        if domain:
+            self.ui.resultModelValueLabel.text += "\n" + domain
         score = summary.get("anomaly_score")
         self.ui.resultScoreValueLabel.text = f"{score:.4g}" if score is not None else noValue
         flagged = summary.get("anomalous_volume_ml")

@@ -72,6 +72,11 @@ def is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY_TEXTS))
 
 
+def detection_out_of_memory_reason(path: object) -> str:
+    """How a batch or an evaluation says that a volume's detection ran out of the machine's memory."""
+    return f"{path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
+
+
 def is_cuda_failure(error: BaseException) -> bool:
     """Whether ``error`` comes from CUDA itself (an illegal access, a launch failure): the process's GPU context
     is unusable from then on, so nothing more may run in it."""

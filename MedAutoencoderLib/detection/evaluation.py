@@ -25,7 +25,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from MedAutoencoderLib.config import DetectOptions
 from MedAutoencoderLib.detection.scoring import ScoredVolume, anomaly_score, robust_z, voxel_volume_ml
-from MedAutoencoderLib.errors import OUT_OF_MEMORY_ADVICE, InputImageError, is_out_of_memory
+from MedAutoencoderLib.errors import InputImageError, detection_out_of_memory_reason, is_out_of_memory
 from MedAutoencoderLib.io.volumes import (
     find_volumes,
     inside_grid,
@@ -241,8 +241,7 @@ def _skipped(error: BaseException, image_path: Path, mask_path: Optional[Path], 
     or the memory could not hold. Anything else, or any refusal without ``keep_going``, is raised."""
     if not keep_going or not (isinstance(error, InputImageError) or is_out_of_memory(error)):
         raise error
-    reason = str(error) if isinstance(error, InputImageError) else \
-        f"{image_path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
+    reason = str(error) if isinstance(error, InputImageError) else detection_out_of_memory_reason(image_path)
     tracker.emit("log", index + 1, f"skipped {reason}")
     return {"image": image_path.name, "lesioned": mask_path is not None, "reason": reason}
 

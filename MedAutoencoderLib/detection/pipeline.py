@@ -27,7 +27,6 @@ from MedAutoencoderLib.detection.scoring import (
     to_error_level,
 )
 from MedAutoencoderLib.errors import (
-    OUT_OF_MEMORY_ADVICE,
     BatchDetectionError,
     ConfigurationError,
     InputImageError,
@@ -35,6 +34,7 @@ from MedAutoencoderLib.errors import (
     ModelFileError,
     OutOfMemoryError,
     OutputExistsError,
+    detection_out_of_memory_reason,
     is_cuda_failure,
     is_out_of_memory,
 )
@@ -89,19 +89,18 @@ def healthy_error_level(model: LoadedModel, contrast: Optional[Dict[str, Any]]) 
     return None if any(level is None for level in levels) else min(float(level) for level in levels)
 
 
-def _error_level_entries(scored: ScoredVolume, healthy: Optional[float]) -> Dict[str, Any]:
-    """The summary's "error_level" entry and, for a scan far out of the model's domain, a warning."""
+def _error_level_entry(scored: ScoredVolume, healthy: Optional[float]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The summary's "error_level" entry and, for a scan far out of the model's domain, its warning (else None)."""
     out_of_domain = bool(healthy) and scored.error_level >= ERROR_LEVEL_WARNING_RATIO * healthy
-    entry = {"error_level": {"input": round(scored.error_level, 6), "healthy": healthy,
-                             "map_divided_by": round(scored.divided_by, 4), "out_of_domain": out_of_domain}}
-    if out_of_domain:
-        ratio = scored.error_level / healthy
-        entry["warning"] = (f"it is reconstructed {ratio:.1f} times worse than the healthy scans the model was "
-                            "calibrated on (another scanner, protocol or contrast than its training data?): its "
-                            f"anomaly map was divided by {ratio:.1f}, so only what stands out within this scan is "
-                            "flagged; calibrate the model on healthy scans of this site (calibrate) or fine-tune it "
-                            "(train --init) before trusting it here")
-    return entry
+    entry = {"input": round(scored.error_level, 6), "healthy": healthy, "map_divided_by": round(scored.divided_by, 4),
+             "out_of_domain": out_of_domain}
+    if not out_of_domain:
+        return entry, None
+    ratio = scored.error_level / healthy
+    return entry, (f"it is reconstructed {ratio:.1f} times worse than the healthy scans the model was calibrated on "
+                   "(another scanner, protocol or contrast than its training data?): its anomaly map was divided by "
+                   f"{ratio:.1f}, so only what stands out within this scan is flagged; calibrate the model on healthy "
+                   "scans of this site (calibrate) or fine-tune it (train --init) before trusting it here")
 
 
 @dataclass
@@ -145,10 +144,9 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
     result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
     result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
-    level = _error_level_entries(scored, healthy)
-    if "warning" in level:
-        result.summary.setdefault("warnings", []).append(level.pop("warning"))
-    result.summary.update(level)
+    result.summary["error_level"], warning = _error_level_entry(scored, healthy)
+    if warning:
+        result.summary.setdefault("warnings", []).append(warning)
     if on_output is not None:
         on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)
@@ -355,7 +353,7 @@ def _volume_failure(path: Path, error: BaseException, index: int, count: int, ke
     elif isinstance(error, OutOfMemoryError):  # the GPU's memory (not naming the volume), or too little to read it
         reason = str(error) if str(error).startswith(f"{path}:") else f"{path}: {error}"
     elif is_out_of_memory(error):
-        reason = f"{path}: this machine ran out of memory detecting anomalies in it; {OUT_OF_MEMORY_ADVICE}"
+        reason = detection_out_of_memory_reason(path)
     elif isinstance(error, Exception) and not isinstance(error, MedAutoencoderError) and not is_cuda_failure(error):
         if not keep_going:  # a defect: its traceback is what a report needs; where it stopped, said first
             message = f"detection stopped at {path}{where} by the error below"

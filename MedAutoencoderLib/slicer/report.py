@@ -72,6 +72,7 @@ def contrast_text(summary: Mapping[str, Any]) -> str:
         name += " (stated by the user)"
     return name
 
+
 def domain_text(summary: Mapping[str, Any]) -> str:
     """What a reader must know when the input was out of the model's domain (the summary's "error_level"): "" when
     it was not.
@@ -98,6 +99,7 @@ def _window(array: np.ndarray) -> Tuple[float, float]:
 
 def _facts(data: ReportData) -> List[str]:
     summary = data.summary
+    domain = domain_text(summary)
     threshold = summary.get("threshold")
     source = summary.get("threshold_source", "")
     return [
@@ -107,7 +109,7 @@ def _facts(data: ReportData) -> List[str]:
         f"Threshold: {threshold:.4g} ({source or 'unknown source'})" if threshold is not None else "Threshold: -",
         f"Volume score: {summary.get('anomaly_score', float('nan')):.4g}    Flagged: "
         f"{summary.get('anomalous_volume_ml', 0.0):.2f} mL in {len(data.findings)} finding(s)",
-    ] + ([f"Note: {domain_text(summary)}"] if domain_text(summary) else [])
+    ] + ([f"Note: {domain}"] if domain else [])
 
 
 def write_report(data: ReportData, path: str) -> List[str]:
