@@ -294,6 +294,11 @@ class ModelConfig:
                         help="dae corruption: coarse, gaussian, or restore (coarse noise plus synthetic anomalies)")
     noise_std: float = option(0.2, flag="--noise-std", position=130)
     noise_resolution: int = 16  # coarse noise is drawn on this many cells per axis
+    # DAE: the U-Net runs at 1/unshuffle of the grid's resolution, each block of unshuffle^dims voxels folded into
+    # channels before it and unfolded after it (1: off)
+    unshuffle: int = option(1, flag="--unshuffle", position=135,
+                            help="dae: run the U-Net at 1/N resolution, each N x N block of voxels folded into "
+                                 "channels (2: about 3x faster on CPUs; default 1)")
     reconstruction_loss: str = option("mse", flag="--loss", position=110, choices=RECONSTRUCTION_LOSSES,
                                       help="reconstruction loss")
 
@@ -310,7 +315,8 @@ class ModelConfig:
             raise ConfigurationError(f"sparsity must be 'l1' or 'kl', not {self.sparsity!r}")
         if self.noise not in NOISE_KINDS:
             raise ConfigurationError(f"noise must be 'coarse', 'gaussian' or 'restore', not {self.noise!r}")
-        _require_at_least(1, latent_channels=self.latent_channels, smallest_channel_count=min(self.channels))
+        _require_at_least(1, latent_channels=self.latent_channels, smallest_channel_count=min(self.channels),
+                          unshuffle=self.unshuffle)
         # NaN passed "not negative" and ended as "training diverged (loss nan); lower --learning-rate"
         invalid = [name for name in ("sparsity_weight", "kl_weight", "noise_std", "adversarial_weight")
                    if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0)]
@@ -329,12 +335,13 @@ class ModelConfig:
     @property
     def downsampling_factor(self) -> int:
         """Grid sizes must be multiples of this."""
-        return 2 ** self.levels
+        return 2 ** self.levels * (self.unshuffle if self.name == "dae" else 1)
 
     def describe_levels(self) -> str:
         """The levels as a user can change them, for messages."""
         if self.name == "dae":
-            return "the DAE's U-Net, which always has 4 levels"
+            folded = f" after folding blocks of {self.unshuffle} voxels per axis" if self.unshuffle > 1 else ""
+            return f"the DAE's U-Net, which always has 4 levels{folded}"
         return f"a network with {self.levels} levels (one per --channels value)"
 
     def ignored_settings(self) -> List[str]:
@@ -343,7 +350,7 @@ class ModelConfig:
         default = ModelConfig()
         used_by = {"latent_channels": ("ae", "sparse", "vae", "aae"), "kl_weight": ("vae",),
                    "sparsity": ("sparse",), "adversarial_weight": ("aae",), "noise": ("dae",),
-                   "noise_std": ("dae",)}
+                   "noise_std": ("dae",), "unshuffle": ("dae",)}
         ignored = [f"--{name.replace('_', '-')} (used by {', '.join(models)} models only)"
                    for name, models in used_by.items()
                    if self.name not in models and getattr(self, name) != getattr(default, name)]

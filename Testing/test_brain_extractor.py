@@ -121,6 +121,16 @@ def test_an_oblique_anisotropic_scan_gets_its_mask_on_its_exact_grid():
     assert np.allclose(mask.GetOrigin(), oblique.GetOrigin())
     assert np.allclose(mask.GetDirection(), oblique.GetDirection())
     assert dice(sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(ref_on)) >= 0.9
+    # detection's way: no mask on the full grid, the mask made on the (axis-aligned, 1.5 mm) model grid instead
+    lazy = extract_brain(oblique, name="oblique", on_input_grid=False)
+    assert lazy.mask is None and np.array_equal(lazy.mask_on(oblique), sitk.GetArrayViewFromImage(mask) > 0)
+    model_grid = sitk.Image([128, 128, 112], sitk.sitkUInt8)
+    model_grid.SetSpacing((1.5, 1.5, 1.5))
+    model_grid.SetOrigin((np.array(lazy.centre_lps) - 1.5 * np.array([127, 127, 111]) / 2).tolist())
+    nearest = sitk.Resample(mask, model_grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    assert dice(lazy.mask_on(model_grid), sitk.GetArrayViewFromImage(nearest)) >= 0.98
+    where = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0).mean(0)[::-1]
+    assert np.linalg.norm(lazy.centre_lps - np.array(mask.TransformContinuousIndexToPhysicalPoint(where.tolist()))) < 2
 
 
 def _phantom(kind: str) -> sitk.Image:

@@ -63,6 +63,28 @@ def test_dae_builds_for_any_first_level_width(base, groups):
         assert network(torch.rand(1, 1, 32, 32))["reconstruction"].shape == (1, 1, 32, 32)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unshuffled_dae_runs_its_unet_at_half_resolution_with_the_same_parameters(dims):
+    """--unshuffle 2 folds each 2x2(x2) block into channels: the U-Net sees half the grid, the output has the
+    input's; only the first and last layers widen, and grids must divide by 16 x 2."""
+    plain, folded = (ModelConfig(name="dae", spatial_dims=dims, channels=(8, 16), unshuffle=u) for u in (1, 2))
+    network = build_network(folded).eval()
+    size = (1, 1) + (32,) * dims
+    seen = []
+    network.unet.conv_0.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        assert network(torch.rand(size))["reconstruction"].shape == size
+        code = network.encode(torch.rand(size))["code"]
+    assert seen[0] == (1, 2 ** dims) + (16,) * dims and code.shape[2:] == (1,) * dims
+    extra = sum(p.numel() for p in network.parameters()) - sum(p.numel() for p in build_network(plain).parameters())
+    first, last = network.unet.conv_0.conv_0.conv, network.unet.final_conv
+    assert extra == (2 ** dims - 1) * (first.weight[:, 0].numel() + last.weight[0].numel() + 1)
+    assert folded.downsampling_factor == 32 and plain.downsampling_factor == 16
+    with pytest.raises(ConfigurationError, match="unshuffle"):
+        ModelConfig(unshuffle=0).validate()
+    assert any("--unshuffle" in s for s in ModelConfig(name="ae", unshuffle=2).ignored_settings())
+
+
 def test_vae_decodes_the_mean_in_eval_mode_and_samples_in_training():
     torch.manual_seed(0)
     network = build_network(tiny("vae"))

@@ -91,6 +91,19 @@ def test_the_bundled_dae_gives_its_whole_unet_but_the_last_layer():
     assert not torch.equal(fresh["unet.conv_0.conv_0.conv.weight"], autoencoder["unet.conv_0.conv_0.conv.weight"])
 
 
+def test_an_unshuffled_dae_gives_its_unet_and_segments_at_full_resolution(tmp_path):
+    config = ModelConfig(name="dae", channels=(8, 16), unshuffle=2)
+    torch.manual_seed(5)
+    path = tmp_path / "dae_u2.pt"
+    save_model(path, build_network(config), ModelRecord(config, PreprocessConfig(size=(32, 32, 32)), DetectionConfig()))
+    start = starting_point(SegmentTrainConfig(images=["x"], labels=["y"], init=str(path)))
+    network = build_segmentation_network(start.model, 3)
+    loaded = load_pretrained(network, start.state_dict, start.model, str(path))
+    assert len(loaded) == len(network.state_dict()) - 2
+    assert network.unet.final_conv.weight.shape[0] == 3 * 4  # each class's 2x2 block, unfolded after the U-Net
+    assert network(torch.zeros(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+
+
 @pytest.mark.parametrize("name", ["ae", "vae", "aae"])
 def test_other_autoencoders_give_their_encoder(tmp_path, name):
     path = small_autoencoder(tmp_path, name)

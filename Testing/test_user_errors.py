@@ -334,14 +334,14 @@ def test_info_without_a_model_describes_the_bundled_one(capsys):
     assert code == 0, err
     # the threshold of its default brain mask, the learned extractor (calibrated on the IXI calibration heads; the
     # registration's is 0.132), its healthy error level, and where the model comes from
-    assert "default_brain_t1.pt" in out and "threshold: 0.12866" in out and "made for contrasts: T1" in out
-    assert "healthy error level 0.02279" in out
+    assert "default_brain_t1.pt" in out and "threshold: 0.13346" in out and "made for contrasts: T1" in out
+    assert "healthy error level 0.0233" in out
     assert "source: IXI T1 heads of the training split" in out and "CC BY-SA 3.0" in out
     bundled = CONTRAST_MODELS["FLAIR"]
     assert out.rstrip().endswith(f"bundled with it, for T2, FLAIR, PD: {bundled} (info prints its card)")
     code, out, err = run_cli(capsys, "info", str(bundled))
     assert code == 0, err  # the levels detection divides by, per contrast, beside the thresholds
-    assert "threshold per contrast: T2 0.15219" in out and "healthy error level per contrast: T2 0.03507" in out
+    assert "threshold per contrast: T2 0.15304" in out and "healthy error level per contrast: T2 0.03519" in out
 
 
 def test_a_folder_given_as_the_model_is_named_as_a_folder(capsys, tmp_path):

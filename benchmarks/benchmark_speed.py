@@ -118,7 +118,7 @@ def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int)
         prepared = timed_stage("preprocess (brain mask, resample, normalise)",
                                lambda: prepare_volume(image, record.preprocess))
         if record.preprocess.foreground == "brain":
-            timed_stage("  of which the brain extractor", lambda: extract_brain(image))
+            timed_stage("  of which the brain extractor", lambda: extract_brain(image, on_input_grid=False))
         else:
             timed_stage("  of which brain-mask registration", lambda: template_to_image_transform(image))
         reconstruction = timed_stage("network", lambda: reconstruct(model.network, prepared, record.model,
@@ -222,6 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default: the bundled T1 model)")
     parser.add_argument("--cohort", type=int, default=8, help="volumes in the batch timed for throughput (0: skip)")
     parser.add_argument("--ahead", type=int, nargs="+", default=[0, 2],
                         help="read-ahead depths of that batch (detect --prepare-ahead)")
@@ -238,12 +239,12 @@ def main() -> None:
         (folder / "plain").mkdir()
         plain = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)  # glibc's default allocator
         allocator_set = keep_freed_memory_for_reuse()  # from here on as ``python -m MedAutoencoderLib`` runs
-        model = load_model(DEFAULT_MODEL, device=args.device)  # its brain mask: the learned extractor
+        model = load_model(args.model, device=args.device)  # its brain mask: the learned extractor
         ours = timed(lambda: detect_files([volume], folder / "ours", model, overwrite=True), args.repeats)
         bfloat16 = DetectOptions(device=args.device, precision="bfloat16")
         ours_bfloat16 = timed(lambda: detect_files([volume], folder / "ours", model, bfloat16, overwrite=True),
                               args.repeats)
-        with_registration = load_model(DEFAULT_MODEL, device=args.device, foreground="template")
+        with_registration = load_model(args.model, device=args.device, foreground="template")
         ours_template = timed(lambda: detect_files([volume], folder / "ours", with_registration, overwrite=True),
                               args.repeats)
         plain_same_allocator = timed(lambda: plain_run(volume, folder / "plain"), args.repeats)

@@ -157,20 +157,61 @@ def train(args: argparse.Namespace) -> None:
     else:
         data = [str(work / "t2flair_train")]
     init, name = args.init_from or "default", args.which
-    if args.noise != "coarse":  # the weights to start from, with another corruption recorded for training
+    if args.unshuffle > 1:  # another architecture: from scratch, or from --init-from's weights folded into it
+        init, name = None, f"{args.which}_u{args.unshuffle}"
+        if args.init_from:
+            init, name = _unshuffled_init(Path(args.init_from), args.unshuffle, args.noise, work), name + "_init"
+    else:  # the weights to start from, with the corruption to train with recorded
         from MedAutoencoderLib.io.checkpoint import read_model_file
 
         payload = read_model_file(Path(args.init_from) if args.init_from else MODELS / "default_brain_t1.pt")
-        payload["model"]["noise"] = args.noise
-        init, name = str(work / f"init_{args.noise}.pt"), f"{args.which}_{args.noise}"
-        torch.save(payload, init)
+        if payload["model"].get("noise", "coarse") != args.noise:
+            payload["model"]["noise"] = args.noise
+            init = str(work / f"init_{args.noise}.pt")
+            torch.save(payload, init)
+        if args.noise != "coarse":
+            name = f"{args.which}_{args.noise}"
+        if payload["model"].get("unshuffle", 1) > 1:
+            name += f"_u{payload['model']['unshuffle']}"
     if args.appearance == "engine":
         name += "_engine"
+    if args.unshuffle > 1 and args.noise != "coarse":
+        name += f"_{args.noise}"
     config = TrainConfig(data=data, out=str(work / f"{name}_trained.pt"), init=init,
                          max_minutes=args.minutes, epochs=args.epochs, learning_rate=args.learning_rate,
                          validation_fraction=0.1, seed=args.seed, overwrite=True)
     config.preprocess.foreground = "brain"
+    if args.unshuffle > 1:
+        config.model.noise, config.model.unshuffle = args.noise, args.unshuffle
     print("model written:", train_model(config))
+
+
+def _unshuffled_init(path: Path, factor: int, noise: str, work: Path) -> str:
+    """A model file with ``path``'s model, grid and normalisation but a U-Net that runs at 1/``factor`` resolution
+    (``ModelConfig.unshuffle``): every weight whose shape is unchanged is copied; the first convolution takes each
+    folded voxel with the original kernel over the block count (the mean of the block), and the last one gives each
+    of them the original output (nearest-neighbour unfolding). It starts as the original network on a downsampled
+    slice."""
+    from MedAutoencoderLib.config import ModelConfig
+    from MedAutoencoderLib.io.checkpoint import read_model_file
+    from MedAutoencoderLib.networks.autoencoders import build_network
+
+    payload = read_model_file(path)
+    payload["model"] = dict(payload["model"], unshuffle=factor, noise=noise)
+    network = build_network(ModelConfig(**payload["model"]))
+    state, old = network.state_dict(), payload["state_dict"]
+    folded = factor ** network.spatial_dims
+    for key, value in old.items():
+        if state[key].shape == value.shape:
+            state[key] = value
+        elif key == "unet.conv_0.conv_0.conv.weight":
+            state[key] = value.repeat_interleave(folded, dim=1) / folded
+        else:  # the last convolution's weight and bias
+            state[key] = value.repeat_interleave(folded, dim=0)
+    payload["state_dict"] = state
+    out = work / f"init_u{factor}_{path.stem}.pt"
+    torch.save(payload, out)
+    return str(out)
 
 
 def _scored(model, record, paths: list) -> list:
@@ -420,6 +461,8 @@ def main() -> None:
                              "other scanners' appearances (data writes them)")
     parser.add_argument("--init-from", default="",
                         help="train: the model file to start from (default: the bundled T1 model)")
+    parser.add_argument("--unshuffle", type=int, default=1,
+                        help="train: a DAE from scratch whose U-Net runs at 1/N resolution (ModelConfig.unshuffle)")
     parser.add_argument("--trained", default="", help="calibrate: <work>/<name>_trained.pt (default: the kind's)")
     parser.add_argument("--sweep-models", default="t1",
                         help="validate t1: the trained models (<work>/<name>_trained.pt) whose rates are swept")

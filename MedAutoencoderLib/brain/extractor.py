@@ -8,9 +8,10 @@ cerebrum, cerebellum and brainstem, with the sulcal CSF inside the brain's envel
 Inference: the scan (any orientation, spacing, oblique direction) is resampled with SimpleITK onto an axis-aligned
 2 mm grid covering it, normalised by its percentiles, segmented into background / CSF / grey / white matter; the
 brain probability (1 - background) is cleaned on the 2 mm grid (largest connected component, holes filled),
-resampled linearly onto the scan's exact grid and thresholded at 0.5. A skull-stripped scan (zero outside its
-brain) keeps its whole non-zero brain: the mask is the scan's filled non-zero region wherever the prediction,
-dilated, reaches it (a region of at most 1.5 times the predicted brain: a head with skull is far larger).
+resampled linearly onto the scan's exact grid (detection: onto its model grid) and thresholded at 0.5. A
+skull-stripped scan (zero outside its brain) keeps its whole non-zero brain: the mask is the scan's filled non-zero
+region wherever the prediction, dilated, reaches it (a region of at most 1.5 times the predicted brain: a head with
+skull is far larger).
 
 Refusals, from the network's output: too little brain (no brain, or a slab), too large or too long a "brain" (a
 limb), an unsure prediction, or a brain cut by the field of view; each raises :class:`NoBrainError` with one line
@@ -22,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -83,7 +84,7 @@ class ExtractionConfig:
 class BrainExtraction:
     """A scan's brain mask and what the refusals looked at."""
 
-    mask: sitk.Image  # uint8 on the scan's exact grid
+    mask: Optional[sitk.Image]  # uint8 on the scan's exact grid (None when not asked for: see mask_on)
     brain_ml: float
     confidence: float
     edge_share: float
@@ -96,6 +97,9 @@ class BrainExtraction:
     tissue: Optional[sitk.Image] = None
     sure_tissue: Optional[sitk.Image] = None
     scan: Optional[sitk.Image] = None  # the scan on the 2 mm grid (its minimum outside its field of view)
+    centre_lps: Optional[np.ndarray] = None  # the brain's centroid (mm), from its voxels on the 2 mm grid
+    # the brain mask on any grid ((z, y, x) bool), made there from the 2 mm prediction as ``mask`` is on the scan's
+    mask_on: Optional[Callable[[sitk.Image], np.ndarray]] = None
 
 
 def build_network(config: NetworkConfig = NetworkConfig()) -> torch.nn.Module:
@@ -129,7 +133,9 @@ def load_extractor(path: str = MODEL_FILE) -> Tuple[torch.nn.Module, NetworkConf
         raise ModelFileError(f"{path}: the brain extractor's model file is missing (reinstall the package)") from None
     except Exception as exc:  # any unreadable or foreign file is the same problem for the user
         raise ModelFileError(f"{path}: not a brain extractor model file of this library ({exc})") from None
-    return network.eval(), config
+    # channels-last (with channels-last inputs) runs oneDNN's 3D convolutions about 1.4x faster on CPUs, with the
+    # same results
+    return network.eval().to(memory_format=torch.channels_last_3d), config
 
 
 def covering_grid(image: sitk.Image, spacing_mm: float, multiple: int = 16) -> sitk.Image:
@@ -297,7 +303,8 @@ def _resampled_above(values: np.ndarray, grid: sitk.Image, image: sitk.Image,
 
 def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = ExtractionConfig(),
                   model_file: str = MODEL_FILE, refuse: bool = True,
-                  extractor: Optional[Tuple[torch.nn.Module, NetworkConfig]] = None) -> BrainExtraction:
+                  extractor: Optional[Tuple[torch.nn.Module, NetworkConfig]] = None,
+                  on_input_grid: bool = True) -> BrainExtraction:
     """The brain mask of ``image`` on its exact grid.
 
     Args:
@@ -307,6 +314,8 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
         model_file: the extractor's model file.
         refuse: raise on a scan without a usable whole brain (else return what was found).
         extractor: a network and its config to use instead of ``model_file``'s (training's validation).
+        on_input_grid: make the mask on ``image``'s grid (else only ``mask_on``, for a mask on another grid, such
+            as detection's model grid, without one on the scan's full grid).
 
     Returns:
         The mask (uint8, 1 = brain) on ``image``'s grid, the figures the refusals use, and the scan and its tissue
@@ -328,7 +337,8 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     inside = ~np.isnan(array)
     array[~inside] = low
     with torch.inference_mode():
-        probabilities = torch.softmax(network(torch.from_numpy(normalise(array))[None, None])[0], 0)
+        scan = torch.from_numpy(normalise(array))[None, None].contiguous(memory_format=torch.channels_last_3d)
+        probabilities = torch.softmax(network(scan)[0], 0)
         brain_p = (1.0 - probabilities[0]).numpy()
         tissue_p, tissue_index = probabilities[1:].max(0)  # each voxel's most probable tissue
     labels = tissue_index.numpy().astype(np.uint8) + 1
@@ -347,7 +357,7 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
             raise NoBrainError(f"{prefix}it does not look like a brain MRI: the brain extractor finds no ventricles "
                                f"in its brain ({csf_share:.1%} CSF; brain MRIs have {config.min_csf_share:.0%} or "
                                "more); brain models (--foreground brain) need a brain MRI")
-    stripped = False
+    stripped, region = False, None
     nonzero = values != 0
     nonzero_count, input_voxel_ml = int(np.count_nonzero(nonzero)), float(np.prod(image.GetSpacing())) / 1000.0
     largest_ml = config.stripped_max_ratio * brain_ml
@@ -355,24 +365,40 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     if config.stripped_rule and brain.any() and nonzero_count <= (1.0 - config.stripped_zero_share) * values.size \
             and nonzero_count * input_voxel_ml <= largest_ml:
         region = _filled_region(nonzero)
-        if np.count_nonzero(region) * input_voxel_ml <= largest_ml:
-            reach = _within(brain, config.stripped_dilation_mm / net_config.spacing_mm)
-            mask = region & _resampled_above(reach.astype(np.float32), grid, image, _index_box(image, grid, reach), 0.5)
-            stripped = True
-    if not stripped:
+        stripped = np.count_nonzero(region) * input_voxel_ml <= largest_ml
+    if stripped:  # the filled non-zero region wherever the dilated prediction reaches it
+        support = _within(brain, config.stripped_dilation_mm / net_config.spacing_mm)
+        source, threshold = support.astype(np.float32), 0.5
+    else:
         # the cleaned probability: confident outside the kept component, holes filled, zero beyond one voxel of it
-        near = _with_6_neighbours(brain, border=False)
+        region = None
+        support = _with_6_neighbours(brain, border=False)
         cleaned = np.where(brain, np.maximum(brain_p, 0.5 + 1e-3), np.minimum(brain_p, 0.5 - 1e-3))
-        cleaned = np.where(near, cleaned, 0.0).astype(np.float32)
-        mask = _resampled_above(cleaned, grid, image, _index_box(image, grid, near), config.threshold)
-    out = sitk.GetImageFromArray(mask.astype(np.uint8))
-    out.CopyInformation(image)
+        source, threshold = np.where(support, cleaned, 0.0).astype(np.float32), config.threshold
+
+    def mask_on(target: sitk.Image) -> np.ndarray:
+        mask = _resampled_above(source, grid, target, _index_box(target, grid, support), threshold)
+        if region is None:
+            return mask
+        if target is image:
+            return mask & region
+        region_image = sitk.GetImageFromArray(region.view(np.uint8))
+        region_image.CopyInformation(image)
+        return mask & (sitk.GetArrayViewFromImage(sitk.Resample(
+            region_image, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0)
+
+    out = None
+    if on_input_grid:
+        out = sitk.GetImageFromArray(mask_on(image).astype(np.uint8))
+        out.CopyInformation(image)
+    centre = np.array(grid.TransformContinuousIndexToPhysicalPoint(np.argwhere(brain).mean(0)[::-1].tolist())) \
+        if brain.any() else None
     tissue, sure_tissue, scan = (sitk.GetImageFromArray(a) for a in (labels * brain, labels * (brain & sure), array))
     for on_grid in (tissue, sure_tissue, scan):
         on_grid.CopyInformation(grid)
     return BrainExtraction(mask=out, brain_ml=brain_ml, confidence=confidence, edge_share=edge, csf_share=csf_share,
                            length_mm=length_mm, stripped=stripped, seconds=time.perf_counter() - start, tissue=tissue,
-                           sure_tissue=sure_tissue, scan=scan)
+                           sure_tissue=sure_tissue, scan=scan, centre_lps=centre, mask_on=mask_on)
 
 
 def _refuse(name: str, brain_ml: float, confidence: float, edge: float, length_mm: float,

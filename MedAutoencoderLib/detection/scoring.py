@@ -321,9 +321,15 @@ def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image,
                      threshold: float, config: DetectionConfig) -> DetectionResult:
     """Map the scores back onto the input grid, threshold there and summarise."""
     anomaly_map = prepared.to_input_grid(scored.score_map)
-    labels = labels_above(anomaly_map, threshold, config.min_component_ml)  # components found once
-    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
-    components = describe_labels(labels, anomaly_map)
+    values = sitk.GetArrayViewFromImage(anomaly_map)
+    # components found once, in the box of the voxels above the threshold (the rest of the grid holds none)
+    box_labels, box = component_labels_in_box(
+        values, threshold, min_component_voxels(voxel_volume_ml(anomaly_map), config.min_component_ml))
+    mask_array = np.zeros(values.shape, np.uint8)
+    mask_array[box] = box_labels > 0
+    mask = sitk.GetImageFromArray(mask_array)
+    mask.CopyInformation(anomaly_map)
+    components = describe_labels_in_box(box_labels, box, anomaly_map, values)
     summary = {
         "input": prepared.name,
         "anomaly_score": round(anomaly_score(scored), 6),

@@ -24,6 +24,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.blocks.activation import Swish
 from monai.networks.layers import Conv
 from monai.networks.nets import AutoEncoder, BasicUNet
+from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -85,24 +86,39 @@ def group_count(base_channels: int) -> int:
 
 
 class DenoisingUNet(nn.Module):
-    """MONAI ``BasicUNet`` with group norm and swish, as in Kascenas et al. (2022), scaled by ``channels``."""
+    """MONAI ``BasicUNet`` with group norm and swish, as in Kascenas et al. (2022), scaled by ``channels``.
 
-    def __init__(self, config: ModelConfig) -> None:
+    With ``config.unshuffle`` = f > 1 the U-Net runs at 1/f of the resolution: each f x f (x f) block of voxels is
+    folded into channels before it and unfolded after it (MONAI's ``pixelunshuffle``/``pixelshuffle``), which takes
+    the costly full-resolution level away at equal width and parameters (about 3x faster on CPUs in 2D).
+    """
+
+    def __init__(self, config: ModelConfig, out_channels: int = 1) -> None:
         super().__init__()
         base = config.channels[0]
         features = (base, base, 2 * base, 4 * base, 8 * base, base)
+        self.spatial_dims, self.factor = config.spatial_dims, config.unshuffle
+        folded = self.factor ** self.spatial_dims
         self.unet = BasicUNet(
-            spatial_dims=config.spatial_dims, in_channels=1, out_channels=1, features=features,
-            act="swish", norm=("group", {"num_groups": group_count(base)}),
+            spatial_dims=config.spatial_dims, in_channels=folded, out_channels=out_channels * folded,
+            features=features, act="swish", norm=("group", {"num_groups": group_count(base)}),
         )
         _use_fused_swish(self.unet)
 
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        return pixelunshuffle(x, self.spatial_dims, self.factor) if self.factor > 1 else x
+
+    def run_unet(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's output at the input's resolution."""
+        y = self.unet(self._fold(x))
+        return pixelshuffle(y, self.spatial_dims, self.factor) if self.factor > 1 else y
+
     def encode(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         u = self.unet
-        return {"code": u.down_4(u.down_3(u.down_2(u.down_1(u.conv_0(x)))))}
+        return {"code": u.down_4(u.down_3(u.down_2(u.down_1(u.conv_0(self._fold(x))))))}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"reconstruction": self.unet(x)}
+        return {"reconstruction": self.run_unet(x)}
 
 
 class Discriminator(nn.Module):

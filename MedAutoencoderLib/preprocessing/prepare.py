@@ -17,6 +17,7 @@ from scipy import ndimage
 from MedAutoencoderLib.config import BRAIN_FOREGROUNDS, PreprocessConfig
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.preprocessing import morphology
+from MedAutoencoderLib.preprocessing.quantiles import percentile
 
 _CENTRING_GRID_VOXELS = 64  # the foreground centroid is found on a coarse copy of about this many voxels/axis
 
@@ -289,13 +290,8 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig
         from MedAutoencoderLib.brain.contrast import extraction_levels
         from MedAutoencoderLib.brain.extractor import extract_brain
 
-        extraction = extract_brain(image)
-        mask = extraction.mask
-        index_zyx = np.argwhere(sitk.GetArrayViewFromImage(mask)[::2, ::2, ::2] > 0) * 2
-        centre = np.array(mask.TransformContinuousIndexToPhysicalPoint(index_zyx.mean(0)[::-1].tolist()))
-        return centre, lambda grid: sitk.GetArrayFromImage(sitk.Resample(
-            mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0, \
-            extraction_levels(extraction)
+        extraction = extract_brain(image, on_input_grid=False)  # the mask is made on the model grid itself
+        return extraction.centre_lps, extraction.mask_on, extraction_levels(extraction)
     from MedAutoencoderLib.brain.registration import (template_brain_centroid, template_brain_mask_on,
                                                       template_to_image_transform)
 
@@ -338,12 +334,15 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
             _require_head_sized(image)
         centre, brain_on, tissue_levels = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
-        background = float(np.percentile(sitk.GetArrayViewFromImage(image), 1.0))
+        background = percentile(sitk.GetArrayViewFromImage(image), 1.0)
         resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
                                   background, sitk.sitkFloat32)
-        foreground = sitk.GetArrayFromImage(otsu_foreground(resampled)).astype(bool)
-        if brain_on is not None:
-            foreground &= brain_on(grid)
+        if config.foreground == "brain":  # the learned brain mask follows the brain's edge: no Otsu region needed
+            foreground = brain_on(grid)
+        else:
+            foreground = sitk.GetArrayFromImage(otsu_foreground(resampled)).astype(bool)
+            if brain_on is not None:
+                foreground &= brain_on(grid)
         values = sitk.GetArrayFromImage(resampled)
         if brain_on is not None:
             _require_tissue_contrast(values, foreground, background)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-from monai.networks.layers import Conv
 from monai.networks.nets import AutoEncoder
 from torch import nn
 
@@ -22,16 +21,14 @@ from MedAutoencoderLib.errors import ModelFileError
 from MedAutoencoderLib.networks.autoencoders import _NORM, DenoisingUNet
 
 
-class SegmentationUNet(nn.Module):
+class SegmentationUNet(DenoisingUNet):
     """The DAE's U-Net with a head of ``n_classes`` outputs (the attribute ``unet`` keeps the DAE's weight names)."""
 
     def __init__(self, config: ModelConfig, n_classes: int) -> None:
-        super().__init__()
-        self.unet = DenoisingUNet(config).unet
-        self.unet.final_conv = Conv[Conv.CONV, config.spatial_dims](config.channels[0], n_classes, kernel_size=1)
+        super().__init__(config, out_channels=n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.unet(x)
+        return self.run_unet(x)
 
 
 class EncoderSegmenter(nn.Module):
