@@ -171,8 +171,6 @@ def train(args: argparse.Namespace) -> None:
             torch.save(payload, init)
         if args.noise != "coarse":
             name = f"{args.which}_{args.noise}"
-        if payload["model"].get("unshuffle", 1) > 1:
-            name += f"_u{payload['model']['unshuffle']}"
     if args.appearance == "engine":
         name += "_engine"
     if args.unshuffle > 1 and args.noise != "coarse":
@@ -462,7 +460,8 @@ def main() -> None:
     parser.add_argument("--init-from", default="",
                         help="train: the model file to start from (default: the bundled T1 model)")
     parser.add_argument("--unshuffle", type=int, default=1,
-                        help="train: a DAE from scratch whose U-Net runs at 1/N resolution (ModelConfig.unshuffle)")
+                        help="train: a DAE whose U-Net runs at 1/N resolution (ModelConfig.unshuffle), from scratch or "
+                             "from --init-from's weights folded into it")
     parser.add_argument("--trained", default="", help="calibrate: <work>/<name>_trained.pt (default: the kind's)")
     parser.add_argument("--sweep-models", default="t1",
                         help="validate t1: the trained models (<work>/<name>_trained.pt) whose rates are swept")

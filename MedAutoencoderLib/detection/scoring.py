@@ -229,22 +229,33 @@ def component_labels_in_box(values: np.ndarray, threshold: float,
     return sitk.GetArrayFromImage(labels), box
 
 
+def _components_of(anomaly_map: sitk.Image, threshold: float,
+                   min_component_ml: float) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """:func:`component_labels_in_box` of the map's voxels above ``threshold``, ``min_component_ml`` in voxels."""
+    return component_labels_in_box(sitk.GetArrayViewFromImage(anomaly_map), threshold,
+                                   min_component_voxels(voxel_volume_ml(anomaly_map), min_component_ml))
+
+
+def _box_on_grid(box_values: np.ndarray, box: Tuple[slice, ...], grid: sitk.Image, dtype: type) -> sitk.Image:
+    """``box_values`` at ``box`` of an image of ``grid``'s geometry, zero elsewhere."""
+    array = np.zeros(grid.GetSize()[::-1], dtype)
+    array[box] = box_values
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(grid)
+    return image
+
+
 def labels_above(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
     """Connected components of the voxels above ``threshold``, numbered 1.. largest first, those smaller than
     ``min_component_ml`` removed (:func:`component_labels_in_box`), on the map's grid."""
-    values = sitk.GetArrayViewFromImage(anomaly_map)
-    box_labels, box = component_labels_in_box(values, threshold,
-                                              min_component_voxels(voxel_volume_ml(anomaly_map), min_component_ml))
-    labels = np.zeros(values.shape, np.uint32)
-    labels[box] = box_labels
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(anomaly_map)
-    return image
+    box_labels, box = _components_of(anomaly_map, threshold, min_component_ml)
+    return _box_on_grid(box_labels, box, anomaly_map, np.uint32)
 
 
 def threshold_mask(anomaly_map: sitk.Image, threshold: float, min_component_ml: float) -> sitk.Image:
     """Voxels above ``threshold``, without connected components smaller than ``min_component_ml`` (uint8)."""
-    return sitk.Cast(labels_above(anomaly_map, threshold, min_component_ml) > 0, sitk.sitkUInt8)
+    box_labels, box = _components_of(anomaly_map, threshold, min_component_ml)
+    return _box_on_grid(box_labels > 0, box, anomaly_map, np.uint8)
 
 
 def describe_components(mask: sitk.Image) -> List[Dict[str, Any]]:
@@ -321,15 +332,10 @@ def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image,
                      threshold: float, config: DetectionConfig) -> DetectionResult:
     """Map the scores back onto the input grid, threshold there and summarise."""
     anomaly_map = prepared.to_input_grid(scored.score_map)
-    values = sitk.GetArrayViewFromImage(anomaly_map)
     # components found once, in the box of the voxels above the threshold (the rest of the grid holds none)
-    box_labels, box = component_labels_in_box(
-        values, threshold, min_component_voxels(voxel_volume_ml(anomaly_map), config.min_component_ml))
-    mask_array = np.zeros(values.shape, np.uint8)
-    mask_array[box] = box_labels > 0
-    mask = sitk.GetImageFromArray(mask_array)
-    mask.CopyInformation(anomaly_map)
-    components = describe_labels_in_box(box_labels, box, anomaly_map, values)
+    box_labels, box = _components_of(anomaly_map, threshold, config.min_component_ml)
+    mask = _box_on_grid(box_labels > 0, box, anomaly_map, np.uint8)
+    components = describe_labels_in_box(box_labels, box, anomaly_map, sitk.GetArrayViewFromImage(anomaly_map))
     summary = {
         "input": prepared.name,
         "anomaly_score": round(anomaly_score(scored), 6),
