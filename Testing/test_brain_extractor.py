@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from MedAutoencoderLib.brain.extractor import MODEL_FILE, NoBrainError, _within, extract_brain, load_extractor
+from MedAutoencoderLib.brain.extractor import (MODEL_FILE, NoBrainError, _filled_region, _within, extract_brain,
+                                               load_extractor)
 from MedAutoencoderLib.errors import ConfigurationError, InputImageError, ModelFileError
 from MedAutoencoderLib.synthesis.sources import ixi_brain_reference
 
@@ -69,6 +70,19 @@ def test_a_skull_stripped_scan_comes_back_whole(folder, name):
     reference = ndi.binary_fill_holes(sitk.GetArrayViewFromImage(image) != 0)
     assert result.stripped
     assert dice(sitk.GetArrayViewFromImage(result.mask), reference) >= 0.95
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_filled_region_is_scipys_3d_fill(seed):
+    """Cavities closed in 3D are filled, holes open to the array's edge are not; with and without holes."""
+    rng = np.random.default_rng(seed)
+    mask = ndi.gaussian_filter(rng.random((20, 26, 30)), 1.5) > 0.5
+    mask[4:16, 5:20, 6:24] = True
+    if seed % 2 == 0:
+        mask[7:12, 9:15, 10:18] = False  # a cavity
+    expected = ndi.binary_fill_holes(mask)
+    assert (expected.sum() > mask.sum()) == (seed % 2 == 0)
+    np.testing.assert_array_equal(_filled_region(mask), expected)
 
 
 def test_the_reach_of_a_stripped_brain_is_a_ball():

@@ -204,6 +204,25 @@ def test_ball_morphology_gives_the_voxels_of_itks(radius):
         np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(itk_result) > 0, err_msg=name)
 
 
+@pytest.mark.parametrize("radius", [1.0, 1.5, 3.0, 4.2])
+def test_euclidean_dilation_is_the_exact_distance_map_thresholded(radius):
+    """Every voxel at most ``radius`` voxels from the mask (SciPy's exact Euclidean distance transform), with
+    the mask touching the array's edges."""
+    rng = np.random.default_rng(int(radius * 10))
+    mask = rng.random((21, 26, 30)) > 0.995
+    mask[0, 0, 0] = mask[-1, -1, -1] = True
+    expected = ndimage.distance_transform_edt(~mask) <= radius
+    np.testing.assert_array_equal(morphology.dilate_euclidean(mask, radius), expected)
+
+
+def test_bounding_box_grows_within_the_array_and_is_none_for_an_empty_mask():
+    mask = np.zeros((10, 12, 14), bool)
+    assert morphology.bounding_box(mask) is None
+    mask[0, 3, 5] = mask[4, 7, 13] = True
+    assert morphology.bounding_box(mask) == (slice(0, 5), slice(3, 8), slice(5, 14))
+    assert morphology.bounding_box(mask, 2) == (slice(0, 7), slice(1, 10), slice(3, 14))
+
+
 def test_mask_erosion_in_millimetres_follows_each_axis_spacing():
     """3 mm on a grid of spacing (x, y, z) = (1, 1.5, 3) mm is a radius of 3, 2 and 1 voxels along x, y, z."""
     mask = np.zeros((20, 30, 40), dtype=bool)

@@ -1,6 +1,8 @@
-"""Time the learned brain extractor (``extract_brain``: resampling both ways included) on shared scans, optionally
-interleaved with a previous implementation of ``MedAutoencoderLib/brain/extractor.py`` (its file, e.g. from
-``git show <commit>:MedAutoencoderLib/brain/extractor.py``), and check that both give the same masks.
+"""Time the learned brain extractor (``extract_brain``: resampling both ways included) on shared scans and on the
+speed benchmark's volume, optionally interleaved with a previous implementation of
+``MedAutoencoderLib/brain/extractor.py`` (its file, e.g. from ``git show <commit>:MedAutoencoderLib/brain/extractor.py``),
+and check that both give the same masks. Two ways: the mask on the scan's grid (``extract_brain``'s default), and as
+detection runs it (no mask on the scan's grid; ``mask_on`` the bundled model's grid).
 
     PYTHONPATH=$PWD python benchmarks/benchmark_extractor.py [--previous /tmp/extractor_before.py] [--repeats 7]
 """
@@ -11,6 +13,7 @@ import importlib.util
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from benchmark_speed import benchmark_volume  # this folder (the script's own) is on the path
 from MedAutoencoderLib.brain import extractor as current
+from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL, load_model
+from MedAutoencoderLib.preprocessing.prepare import model_grid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLIT = json.loads((Path(__file__).resolve().parents[1] / "scripts" / "ixi_split.json").read_text())
@@ -42,18 +48,31 @@ def main() -> None:
     scans = {"IXI test head 120x120x90": args.data / "ixi_t1_2mm" / "t1" / f"{SPLIT['test'][0]}_T1.nii.gz",
              "healthy head 188x256x190": args.data / "healthy_t1_head" / "chris_t1.nii.gz",
              "BraTS t1n 240x240x155": args.data / "brats_glioma_case" / "t1n.nii.gz"}
-    for name, path in scans.items():
-        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
-        masks = {k: sitk.GetArrayFromImage(v.extract_brain(image, extractor=network).mask) for k, v in versions.items()}
-        times = {k: [] for k in versions}
-        for _ in range(args.repeats):
-            for key, module in versions.items():  # interleaved: the machine's load drifts alike for both
-                start = time.perf_counter()
-                module.extract_brain(image, extractor=network)
-                times[key].append(time.perf_counter() - start)
-        same = "" if len(masks) == 1 else f"; masks identical: {bool(np.array_equal(*masks.values()))}"
-        print(f"{name}: " + ", ".join(f"{k} median {statistics.median(t):.3f} s (min {min(t):.3f})"
-                                      for k, t in times.items()) + same, flush=True)
+    preprocess = load_model(DEFAULT_MODEL).record.preprocess
+    ways = {"on the scan's grid": lambda module, image: module.extract_brain(image, extractor=network).mask,
+            "as detection runs it": lambda module, image: on_model_grid(module, image, network, preprocess)}
+    with tempfile.TemporaryDirectory() as folder:
+        scans["speed benchmark volume 256x256x180 oblique"] = benchmark_volume(Path(folder) / "volume.nii.gz")
+        for name, path in scans.items():
+            image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+            for way, run in ways.items():
+                masks = {k: np.asarray(sitk.GetArrayFromImage(run(v, image)) if way == "on the scan's grid"
+                                       else run(v, image)) for k, v in versions.items()}
+                times = {k: [] for k in versions}
+                for _ in range(args.repeats):
+                    for key, module in versions.items():  # interleaved: the machine's load drifts alike for both
+                        start = time.perf_counter()
+                        run(module, image)
+                        times[key].append(time.perf_counter() - start)
+                same = "" if len(masks) == 1 else f"; masks identical: {bool(np.array_equal(*masks.values()))}"
+                print(f"{name}, {way}: " + ", ".join(f"{k} median {statistics.median(t):.3f} s (min {min(t):.3f})"
+                                                     for k, t in times.items()) + same, flush=True)
+
+
+def on_model_grid(module, image: sitk.Image, network, preprocess) -> np.ndarray:
+    """The brain mask as detection makes it: on the model grid centred on the brain, none on the scan's grid."""
+    extraction = module.extract_brain(image, extractor=network, on_input_grid=False)
+    return extraction.mask_on(model_grid(extraction.centre_lps, preprocess))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from scipy import ndimage
 
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io.volumes import DICOM_SERIES_TAGS
+from MedAutoencoderLib.preprocessing.morphology import bounding_box
+from MedAutoencoderLib.preprocessing.quantiles import percentile
 
 CONTRASTS = ("T1", "T2", "FLAIR", "PD")
 
@@ -269,7 +271,7 @@ def tissue_levels(values: np.ndarray, brain: np.ndarray, spacing_zyx: Tuple[floa
     """
     values = np.asarray(values, dtype=np.float32)
     outside = values[~brain]
-    background = float(np.percentile(outside, 1.0)) if outside.size else float(np.percentile(values, 1.0))
+    background = percentile(outside, 1.0) if outside.size else percentile(values, 1.0)
     if not brain.any():
         raise ValueError("the brain mask is empty")
     if tissues is not None:
@@ -334,7 +336,9 @@ def _levels_of_tissue_map(values: np.ndarray, brain: np.ndarray, tissues: np.nda
     gm, wm = levels["gm"], levels["wm"]
     levels["csf"] = None
     if gm is not None and wm is not None:
-        inner = ndimage.binary_erosion(brain, iterations=_CSF_TAIL_EROSION)
+        inner = np.zeros_like(brain)
+        box = bounding_box(brain, 1)  # eroded within the brain's box: beyond it nothing is left
+        inner[box] = ndimage.binary_erosion(brain[box], iterations=_CSF_TAIL_EROSION)
         inside = values[inner] if inner.sum() > 1000 else values[brain]
         dark, bright = np.percentile(inside, (_CSF_TAIL_PERCENT, 100.0 - _CSF_TAIL_PERCENT))
         low, high = min(gm, wm), max(gm, wm)

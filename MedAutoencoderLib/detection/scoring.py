@@ -23,6 +23,7 @@ from MedAutoencoderLib.detection.inference import reconstruct
 from MedAutoencoderLib.detection.median import in_plane_median
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io.volumes import GEOMETRY_WARNING_KEY
+from MedAutoencoderLib.preprocessing.morphology import bounding_box
 from MedAutoencoderLib.preprocessing.prepare import PreparedVolume, erode_mask
 
 _TOP_SHARE_FOR_SCORE = 0.001  # the volume's anomaly score is the mean of its highest 0.1 % map values
@@ -114,9 +115,8 @@ def score_volume(prepared: PreparedVolume, reconstruction: np.ndarray, config: D
     if config.prior == "bright":
         residual = residual * np.maximum(robust_z(prepared.image, region), 0.0)
     score_map = np.zeros_like(residual)
-    box = ndimage.find_objects(region.astype(np.uint8))
-    if box:  # filter only the region's bounding box: a third of the grid for a brain
-        box = box[0]
+    box = bounding_box(region)
+    if box is not None:  # filter only the region's bounding box: a third of the grid for a brain
         score_map[box] = in_plane_median(residual[box], config.median_size)
     score_map[~region] = 0.0
     return ScoredVolume(score_map=score_map.astype(np.float32, copy=False), region=region,
@@ -201,20 +201,6 @@ def min_component_voxels(voxel_ml: float, min_component_ml: float) -> int:
     return int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
 
 
-def _bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
-    """The smallest box holding every True voxel of ``mask`` (None when there is none), found from the
-    projections, each over the box found so far."""
-    box: List[slice] = [slice(None)] * mask.ndim
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask[tuple(box)].any(axis=others))
-        if hits.size == 0:
-            return None
-        start = (box[axis].start or 0) + int(hits[0])
-        box[axis] = slice(start, start + int(hits[-1] - hits[0]) + 1)
-    return tuple(box)
-
-
 def component_labels_in_box(values: np.ndarray, threshold: float,
                             min_voxels: int) -> Tuple[np.ndarray, Tuple[slice, ...]]:
     """Connected components (full connectivity) of ``values > threshold``, numbered 1.. largest first, those under
@@ -222,7 +208,7 @@ def component_labels_in_box(values: np.ndarray, threshold: float,
     box (an empty box when no voxel is above). Detection and the live threshold in Slicer both use this.
     """
     above = values > threshold
-    box = _bounding_box(above)
+    box = bounding_box(above)
     if box is None:
         return np.zeros((0,) * values.ndim, np.uint32), tuple(slice(0, 0) for _ in range(values.ndim))
     labels = _component_labels(sitk.GetImageFromArray(above[box].view(np.uint8)), min_voxels)

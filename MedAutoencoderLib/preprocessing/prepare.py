@@ -153,6 +153,12 @@ _MAX_SHARE_BELOW_BACKGROUND = 0.01  # real scans: at most 0.08 % (interpolation 
 _BELOW_BACKGROUND_MARGIN = 0.1
 
 
+def _every_8th(values: np.ndarray) -> np.ndarray:
+    """Every 8th voxel of a (z, y, x) array (every 2nd along each axis), contiguous: it estimates the shares of
+    intensity ranges well, and counting over a contiguous copy is several times faster than over the strided view."""
+    return np.ascontiguousarray(values[::2, ::2, ::2])
+
+
 def _require_darkest_background(values: np.ndarray) -> None:
     """Refuse a brain scan whose constant background (the value at all eight corners) is brighter than a good
     part of it, as in a brain z-scored inside its mask with the background left at 0: the foreground, the
@@ -163,8 +169,8 @@ def _require_darkest_background(values: np.ndarray) -> None:
     if len(corners) != 1:
         return
     level = corners.pop()
-    sample = values[::2, ::2, ::2]  # every 8th voxel estimates the share well
-    low, high = np.percentile(sample, (1.0, 99.0))
+    sample = _every_8th(values)
+    low, high = percentile(sample, 1.0), percentile(sample, 99.0)
     share_below = float(np.mean(sample < level - _BELOW_BACKGROUND_MARGIN * (high - low)))
     if share_below > _MAX_SHARE_BELOW_BACKGROUND:
         raise InputImageError(f"its background (value {level:g} at the corners) is brighter than {share_below:.0%} "
@@ -187,15 +193,21 @@ _CT_RAW_OFFSET = 1024.0
 _MIN_CT_BONE_SHARE = 0.02
 
 
-def _hounsfield_shares(sample: np.ndarray) -> Tuple[float, float, float]:
-    """Were ``sample`` in Hounsfield units: the share of air among all voxels, and of soft tissue and of bone
-    among those above air (zeros when there are none)."""
-    air = float(np.mean((sample >= _CT_AIR_HU[0]) & (sample <= _CT_AIR_HU[1])))
-    body = sample[sample > _CT_AIR_HU[1]]
-    if body.size == 0:
+def _hounsfield_shares(sample: np.ndarray, offset: float = 0.0) -> Tuple[float, float, float]:
+    """Were ``sample`` in Hounsfield units plus ``offset``: the share of air among all voxels, and of soft tissue
+    and of bone among those above air (zeros when there are none). Counted, not copied: soft tissue and bone lie
+    above air."""
+    def within(low: float, high: float) -> int:
+        return int(np.count_nonzero((sample >= low + offset) & (sample <= high + offset)))
+
+    def above(level: float) -> int:
+        return int(np.count_nonzero(sample > level + offset))
+
+    air = within(*_CT_AIR_HU) / sample.size
+    body = above(_CT_AIR_HU[1])
+    if body == 0:
         return air, 0.0, 0.0
-    soft_tissue = float(np.mean((body >= _CT_SOFT_TISSUE_HU[0]) & (body <= _CT_SOFT_TISSUE_HU[1])))
-    return air, soft_tissue, float(np.mean(body > _CT_BONE_HU))
+    return air, within(*_CT_SOFT_TISSUE_HU) / body, above(_CT_BONE_HU) / body
 
 
 def _require_not_ct(values: np.ndarray) -> None:
@@ -204,14 +216,14 @@ def _require_not_ct(values: np.ndarray) -> None:
     after which the model would report confident nonsense. (Brain models only: a user's own model may be a CT
     one.) An MRI has no good share of its voxels near -1000 with most of the rest near 0; stored as HU + 1024
     (a CT without its rescale), it is told apart by the skull as well."""
-    sample = values[::2, ::2, ::2]  # every 8th voxel estimates the shares well
+    sample = _every_8th(values)
     air, soft_tissue, _ = _hounsfield_shares(sample)
     advice = ""
     if air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE:
         evidence = f"a CT ({air:.0%} of the voxels at air's -1000 HU, {soft_tissue:.0%} of the rest near 0 HU)"
         advice = ". An MRI stored with an offset: shift its background to 0"
     else:
-        air, soft_tissue, bone = _hounsfield_shares(sample - _CT_RAW_OFFSET)
+        air, soft_tissue, bone = _hounsfield_shares(sample, _CT_RAW_OFFSET)
         if not (air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE and bone >= _MIN_CT_BONE_SHARE):
             return
         evidence = (f"a CT stored without its rescale, as HU + {_CT_RAW_OFFSET:g} ({air:.0%} of the voxels at air's "
