@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from benchmark_speed import benchmark_volume  # this folder (the script's own) is on the path
+from benchmark_speed import benchmark_volume, cpu_model  # this folder (the script's own) is on the path
 from MedAutoencoderLib.brain import extractor as current
 from MedAutoencoderLib.io.loaded_model import DEFAULT_MODEL, load_model
 from MedAutoencoderLib.preprocessing.prepare import model_grid
@@ -45,6 +45,7 @@ def main() -> None:
         spec.loader.exec_module(previous)
         versions = {"before": previous, "now": current}
     network = current.load_extractor()
+    print(f"{torch.get_num_threads()} threads; {cpu_model()}", flush=True)
     scans = {"IXI test head 120x120x90": args.data / "ixi_t1_2mm" / "t1" / f"{SPLIT['test'][0]}_T1.nii.gz",
              "healthy head 188x256x190": args.data / "healthy_t1_head" / "chris_t1.nii.gz",
              "BraTS t1n 240x240x155": args.data / "brats_glioma_case" / "t1n.nii.gz"}

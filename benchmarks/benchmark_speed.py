@@ -87,6 +87,17 @@ def plain_monai_pipeline(device: torch.device) -> Callable[[Path, Path], None]:
     return run
 
 
+def cpu_model() -> str:
+    """The processor's name as Linux reports it (timings of one CPU model compare only with the same model's)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU model unknown"
+
+
 def timed(function: Callable[[], None], repeats: int) -> List[float]:
     function()  # warm-up: allocations, cuDNN autotuning, lazy imports
     times = []
@@ -231,7 +242,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     report = partial(print, flush=True)
-    report(f"device: {args.device} ({torch.get_num_threads()} threads); volume 256x256x180 at 1 mm, oblique")
+    report(f"device: {args.device} ({torch.get_num_threads()} threads; {cpu_model()}); volume 256x256x180 at 1 mm, "
+           "oblique")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         volume = benchmark_volume(folder / "volume.nii.gz")

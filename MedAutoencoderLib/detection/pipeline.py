@@ -141,14 +141,14 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     healthy = healthy_error_level(model, contrast.get("contrast"))
     scored = to_error_level(score_volume(prepared, reconstruction, record.detection), healthy)
-    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
+    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection,
+                              on_map=None if on_output is None else partial(on_output, "anomaly_map"))
     result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     result.summary["error_level"], warning = _error_level_entry(scored, healthy)
     if warning:
         result.summary.setdefault("warnings", []).append(warning)
     if on_output is not None:
-        on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
 
