@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from scipy import ndimage as ndi
 
 from MedAutoencoderLib.brain.extractor import (MODEL_FILE, NoBrainError, _filled_region, _within, extract_brain,
@@ -243,3 +244,30 @@ def test_the_bundled_model_keeps_a_threshold_for_each_brain_mask():
     assert with_extractor.threshold == with_extractor.calibration["by_foreground"]["brain"]
     assert with_registration.threshold == with_registration.calibration["by_foreground"]["template"]
     assert with_extractor.threshold != with_registration.threshold
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_extractor_runs_on_the_device_asked_for(device):
+    """The bundled template on a 2 mm grid: the network on ``device`` (a GPU machine's detection passes its own)
+    gives the CPU's mask, to the bit on the CPU and all but a few edge voxels on a GPU (other convolution kernels),
+    and the network stays cached on each device."""
+    from MedAutoencoderLib.data import template as bundled_template
+
+    template = bundled_template.load_template()
+    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    on_cpu = extract_brain(scan, extractor=load_extractor())
+    on_device = extract_brain(scan, device=device)
+    network, _ = load_extractor(device=torch.device(device))
+    assert next(network.parameters()).device.type == device
+    assert load_extractor(MODEL_FILE, device)[0] is network  # loaded once, however it is asked for
+    cpu_mask, device_mask = (sitk.GetArrayFromImage(r.mask) for r in (on_cpu, on_device))
+    if device == "cpu":
+        np.testing.assert_array_equal(device_mask, cpu_mask)
+        assert on_device.brain_ml == on_cpu.brain_ml
+    else:
+        assert dice(device_mask, cpu_mask) > 0.999
+        assert abs(on_device.brain_ml - on_cpu.brain_ml) < 0.001 * on_cpu.brain_ml

@@ -290,7 +290,7 @@ def normalise(values: np.ndarray, foreground: np.ndarray, config: PreprocessConf
     return np.where(foreground, result, 0.0).astype(np.float32), offset, scale
 
 
-def _centre_and_brain(image: sitk.Image, config: PreprocessConfig
+def _centre_and_brain(image: sitk.Image, config: PreprocessConfig, device: Optional[Any] = None
                       ) -> Tuple[np.ndarray, Optional[Callable], Optional[Dict[str, Any]]]:
     """Where to centre the model grid and, for a brain foreground, a function giving the brain on a grid (and, for the
     "brain" foreground, the tissue levels of the learned extractor's classes)."""
@@ -302,7 +302,8 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig
         from MedAutoencoderLib.brain.contrast import extraction_levels
         from MedAutoencoderLib.brain.extractor import extract_brain
 
-        extraction = extract_brain(image, on_input_grid=False)  # the mask is made on the model grid itself
+        # the mask is made on the model grid itself
+        extraction = extract_brain(image, on_input_grid=False, device=device)
         return extraction.centre_lps, extraction.mask_on, extraction_levels(extraction)
     from MedAutoencoderLib.brain.registration import (template_brain_centroid, template_brain_mask_on,
                                                       template_to_image_transform)
@@ -335,16 +336,17 @@ def _require_tissue_contrast(values: np.ndarray, brain: np.ndarray, background: 
                               "template) such as the bundled one need a brain MRI")
 
 
-def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input") -> PreparedVolume:
+def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input",
+                   device: Optional[Any] = None) -> PreparedVolume:
     """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground`` "brain" or
-    "template")
-    and normalise it."""
+    "template") and normalise it. ``device`` (a torch device or its name): where the learned brain extractor runs
+    (default the CPU; detection passes its own)."""
     try:
         if config.foreground in BRAIN_FOREGROUNDS:
             _require_not_ct(sitk.GetArrayViewFromImage(image))
             _require_darkest_background(sitk.GetArrayViewFromImage(image))
             _require_head_sized(image)
-        centre, brain_on, tissue_levels = _centre_and_brain(image, config)
+        centre, brain_on, tissue_levels = _centre_and_brain(image, config, device)
         grid = model_grid(centre, config)
         background = percentile(sitk.GetArrayViewFromImage(image), 1.0)
         resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
