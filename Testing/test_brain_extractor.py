@@ -175,6 +175,16 @@ def test_a_scan_without_a_brain_is_refused_naming_the_file():
     assert isinstance(info.value, InputImageError) and "\n" not in str(info.value)
 
 
+def test_a_scan_where_nothing_is_brain_is_refused_naming_the_file():
+    """An empty scan (all zero): no voxel is brain, which is refused as too little brain, not a failure inside."""
+    empty = sitk.Image([80, 70, 60], sitk.sitkFloat32)
+    empty.SetSpacing((1.5, 1.5, 1.5))
+    assert extract_brain(empty, refuse=False).brain_ml == 0
+    with pytest.raises(NoBrainError, match=r"^empty.nii.gz: it does not show a whole brain: the brain extractor "
+                                           r"found 0 mL of brain"):
+        extract_brain(empty, name="empty.nii.gz")
+
+
 def test_a_limb_is_refused_by_the_length_of_its_brain():
     """The extractor finds a confident 'brain' of a brain's volume in the knee (1446 mL, confidence 0.89), but it
     is a cylinder 270 mm long; brains are 150-185 mm (IXI validation heads)."""

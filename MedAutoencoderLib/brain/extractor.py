@@ -257,7 +257,10 @@ def _principal_length(where: np.ndarray) -> float:
 
 
 def _edge_share(brain: np.ndarray, inside: np.ndarray) -> float:
-    """Share of the brain's surface voxels that touch the scan's field-of-view edge (or the grid's border)."""
+    """Share of the brain's surface voxels that touch the scan's field-of-view edge (or the grid's border); 1 for
+    no brain."""
+    if not brain.any():
+        return 1.0
     surface = brain & _with_6_neighbours(~brain)
     n = int(surface.sum())
     return float((surface & _with_6_neighbours(~inside)).sum()) / n if n else 1.0
