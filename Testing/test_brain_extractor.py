@@ -10,8 +10,9 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage as ndi
 
-from MedAutoencoderLib.brain.extractor import (MODEL_FILE, NoBrainError, _filled_region, _within, extract_brain,
-                                               load_extractor)
+from MedAutoencoderLib.brain.extractor import (MODEL_FILE, NoBrainError, _edge_share, _filled_region, _within,
+                                               extract_brain, load_extractor)
+from MedAutoencoderLib.preprocessing.morphology import bounding_box
 from MedAutoencoderLib.errors import ConfigurationError, InputImageError, ModelFileError
 from MedAutoencoderLib.synthesis.sources import ixi_brain_reference
 
@@ -84,6 +85,19 @@ def test_filled_region_is_scipys_3d_fill(seed):
     expected = ndi.binary_fill_holes(mask)
     assert (expected.sum() > mask.sum()) == (seed % 2 == 0)
     np.testing.assert_array_equal(_filled_region(mask), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_edge_share_in_the_brains_box_is_the_whole_grids(seed):
+    """extract_brain measures the brain's surface on the field of view's edge in the brain's box grown by one voxel:
+    the same share as on the whole grid, also for a brain touching the grid's border or the scan's edge."""
+    rng = np.random.default_rng(seed)
+    brain = ndi.gaussian_filter(rng.random((24, 30, 28)), 2.0) > 0.52
+    brain[:, :, :3] |= seed % 2 == 0  # on the grid's border
+    inside = np.ones_like(brain)
+    inside[:, 22:, :] = seed % 3 != 0  # a field of view that ends inside the grid
+    box = bounding_box(brain, 1)
+    assert _edge_share(brain[box], inside[box]) == _edge_share(brain, inside) > 0
 
 
 def test_the_reach_of_a_stripped_brain_is_a_ball():
@@ -261,9 +275,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_extractor_runs_on_the_device_asked_for(device):
-    """The bundled template on a 2 mm grid: the network on ``device`` (a GPU machine's detection passes its own)
-    gives the CPU's mask, to the bit on the CPU and all but a few edge voxels on a GPU (other convolution kernels),
-    and the network stays cached on each device."""
+    """The bundled template on a 2 mm grid: the network on ``device`` gives the CPU's mask (on a GPU, with other
+    convolution kernels, all but a few edge voxels: the check a GPU machine runs before detection may extract
+    there), and it is loaded once per device however the device is named."""
     from MedAutoencoderLib.data import template as bundled_template
 
     template = bundled_template.load_template()
@@ -274,6 +288,8 @@ def test_the_extractor_runs_on_the_device_asked_for(device):
     network, _ = load_extractor(device=torch.device(device))
     assert next(network.parameters()).device.type == device
     assert load_extractor(MODEL_FILE, device)[0] is network  # loaded once, however it is asked for
+    if device == "cuda":
+        assert load_extractor(device="cuda:0")[0] is network
     cpu_mask, device_mask = (sitk.GetArrayFromImage(r.mask) for r in (on_cpu, on_device))
     if device == "cpu":
         np.testing.assert_array_equal(device_mask, cpu_mask)

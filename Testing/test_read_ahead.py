@@ -119,9 +119,9 @@ def test_each_volume_is_announced_before_it_is_read_and_prepared(monkeypatch, tm
     log = []
     real_prepared_input = pipeline._prepared_input
 
-    def prepared_input(path, preprocess, device=None):
+    def prepared_input(path, preprocess):
         log.append(f"prepare {Path(path).name}")
-        return real_prepared_input(path, preprocess, device)
+        return real_prepared_input(path, preprocess)
 
     monkeypatch.setattr(pipeline, "_prepared_input", prepared_input)
     inputs = []
@@ -140,9 +140,9 @@ def test_a_volume_is_freed_before_the_next_one_is_prepared(monkeypatch, tmp_path
     volumes, alive_when_preparing = [], []
     real_prepared_input = pipeline._prepared_input
 
-    def prepared_input(path, preprocess, device=None):
+    def prepared_input(path, preprocess):
         alive_when_preparing.append(sum(ref() is not None for ref in volumes))
-        volume = real_prepared_input(path, preprocess, device)
+        volume = real_prepared_input(path, preprocess)
         volumes.append(weakref.ref(volume))
         return volume
 

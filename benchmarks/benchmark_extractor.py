@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--device", default="cpu", help="where the network runs (cuda on a GPU machine)")
     args = parser.parse_args()
+    if args.previous and args.device != "cpu":
+        parser.error("--previous compares on the CPU (a previous extract_brain may not move its input to a GPU)")
     torch.set_num_threads(2)
     versions = {"now": current}
     if args.previous:

@@ -127,10 +127,9 @@ def stage_seconds(volume: Path, out_dir: Path, model: LoadedModel, repeats: int)
     for _ in range(repeats + 1):
         image = timed_stage("read (NIfTI, gzip)", lambda: read_image(volume))
         prepared = timed_stage("preprocess (brain mask, resample, normalise)",
-                               lambda: prepare_volume(image, record.preprocess, device=model.device))
+                               lambda: prepare_volume(image, record.preprocess))
         if record.preprocess.foreground == "brain":
-            timed_stage("  of which the brain extractor", lambda: extract_brain(image, on_input_grid=False,
-                                                                                  device=model.device))
+            timed_stage("  of which the brain extractor", lambda: extract_brain(image, on_input_grid=False))
         else:
             timed_stage("  of which brain-mask registration", lambda: template_to_image_transform(image))
         reconstruction = timed_stage("network", lambda: reconstruct(model.network, prepared, record.model,

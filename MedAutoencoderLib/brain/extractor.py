@@ -126,7 +126,10 @@ def load_extractor(path: str = MODEL_FILE,
     Raises:
         ModelFileError: the file is missing or is not a brain extractor of this library.
     """
-    return _load_extractor(os.path.abspath(path), str(torch.device(device)))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device, one network
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _load_extractor(os.path.abspath(path), str(device))
 
 
 @lru_cache(maxsize=4)
@@ -322,8 +325,9 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
         extractor: a network and its config to use instead of ``model_file``'s (training's validation).
         on_input_grid: make the mask on ``image``'s grid (else only ``mask_on``, for a mask on another grid, such
             as detection's model grid, without one on the scan's full grid).
-        device: where the network runs (default the CPU; detection passes its own device, a GPU's when it has
-            one); the rest is CPU work either way. Ignored with ``extractor``, which runs where it lies.
+        device: where the network runs (default the CPU, as detection runs it: on GPUs its time and its masks
+            beside the CPU's are still to be measured, ``benchmarks/benchmark_extractor.py --device cuda``); the
+            rest is CPU work either way. Ignored with ``extractor``, which runs where it lies.
 
     Returns:
         The mask (uint8, 1 = brain) on ``image``'s grid, the figures the refusals use, and the scan and its tissue

@@ -121,8 +121,7 @@ def run_detection(image: sitk.Image, model: LoadedModel, options: Optional[Detec
     """:func:`detect_image`, keeping the model-grid intermediates. ``on_output(kind, image)`` receives each
     output of :data:`OUTPUT_KINDS` as soon as it exists (the reconstruction before scoring), so that a caller
     can write it while the rest is computed."""
-    return detect_prepared(prepare_volume(image, model.record.preprocess, name=name, device=model.device), model,
-                           options, on_output)
+    return detect_prepared(prepare_volume(image, model.record.preprocess, name=name), model, options, on_output)
 
 
 def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optional[DetectOptions] = None,
@@ -142,14 +141,14 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     healthy = healthy_error_level(model, contrast.get("contrast"))
     scored = to_error_level(score_volume(prepared, reconstruction, record.detection), healthy)
-    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection,
-                              on_map=None if on_output is None else partial(on_output, "anomaly_map"))
+    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
     result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     result.summary["error_level"], warning = _error_level_entry(scored, healthy)
     if warning:
         result.summary.setdefault("warnings", []).append(warning)
-    if on_output is not None:
+    if on_output is not None:  # handed over once read here for the last time (a writer's thread then owns them)
+        on_output("anomaly_map", result.anomaly_map)
         on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
 
@@ -180,7 +179,7 @@ def _model_for_input(prepared: PreparedVolume, model: LoadedModel, choice: str,
         if other is model:
             raise
     if other.record.preprocess != model.record.preprocess:
-        prepared = prepare_volume(prepared.source, other.record.preprocess, name=prepared.name, device=other.device)
+        prepared = prepare_volume(prepared.source, other.record.preprocess, name=prepared.name)
     return prepared, other, input_contrast(prepared, other, choice)
 
 
@@ -280,7 +279,7 @@ def detect_files(inputs: Sequence[Union[str, Path]], output_dir: Union[str, Path
         from MedAutoencoderLib.brain.registration import prepare_registration_template
 
         prepare_registration_template()  # once, here, not by each worker that finds the cache empty
-    prepare = partial(_prepared_input, preprocess=model.record.preprocess, device=model.device)
+    prepare = partial(_prepared_input, preprocess=model.record.preprocess)
     with _background_writers(targets) as writer, prepared_in_order(paths, prepare, depth) as prepared_volumes:
         for i, path in enumerate(paths):
             tracker.emit("progress", i, f"{path.name} ({i + 1}/{len(paths)})")
@@ -329,10 +328,9 @@ def _background_writers(targets: Dict[Path, Dict[str, Path]]) -> Iterator[Waitin
                 pending_path(target).unlink(missing_ok=True)
 
 
-def _prepared_input(path: Path, preprocess: PreprocessConfig, device: Any = None) -> PreparedVolume:
-    """A batch's volume read and brought onto the model grid (run ahead of the network in worker threads), its
-    brain extracted on ``device``."""
-    return prepare_volume(read_image(path), preprocess, name=str(path), device=device)
+def _prepared_input(path: Path, preprocess: PreprocessConfig) -> PreparedVolume:
+    """A batch's volume read and brought onto the model grid (run ahead of the network in worker threads)."""
+    return prepare_volume(read_image(path), preprocess, name=str(path))
 
 
 def _write_output(outputs: PendingOutputs, targets: Dict[str, Path], compress: bool, kind: str,

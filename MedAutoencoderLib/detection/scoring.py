@@ -10,7 +10,7 @@ as a whole than the healthy calibration scans (another scanner or protocol) has 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -315,13 +315,9 @@ def reconstruction_on_input_grid(prepared: PreparedVolume, reconstruction: np.nd
 
 
 def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image, scored: ScoredVolume,
-                     threshold: float, config: DetectionConfig,
-                     on_map: Optional[Callable[[sitk.Image], None]] = None) -> DetectionResult:
-    """Map the scores back onto the input grid, threshold there and summarise; ``on_map`` receives the anomaly
-    map as soon as it exists (a caller writes it while the components are found)."""
+                     threshold: float, config: DetectionConfig) -> DetectionResult:
+    """Map the scores back onto the input grid, threshold there and summarise."""
     anomaly_map = prepared.to_input_grid(scored.score_map)
-    if on_map is not None:
-        on_map(anomaly_map)
     # components found once, in the box of the voxels above the threshold (the rest of the grid holds none)
     box_labels, box = _components_of(anomaly_map, threshold, config.min_component_ml)
     mask = _box_on_grid(box_labels > 0, box, anomaly_map, np.uint8)

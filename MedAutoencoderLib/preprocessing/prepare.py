@@ -170,7 +170,7 @@ def _require_darkest_background(values: np.ndarray) -> None:
         return
     level = corners.pop()
     sample = _every_8th(values)
-    low, high = percentile(sample, 1.0), percentile(sample, 99.0)
+    low, high = np.percentile(sample, (1.0, 99.0))
     share_below = float(np.mean(sample < level - _BELOW_BACKGROUND_MARGIN * (high - low)))
     if share_below > _MAX_SHARE_BELOW_BACKGROUND:
         raise InputImageError(f"its background (value {level:g} at the corners) is brighter than {share_below:.0%} "
@@ -193,15 +193,14 @@ _CT_RAW_OFFSET = 1024.0
 _MIN_CT_BONE_SHARE = 0.02
 
 
-def _hounsfield_shares(sample: np.ndarray, offset: float = 0.0) -> Tuple[float, float, float]:
-    """Were ``sample`` in Hounsfield units plus ``offset``: the share of air among all voxels, and of soft tissue
-    and of bone among those above air (zeros when there are none). Counted, not copied: soft tissue and bone lie
-    above air."""
+def _hounsfield_shares(sample: np.ndarray) -> Tuple[float, float, float]:
+    """Were ``sample`` in Hounsfield units: the share of air among all voxels, and of soft tissue and of bone
+    among those above air (zeros when there are none). Counted, not copied: soft tissue and bone lie above air."""
     def within(low: float, high: float) -> int:
-        return int(np.count_nonzero((sample >= low + offset) & (sample <= high + offset)))
+        return int(np.count_nonzero((sample >= low) & (sample <= high)))
 
     def above(level: float) -> int:
-        return int(np.count_nonzero(sample > level + offset))
+        return int(np.count_nonzero(sample > level))
 
     air = within(*_CT_AIR_HU) / sample.size
     body = above(_CT_AIR_HU[1])
@@ -223,7 +222,7 @@ def _require_not_ct(values: np.ndarray) -> None:
         evidence = f"a CT ({air:.0%} of the voxels at air's -1000 HU, {soft_tissue:.0%} of the rest near 0 HU)"
         advice = ". An MRI stored with an offset: shift its background to 0"
     else:
-        air, soft_tissue, bone = _hounsfield_shares(sample, _CT_RAW_OFFSET)
+        air, soft_tissue, bone = _hounsfield_shares(sample - _CT_RAW_OFFSET)
         if not (air > _MIN_CT_AIR_SHARE and soft_tissue >= _MIN_CT_SOFT_TISSUE_SHARE and bone >= _MIN_CT_BONE_SHARE):
             return
         evidence = (f"a CT stored without its rescale, as HU + {_CT_RAW_OFFSET:g} ({air:.0%} of the voxels at air's "
@@ -290,7 +289,7 @@ def normalise(values: np.ndarray, foreground: np.ndarray, config: PreprocessConf
     return np.where(foreground, result, 0.0).astype(np.float32), offset, scale
 
 
-def _centre_and_brain(image: sitk.Image, config: PreprocessConfig, device: Optional[Any] = None
+def _centre_and_brain(image: sitk.Image, config: PreprocessConfig
                       ) -> Tuple[np.ndarray, Optional[Callable], Optional[Dict[str, Any]]]:
     """Where to centre the model grid and, for a brain foreground, a function giving the brain on a grid (and, for the
     "brain" foreground, the tissue levels of the learned extractor's classes)."""
@@ -302,8 +301,7 @@ def _centre_and_brain(image: sitk.Image, config: PreprocessConfig, device: Optio
         from MedAutoencoderLib.brain.contrast import extraction_levels
         from MedAutoencoderLib.brain.extractor import extract_brain
 
-        # the mask is made on the model grid itself
-        extraction = extract_brain(image, on_input_grid=False, device=device)
+        extraction = extract_brain(image, on_input_grid=False)  # the mask is made on the model grid itself
         return extraction.centre_lps, extraction.mask_on, extraction_levels(extraction)
     from MedAutoencoderLib.brain.registration import (template_brain_centroid, template_brain_mask_on,
                                                       template_to_image_transform)
@@ -336,17 +334,15 @@ def _require_tissue_contrast(values: np.ndarray, brain: np.ndarray, background: 
                               "template) such as the bundled one need a brain MRI")
 
 
-def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input",
-                   device: Optional[Any] = None) -> PreparedVolume:
+def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "input") -> PreparedVolume:
     """Resample ``image`` onto the model grid, find its foreground (the brain, for ``foreground`` "brain" or
-    "template") and normalise it. ``device`` (a torch device or its name): where the learned brain extractor runs
-    (default the CPU; detection passes its own)."""
+    "template") and normalise it."""
     try:
         if config.foreground in BRAIN_FOREGROUNDS:
             _require_not_ct(sitk.GetArrayViewFromImage(image))
             _require_darkest_background(sitk.GetArrayViewFromImage(image))
             _require_head_sized(image)
-        centre, brain_on, tissue_levels = _centre_and_brain(image, config, device)
+        centre, brain_on, tissue_levels = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = percentile(sitk.GetArrayViewFromImage(image), 1.0)
         resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
