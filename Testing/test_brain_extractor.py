@@ -241,16 +241,22 @@ def test_brain_models_use_the_extractor_by_default_and_the_registration_on_reque
         brain_foreground("otsu", "brain", Path("m.pt"))
 
 
+def _template_at_2mm() -> sitk.Image:
+    """The bundled MNI template (skull-stripped) on the demo's 2 mm grid."""
+    from MedAutoencoderLib.data import template as bundled_template
+
+    template = bundled_template.load_template()
+    return sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
+                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
 @pytest.mark.slow
 def test_the_brain_foreground_of_a_skull_stripped_template_brain_is_its_brain():
     """The bundled MNI template (skull-stripped) on the demo's 2 mm grid: the model grid's foreground is its brain."""
     from MedAutoencoderLib.config import PreprocessConfig
-    from MedAutoencoderLib.data import template as bundled_template
     from MedAutoencoderLib.preprocessing.prepare import prepare_volume
 
-    template = bundled_template.load_template()
-    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
-                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    scan = _template_at_2mm()
     prepared = prepare_volume(scan, PreprocessConfig(foreground="brain"), name="template.nii.gz")
     on_input = sitk.GetArrayFromImage(prepared.to_input_grid(prepared.foreground.astype(np.uint8), nearest=True))
     stripped = sitk.GetArrayViewFromImage(scan) > 0.05 * sitk.GetArrayViewFromImage(scan).max()
@@ -278,11 +284,7 @@ def test_the_extractor_runs_on_the_device_asked_for(device):
     """The bundled template on a 2 mm grid: the network on ``device`` gives the CPU's mask (on a GPU, with other
     convolution kernels, all but a few edge voxels: the check a GPU machine runs before detection may extract
     there), and it is loaded once per device however the device is named."""
-    from MedAutoencoderLib.data import template as bundled_template
-
-    template = bundled_template.load_template()
-    scan = sitk.Resample(template, [100, 116, 96], sitk.Transform(), sitk.sitkLinear, template.GetOrigin(),
-                         (2.0, 2.0, 2.0), template.GetDirection(), 0.0, sitk.sitkFloat32)
+    scan = _template_at_2mm()
     on_cpu = extract_brain(scan, extractor=load_extractor())
     on_device = extract_brain(scan, device=device)
     network, _ = load_extractor(device=torch.device(device))

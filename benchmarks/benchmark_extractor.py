@@ -82,12 +82,8 @@ def main() -> None:
 def network_seconds(image: sitk.Image, network, repeats: int) -> list:
     """Seconds of the extractor network's forward pass and softmax on the scan's 2 mm grid, where it lies."""
     model, config = network
-    grid = current.covering_grid(image, config.spacing_mm)
-    array = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                 sitk.sitkFloat32))
-    device = next(model.parameters()).device
-    scan = torch.from_numpy(current.normalise(array))[None, None].to(device)
-    scan = scan.contiguous(memory_format=torch.channels_last_3d)
+    scan = current.network_input(current.scan_on_network_grid(image, config.spacing_mm)[1], model)
+    device = scan.device
     seconds = []
     with torch.inference_mode():
         for _ in range(repeats + 1):

@@ -174,6 +174,24 @@ def normalise(array: np.ndarray) -> np.ndarray:
     return normalise_intensities(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))).numpy()
 
 
+def scan_on_network_grid(image: sitk.Image, spacing_mm: float) -> Tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """The covering grid (:func:`covering_grid`), the scan on it ((z, y, x) float32, its minimum beyond its field of
+    view) and where its field of view is: one resampling, NaN outside, gives both."""
+    grid = covering_grid(image, spacing_mm)
+    array = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, float("nan"),
+                                                 sitk.sitkFloat32))
+    inside = ~np.isnan(array)
+    array[~inside] = float(sitk.GetArrayViewFromImage(image).min())
+    return grid, array, inside
+
+
+def network_input(array: np.ndarray, network: torch.nn.Module) -> torch.Tensor:
+    """The normalised scan (:func:`normalise`) as the network takes it: (1, 1, D, H, W), channels-last, on the
+    network's device."""
+    scan = torch.from_numpy(normalise(array))[None, None].to(next(network.parameters()).device)
+    return scan.contiguous(memory_format=torch.channels_last_3d)
+
+
 def predict_tissue(network: torch.nn.Module, array: np.ndarray) -> np.ndarray:
     """Class probabilities (4, D, H, W) of a normalised 2 mm array (sizes multiples of the network's stride)."""
     with torch.inference_mode():
@@ -340,17 +358,10 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     """
     start = time.perf_counter()
     network, net_config = extractor if extractor is not None else load_extractor(model_file, device or "cpu")
-    grid = covering_grid(image, net_config.spacing_mm)
     values = sitk.GetArrayViewFromImage(image)
-    low = float(values.min())
-    # outside the scan's field of view NaN: one resampling gives the values and where the scan is
-    resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
-    array = sitk.GetArrayFromImage(resampled)
-    inside = ~np.isnan(array)
-    array[~inside] = low
+    grid, array, inside = scan_on_network_grid(image, net_config.spacing_mm)
     with torch.inference_mode():
-        scan = torch.from_numpy(normalise(array))[None, None].to(next(network.parameters()).device)
-        probabilities = torch.softmax(network(scan.contiguous(memory_format=torch.channels_last_3d))[0], 0).cpu()
+        probabilities = torch.softmax(network(network_input(array, network))[0], 0).cpu()
         brain_p = (1.0 - probabilities[0]).numpy()
     brain = _filled_region(_largest_component(brain_p > config.threshold))
     # what follows looks at the brain and its surface only: in its box grown by one voxel (the same figures)
