@@ -163,3 +163,27 @@ def test_context_comes_from_torchrun_variables_only():
     assert context.rank_seed(7) != DistributedContext().rank_seed(7) == 7
     assert DistributedContext().mean_over_ranks(3.0, 2, device=None) == 1.5
     assert DistributedContext().decided_by_rank_zero("early stopping") == "early stopping"
+
+
+END_OF_COMMAND = """
+import atexit, sys
+from MedAutoencoderLib.training.distributed import end_launched_process
+atexit.register(lambda: print("finalized", flush=True))
+print("result of the command")  # block-buffered on a pipe: written only if the ending flushes it
+print("its error line", file=sys.stderr)
+end_launched_process(3)
+print("returned")
+"""
+
+
+@pytest.mark.parametrize("launched", [True, False])
+def test_a_launched_process_ends_with_its_status_and_output_but_without_finalization(launched):
+    launch = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    environment = {k: v for k, v in os.environ.items() if k not in launch}
+    done = subprocess.run([sys.executable, "-c", END_OF_COMMAND], capture_output=True, text=True, timeout=120,
+                          env={**environment, **launch} if launched else environment)
+    assert "result of the command" in done.stdout and "its error line" in done.stderr
+    if launched:  # ended there: no Python finalization (where a leaked gloo worker thread can abort it)
+        assert done.returncode == 3 and "finalized" not in done.stdout and "returned" not in done.stdout
+    else:  # an ordinary process: nothing changes
+        assert done.returncode == 0 and done.stdout.splitlines()[-2:] == ["returned", "finalized"]
