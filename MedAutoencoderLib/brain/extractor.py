@@ -387,12 +387,13 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
                                f"in its brain ({csf_share:.1%} CSF; brain MRIs have {config.min_csf_share:.0%} or "
                                "more); brain models (--foreground brain) need a brain MRI")
     stripped, region = False, None
-    nonzero_count, input_voxel_ml = int(np.count_nonzero(values)), float(np.prod(image.GetSpacing())) / 1000.0
+    nonzero = values != 0  # counted as booleans: NumPy counts float32 non-zeros ten times slower
+    nonzero_count, input_voxel_ml = int(np.count_nonzero(nonzero)), float(np.prod(image.GetSpacing())) / 1000.0
     largest_ml = config.stripped_max_ratio * brain_ml
     # a head with skull is ruled out before filling its holes (the filled region is no smaller than its non-zero part)
     if config.stripped_rule and brain.any() and nonzero_count <= (1.0 - config.stripped_zero_share) * values.size \
             and nonzero_count * input_voxel_ml <= largest_ml:
-        region = _filled_region(values != 0)
+        region = _filled_region(nonzero)
         stripped = np.count_nonzero(region) * input_voxel_ml <= largest_ml
     if stripped:  # the filled non-zero region wherever the dilated prediction reaches it
         support = _within(brain, config.stripped_dilation_mm / net_config.spacing_mm)

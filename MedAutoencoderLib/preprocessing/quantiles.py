@@ -39,6 +39,8 @@ def percentile(values: np.ndarray, q: float) -> float:
     k = int(np.floor(index))
     t = index - k
     low, high = np.percentile(flat[::_SAMPLE_STEP], [max(q - _SAMPLE_MARGIN, 0.0), min(q + _SAMPLE_MARGIN, 100.0)])
+    if np.issubdtype(flat.dtype, np.floating):  # bounds of the values' own type: float32 compared without upcasting
+        low, high = flat.dtype.type(low), flat.dtype.type(high)  # (any bounds are right; the counts below check)
     last = min(k + 1, n - 1)
     below = int(np.count_nonzero(flat < low))
     above = int(np.count_nonzero(flat > high))
