@@ -167,23 +167,38 @@ def test_context_comes_from_torchrun_variables_only():
 
 END_OF_COMMAND = """
 import atexit, sys
-from MedAutoencoderLib.training.distributed import end_launched_process
+from MedAutoencoderLib.runtime.launch import end_launched_process
 atexit.register(lambda: print("finalized", flush=True))
 print("result of the command")  # block-buffered on a pipe: written only if the ending flushes it
 print("its error line", file=sys.stderr)
 end_launched_process(3)
 print("returned")
 """
+LAUNCH = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+
+
+def run_python(arguments: List[str], launched: bool, **variables: str) -> subprocess.CompletedProcess:
+    environment = {**{k: v for k, v in os.environ.items() if k not in LAUNCH}, **variables}
+    return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=120,
+                          env={**environment, **LAUNCH} if launched else environment)
 
 
 @pytest.mark.parametrize("launched", [True, False])
 def test_a_launched_process_ends_with_its_status_and_output_but_without_finalization(launched):
-    launch = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
-    environment = {k: v for k, v in os.environ.items() if k not in launch}
-    done = subprocess.run([sys.executable, "-c", END_OF_COMMAND], capture_output=True, text=True, timeout=120,
-                          env={**environment, **launch} if launched else environment)
+    done = run_python(["-c", END_OF_COMMAND], launched)
     assert "result of the command" in done.stdout and "its error line" in done.stderr
     if launched:  # ended there: no Python finalization (where a leaked gloo worker thread can abort it)
         assert done.returncode == 3 and "finalized" not in done.stdout and "returned" not in done.stdout
     else:  # an ordinary process: nothing changes
         assert done.returncode == 0 and done.stdout.splitlines()[-2:] == ["returned", "finalized"]
+
+
+def test_the_command_line_ends_launched_processes_so(tmp_path):
+    """``python -m MedAutoencoderLib`` under torchrun's variables: its status and output, no finalization (a
+    sitecustomize on the path registers an exit handler, which runs only in the ordinary process)."""
+    (tmp_path / "sitecustomize.py").write_text("import atexit\natexit.register(lambda: print('finalized'))\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    for launched in (True, False):
+        done = run_python(["-m", "MedAutoencoderLib", "info", str(tmp_path / "missing.pt")], launched, PYTHONPATH=path)
+        assert done.returncode == 1 and "missing.pt" in done.stderr, done.stderr[-2000:]  # a user error
+        assert ("finalized" in done.stdout) != launched

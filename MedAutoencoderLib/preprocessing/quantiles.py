@@ -19,7 +19,8 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> float:
 
 
 def percentile(values: np.ndarray, q: float) -> float:
-    """``float(np.percentile(values, q))`` (the default, linear method) of any array, the same number.
+    """``float(np.percentile(values, q))`` (the default, linear method) of any array, the same number (but for
+    NumPy's own float16 overflow to NaN at q = 100 over a million values, and the sign of a zero at the percentile).
 
     Args:
         values: an array of any shape and real dtype.

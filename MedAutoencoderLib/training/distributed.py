@@ -10,9 +10,7 @@ for it. Without these variables every helper here is a no-op and training runs a
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
-import sys
 from dataclasses import dataclass
 from typing import Iterator, Mapping, TypeVar
 
@@ -23,10 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from MedAutoencoderLib.errors import DeviceError
 from MedAutoencoderLib.runtime.device import resolve_device
+from MedAutoencoderLib.runtime.launch import launched_by_torchrun
 
 T = TypeVar("T")
 
-_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _RANK_SEED_STRIDE = 1000  # rank r draws from seed + 1000 r: apart from the seed + 1 of the validation noise
 
 
@@ -68,7 +66,7 @@ class DistributedContext:
 
 def context_from_environment(environment: Mapping[str, str] = os.environ) -> DistributedContext:
     """The context ``torchrun`` describes in the environment; a single process when it is absent."""
-    if not all(name in environment for name in _LAUNCH_VARIABLES):
+    if not launched_by_torchrun(environment):
         return DistributedContext()
     return DistributedContext(rank=int(environment["RANK"]), local_rank=int(environment["LOCAL_RANK"]),
                               world_size=int(environment["WORLD_SIZE"]), launched=True)
@@ -108,30 +106,6 @@ def leave_together(context: DistributedContext) -> None:
     if context.launched and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def end_launched_process(code: int) -> None:
-    """End a process that ``torchrun`` launched with exit status ``code``, without Python's finalization;
-    elsewhere return at once.
-
-    A process group that a ``DistributedDataParallel`` ever wrapped outlives ``destroy_process_group`` (torch
-    2.13), and so do its gloo worker threads. One of them letting go of its last collective's tensors while the
-    interpreter finalizes must take the GIL, which Python then refuses by ending the thread inside a C++
-    destructor, and the process aborts ("terminate called without an active exception") after a command that
-    succeeded: measured in 1 of 40 two-process runs of a small DDP script on a loaded 2-core machine (0 of 70
-    ending here), and in a CI run of the tests. The command has returned, so its results are written; what
-    finalization would still do is done here (collect cyclic garbage, such as a data loader's persistent
-    workers, and flush the output streams).
-
-    Args:
-        code: the exit status of the command.
-    """
-    if not context_from_environment().launched:
-        return
-    gc.collect()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code)
 
 
 def parallel_network(network: nn.Module, context: DistributedContext, device: torch.device) -> nn.Module:
