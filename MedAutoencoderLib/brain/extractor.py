@@ -180,9 +180,9 @@ def scan_on_network_grid(image: sitk.Image, spacing_mm: float) -> Tuple[sitk.Ima
     grid = covering_grid(image, spacing_mm)
     array = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, float("nan"),
                                                  sitk.sitkFloat32))
-    inside = ~np.isnan(array)
-    array[~inside] = float(sitk.GetArrayViewFromImage(image).min())
-    return grid, array, inside
+    outside = np.isnan(array)
+    array[outside] = float(sitk.GetArrayViewFromImage(image).min())
+    return grid, array, ~outside
 
 
 def network_input(array: np.ndarray, network: torch.nn.Module) -> torch.Tensor:
