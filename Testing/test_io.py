@@ -11,6 +11,7 @@ from conftest import toy
 
 from MedAutoencoderLib.errors import InputImageError
 from MedAutoencoderLib.io.volumes import (
+    _nifti1_header,
     check_volume_header,
     find_volumes,
     output_path,
@@ -440,3 +441,31 @@ def test_pending_outputs_settle_once_when_the_last_write_and_close_race(tmp_path
     incomplete = [f.name for f in tmp_path.iterdir() if sorted(p.name for p in f.iterdir()) != [
         "a.nrrd", "b.nrrd", "summary.json"]]
     assert failures == [] and incomplete == []
+
+
+@pytest.mark.parametrize("pixel", [sitk.sitkFloat32, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkFloat64])
+def test_gzipped_nifti_holds_the_bytes_itk_writes(tmp_path, pixel):
+    """The voxels go from memory behind ITK's own header for a one-voxel image, its sizes set: the decompressed
+    file is ITK's uncompressed file to the byte (oblique, anisotropic, with metadata), and no scratch file stays."""
+    from conftest import oblique_direction
+
+    image = sitk.Cast(toy(10, direction=oblique_direction(), spacing=(0.7, 1.3, 3.1)) * 40.0, pixel)
+    image.SetOrigin((-12.5, 33.1, 7.25))
+    image.SetMetaData("descrip", "a description ITK carries into the header")
+    sitk.WriteImage(image, str(tmp_path / "itk.nii"), useCompression=False)
+    target = write_image(image, tmp_path / "out" / "ours.nii.gz")
+    with gzip.open(target, "rb") as stream:
+        assert stream.read() == (tmp_path / "itk.nii").read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["ours.nii.gz"]
+    assert _nifti1_header(image, tmp_path / "scratch.nii") is not None  # written so, not by ITK whole
+
+
+def test_a_vector_image_is_written_by_itk_whole(tmp_path):
+    """Not a scalar volume (no one-voxel header holds its components): ITK writes the file, then it is compressed."""
+    image = sitk.Compose(toy(11), toy(12))
+    assert _nifti1_header(image, tmp_path / "scratch.nii") is None
+    sitk.WriteImage(image, str(tmp_path / "itk.nii"), useCompression=False)
+    target = write_image(image, tmp_path / "out" / "vector.nii.gz")
+    with gzip.open(target, "rb") as stream:
+        assert stream.read() == (tmp_path / "itk.nii").read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["vector.nii.gz"]

@@ -63,6 +63,23 @@ def test_dae_builds_for_any_first_level_width(base, groups):
         assert network(torch.rand(1, 1, 32, 32))["reconstruction"].shape == (1, 1, 32, 32)
 
 
+@pytest.mark.parametrize("size", [32, 40])
+def test_dae_pads_its_upsampled_maps_only_where_sizes_need_it(size):
+    """MONAI's UpCat copies each upsampled map through a padding even when it has its skip connection's size; the
+    DAE turns that off for sizes that are multiples of 16 (same output to the bit) and keeps it for others (40:
+    the poolings floor 5 to 2, the padding restores 5)."""
+    network = build_network(ModelConfig(name="dae", channels=(8, 16))).eval()
+    ups = (network.unet.upcat_4, network.unet.upcat_3, network.unet.upcat_2, network.unet.upcat_1)
+    x = torch.rand(3, 1, size, size)
+    with torch.no_grad():
+        ours = network(x)["reconstruction"]
+        assert [up.is_pad for up in ups] == [size % 16 != 0] * 4
+        for up in ups:
+            up.is_pad = True  # MONAI's own way
+        monai_way = network.unet(x)
+    assert torch.equal(ours, monai_way) and ours.shape == x.shape
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_unshuffled_dae_runs_its_unet_at_half_resolution_with_the_same_parameters(dims):
     """--unshuffle 2 folds each 2x2(x2) block into channels: the U-Net sees half the grid, the output has the
@@ -214,3 +231,28 @@ def test_restoration_corruption_paints_one_anomaly_inside_the_foreground_only():
     assert noisy.shape == clean.shape and not torch.equal(noisy, painted)  # coarse noise on top
     with pytest.raises(ConfigurationError, match="'restore'"):
         ModelConfig(noise="blobs").validate()
+
+
+def test_onednn_convolutions_compute_what_pytorchs_do():
+    """The extractor's thin 3D convolutions go to oneDNN (PyTorch would unfold them): the same function within float
+    rounding, on channels-last and plain inputs; other types, and layers that are not zero-padded Conv3d, as before."""
+    from MedAutoencoderLib.networks.onednn import OneDnnConv3d, convolutions_by_onednn
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.PReLU(),
+                                  torch.nn.Conv3d(8, 16, 3, stride=2, padding=1),
+                                  torch.nn.Conv3d(16, 4, 3, padding=1, padding_mode="replicate"),
+                                  torch.nn.ConvTranspose3d(4, 2, 3, stride=2, padding=1, output_padding=1)).eval()
+    x = torch.rand(1, 1, 24, 40, 40)
+    with torch.no_grad():
+        expected = network(x)
+        convolutions_by_onednn(network)
+        wrapped = [type(m) for m in network]
+        assert wrapped[:3] == ([OneDnnConv3d, torch.nn.PReLU, OneDnnConv3d] if torch.backends.mkldnn.is_available()
+                               else [torch.nn.Conv3d, torch.nn.PReLU, torch.nn.Conv3d])
+        assert wrapped[3:] == [torch.nn.Conv3d, torch.nn.ConvTranspose3d]
+        torch.testing.assert_close(network(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(network(x.contiguous(memory_format=torch.channels_last_3d)), expected,
+                                   rtol=1e-5, atol=1e-5)
+        double = network.double()
+        torch.testing.assert_close(double(x.double()), expected.double(), rtol=1e-5, atol=1e-5)

@@ -31,6 +31,7 @@ import torch
 from scipy import ndimage as ndi
 
 from MedAutoencoderLib.errors import InputImageError, ModelFileError
+from MedAutoencoderLib.networks.onednn import convolutions_by_onednn
 from MedAutoencoderLib.preprocessing.morphology import bounding_box, dilate_euclidean
 
 MODEL_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
@@ -144,8 +145,9 @@ def _load_extractor(path: str, device: str) -> Tuple[torch.nn.Module, NetworkCon
     except Exception as exc:  # any unreadable or foreign file is the same problem for the user
         raise ModelFileError(f"{path}: not a brain extractor model file of this library ({exc})") from None
     # channels-last (with channels-last inputs) runs oneDNN's 3D convolutions about 1.4x faster on CPUs, with the
-    # same results
-    return network.eval().to(device=device, memory_format=torch.channels_last_3d), config
+    # same results; every 3D convolution by oneDNN (PyTorch leaves the thin ones to a slower kernel)
+    network = network.eval().to(device=device, memory_format=torch.channels_last_3d)
+    return convolutions_by_onednn(network), config
 
 
 def covering_grid(image: sitk.Image, spacing_mm: float, multiple: int = 16) -> sitk.Image:

@@ -21,6 +21,7 @@ from MedAutoencoderLib.detection.scoring import (
     ERROR_LEVEL_WARNING_RATIO,
     DetectionResult,
     ScoredVolume,
+    anomaly_map_on_input_grid,
     finish_detection,
     reconstruction_on_input_grid,
     score_volume,
@@ -141,14 +142,16 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
         on_output("reconstruction", reconstruction_image)  # written while the scores are computed
     healthy = healthy_error_level(model, contrast.get("contrast"))
     scored = to_error_level(score_volume(prepared, reconstruction, record.detection), healthy)
-    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection)
+    anomaly_map = anomaly_map_on_input_grid(prepared, scored)
+    if on_output is not None:  # written while its components are found (read-only from here on)
+        on_output("anomaly_map", anomaly_map)
+    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection, anomaly_map)
     result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     result.summary["error_level"], warning = _error_level_entry(scored, healthy)
     if warning:
         result.summary.setdefault("warnings", []).append(warning)
-    if on_output is not None:  # handed over once read here for the last time (a writer's thread then owns them)
-        on_output("anomaly_map", result.anomaly_map)
+    if on_output is not None:
         on_output("anomaly_mask", result.anomaly_mask)
     return DetectionRun(prepared=prepared, reconstruction=reconstruction, scored=scored, result=result)
 

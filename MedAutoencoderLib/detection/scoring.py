@@ -314,10 +314,18 @@ def reconstruction_on_input_grid(prepared: PreparedVolume, reconstruction: np.nd
     return prepared.to_input_grid(prepared.denormalise(reconstruction), outside=prepared.background)
 
 
+def anomaly_map_on_input_grid(prepared: PreparedVolume, scored: ScoredVolume) -> sitk.Image:
+    """The anomaly scores on the input's grid (zero beyond the model grid)."""
+    return prepared.to_input_grid(scored.score_map)
+
+
 def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image, scored: ScoredVolume,
-                     threshold: float, config: DetectionConfig) -> DetectionResult:
-    """Map the scores back onto the input grid, threshold there and summarise."""
-    anomaly_map = prepared.to_input_grid(scored.score_map)
+                     threshold: float, config: DetectionConfig,
+                     anomaly_map: Optional[sitk.Image] = None) -> DetectionResult:
+    """Map the scores back onto the input grid (unless ``anomaly_map`` is that already), threshold there and
+    summarise."""
+    if anomaly_map is None:
+        anomaly_map = anomaly_map_on_input_grid(prepared, scored)
     # components found once, in the box of the voxels above the threshold (the rest of the grid holds none)
     box_labels, box = _components_of(anomaly_map, threshold, config.min_component_ml)
     mask = _box_on_grid(box_labels > 0, box, anomaly_map, np.uint8)

@@ -625,16 +625,56 @@ def write_image_directly(image: sitk.Image, path: Path, compress: bool = True) -
 
 
 def _write_gzipped_nifti(image: sitk.Image, path: Path) -> None:
-    """ITK writes the NIfTI uncompressed and ISA-L's gzip (``isal``) compresses it: 2.5x less time than ITK's
-    zlib for the same size (a float32 volume of 256x256x180 in 0.2 s instead of 0.5 s). The result is one
-    ordinary gzip stream that every NIfTI reader opens."""
+    """ISA-L's gzip (``isal``) compresses the NIfTI that ITK would write: 2.5x less time than ITK's zlib for the same
+    size (a float32 volume of 256x256x180 in 0.2 s instead of 0.5 s). The result is one ordinary gzip stream that
+    every NIfTI reader opens. The voxels go from memory straight into the stream behind ITK's own header
+    (:func:`_nifti1_header`); where that header cannot be had, ITK writes the whole file uncompressed first."""
     raw = path.with_name(path.name[:-len(".gz")])
     try:
-        sitk.WriteImage(image, str(raw), useCompression=False)
-        with open(raw, "rb") as source, igzip.open(path, "wb", compresslevel=1) as sink:
-            shutil.copyfileobj(source, sink, 1 << 22)
+        header = _nifti1_header(image, raw)
+        if header is None:
+            sitk.WriteImage(image, str(raw), useCompression=False)
+        with igzip.open(path, "wb", compresslevel=1) as sink:
+            if header is None:
+                with open(raw, "rb") as source:
+                    shutil.copyfileobj(source, sink, 1 << 22)
+            else:
+                sink.write(header)
+                voxels = memoryview(sitk.GetArrayViewFromImage(image)).cast("B")
+                for start in range(0, len(voxels), 1 << 22):
+                    sink.write(voxels[start:start + (1 << 22)])
     finally:
         raw.unlink(missing_ok=True)
+
+
+_NIFTI1_VOXEL_OFFSET = 352  # ITK's NIfTI-1 files: the 348-byte header, 4 bytes of extension flags, the voxels
+
+
+def _nifti1_header(image: sitk.Image, scratch: Path) -> Optional[bytes]:
+    """The bytes that ITK writes before ``image``'s voxels in an uncompressed NIfTI-1 file: ITK writes them for a
+    one-voxel image of the same geometry, pixel type and metadata at ``scratch``, then its sizes are set to
+    ``image``'s (no other field of ITK's header depends on them; the tests compare whole files). None for an image
+    that is not 3D and scalar, or a header that is not a little-endian NIfTI-1 one with its voxels at 352 (then
+    the caller lets ITK write the file)."""
+    size = image.GetSize()
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1 or max(size) > 32767:
+        return None
+    voxel = sitk.Image([1, 1, 1], image.GetPixelID())
+    voxel.SetOrigin(image.GetOrigin())
+    voxel.SetSpacing(image.GetSpacing())
+    voxel.SetDirection(image.GetDirection())
+    for key in image.GetMetaDataKeys():
+        voxel.SetMetaData(key, image.GetMetaData(key))
+    sitk.WriteImage(voxel, str(scratch), useCompression=False)
+    with open(scratch, "rb") as stream:
+        header = bytearray(stream.read(_NIFTI1_VOXEL_OFFSET + 1))
+    little = len(header) > _NIFTI1_VOXEL_OFFSET and header[344:348] == b"n+1\0" \
+        and int.from_bytes(header[0:4], "little") == 348
+    if not little or np.frombuffer(bytes(header[108:112]), "<f4")[0] != _NIFTI1_VOXEL_OFFSET \
+            or tuple(np.frombuffer(bytes(header[40:48]), "<i2")) != (3, 1, 1, 1):
+        return None
+    header[42:48] = np.array(size, "<i2").tobytes()
+    return bytes(header[:_NIFTI1_VOXEL_OFFSET])
 
 
 def write_text(path: Path, text: str, overwrite: bool = False) -> Path:

@@ -111,8 +111,17 @@ class DenoisingUNet(nn.Module):
 
     def run_unet(self, x: torch.Tensor) -> torch.Tensor:
         """The U-Net's output at the input's resolution."""
-        y = self.unet(self._fold(x))
+        folded = self._fold(x)
+        self._pad_only_where_needed(folded)
+        y = self.unet(folded)
         return pixelshuffle(y, self.spatial_dims, self.factor) if self.factor > 1 else y
+
+    def _pad_only_where_needed(self, x: torch.Tensor) -> None:
+        """MONAI's ``UpCat`` pads each upsampled map to its skip connection's size, copying it even when they match;
+        they differ only where a size is not a multiple of the four poolings' 16 (then the padding stays on)."""
+        needed = any(size % 16 for size in x.shape[2:])
+        for up in (self.unet.upcat_4, self.unet.upcat_3, self.unet.upcat_2, self.unet.upcat_1):
+            up.is_pad = needed
 
     def encode(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         u = self.unet

@@ -65,6 +65,11 @@ def _require_room(grid: sitk.Image, bytes_per_voxel: int) -> None:
     np.empty(2 * bytes_per_voxel * int(np.prod(grid.GetSize(), dtype=np.int64)), dtype=np.uint8)
 
 
+def as_float32(image: sitk.Image) -> sitk.Image:
+    """``image`` with float32 voxels: itself when it has them (``sitk.Cast`` would copy every voxel), else a cast."""
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+
+
 def otsu_foreground(image: sitk.Image) -> sitk.Image:
     """Largest Otsu-bright connected region with the holes of each axial slice filled (uint8).
 
@@ -73,7 +78,7 @@ def otsu_foreground(image: sitk.Image) -> sitk.Image:
     so a 3D fill before it would add nothing.)
     """
     _require_smoothable(image)
-    smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), min(image.GetSpacing()))
+    smoothed = sitk.SmoothingRecursiveGaussian(as_float32(image), min(image.GetSpacing()))
     bright = sitk.OtsuThreshold(smoothed, 0, 1)
     components = sitk.RelabelComponent(sitk.ConnectedComponent(bright), sortByObjectSize=True)
     largest = sitk.GetArrayViewFromImage(components) == 1
@@ -345,8 +350,8 @@ def prepare_volume(image: sitk.Image, config: PreprocessConfig, name: str = "inp
         centre, brain_on, tissue_levels = _centre_and_brain(image, config)
         grid = model_grid(centre, config)
         background = percentile(sitk.GetArrayViewFromImage(image), 1.0)
-        resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
-                                  background, sitk.sitkFloat32)
+        resampled = sitk.Resample(as_float32(image), grid, sitk.Transform(), sitk.sitkLinear, background,
+                                  sitk.sitkFloat32)
         if config.foreground == "brain":  # the learned brain mask follows the brain's edge: no Otsu region needed
             foreground = brain_on(grid)
         else:
