@@ -47,15 +47,15 @@ def main() -> None:
         sys.modules["previous_extractor"] = previous
         spec.loader.exec_module(previous)
         versions = {"before": previous, "now": current}
-    network = current.load_extractor(device=args.device)
+    networks = {key: module.load_extractor(current.MODEL_FILE, device=args.device) for key, module in versions.items()}
     gpu = f"; {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
     print(f"{torch.get_num_threads()} threads; {cpu_model()}{gpu}", flush=True)
     scans = {"IXI test head 120x120x90": args.data / "ixi_t1_2mm" / "t1" / f"{SPLIT['test'][0]}_T1.nii.gz",
              "healthy head 188x256x190": args.data / "healthy_t1_head" / "chris_t1.nii.gz",
              "BraTS t1n 240x240x155": args.data / "brats_glioma_case" / "t1n.nii.gz"}
     preprocess = load_model(DEFAULT_MODEL).record.preprocess
-    ways = {"on the scan's grid": lambda module, image: module.extract_brain(image, extractor=network).mask,
-            "as detection runs it": lambda module, image: on_model_grid(module, image, network, preprocess)}
+    ways = {"on the scan's grid": lambda key, image: versions[key].extract_brain(image, extractor=networks[key]).mask,
+            "as detection runs it": lambda key, image: on_model_grid(versions[key], image, networks[key], preprocess)}
     with tempfile.TemporaryDirectory() as folder:
         scans["speed benchmark volume 256x256x180 oblique"] = benchmark_volume(Path(folder) / "volume.nii.gz")
         for name, path in scans.items():
@@ -64,19 +64,20 @@ def main() -> None:
                 continue
             image = sitk.ReadImage(str(path), sitk.sitkFloat32)
             for way, run in ways.items():
-                masks = {k: np.asarray(sitk.GetArrayFromImage(run(v, image)) if way == "on the scan's grid"
-                                       else run(v, image)) for k, v in versions.items()}
+                masks = {k: np.asarray(sitk.GetArrayFromImage(run(k, image)) if way == "on the scan's grid"
+                                       else run(k, image)) for k in versions}
                 times = {k: [] for k in versions}
                 for _ in range(args.repeats):
-                    for key, module in versions.items():  # interleaved: the machine's load drifts alike for both
+                    for key in versions:  # interleaved: the machine's load drifts alike for both
                         start = time.perf_counter()
-                        run(module, image)
+                        run(key, image)
                         times[key].append(time.perf_counter() - start)
                 same = "" if len(masks) == 1 else f"; masks identical: {bool(np.array_equal(*masks.values()))}"
                 print(f"{name}, {way}: " + ", ".join(f"{k} median {statistics.median(t):.3f} s (min {min(t):.3f})"
                                                      for k, t in times.items()) + same, flush=True)
-            print(f"{name}, the network alone on {args.device} (2 mm grid, softmax included): median "
-                  f"{statistics.median(network_seconds(image, network, args.repeats)) * 1000:.1f} ms", flush=True)
+            print(f"{name}, the network alone on {args.device} (2 mm grid, softmax included): " + ", ".join(
+                f"{key} median {statistics.median(network_seconds(image, net, args.repeats)) * 1000:.1f} ms"
+                for key, net in networks.items()), flush=True)
 
 
 def network_seconds(image: sitk.Image, network, repeats: int) -> list:
