@@ -223,6 +223,24 @@ def test_bounding_box_grows_within_the_array_and_is_none_for_an_empty_mask():
     assert morphology.bounding_box(mask, 2) == (slice(0, 7), slice(1, 10), slice(3, 14))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_largest_component_is_the_whole_arrays_first_largest(seed):
+    """Labelled in the mask's box, the same component as labelling the whole array: the largest, the first in
+    raster order among equals (two equal blocks here), a lone component or none returned as given."""
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((24, 30, 28)) > 0.6)
+    mask[2:4, 2:4, 2:4] = mask[20:22, 25:27, 24:26] = True
+    labels, _ = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())[1:]
+    expected = labels == int(np.argmax(sizes)) + 1
+    np.testing.assert_array_equal(morphology.largest_component(mask), expected)
+    twins = np.zeros((9, 9, 9), bool)
+    twins[1:3, 1:3, 1:3] = twins[5:7, 5:7, 5:7] = True
+    assert morphology.largest_component(twins)[1, 1, 1] and not morphology.largest_component(twins)[5, 5, 5]
+    empty, lone = np.zeros((5, 5, 5), bool), twins[:4]
+    assert morphology.largest_component(empty) is empty and morphology.largest_component(lone) is lone
+
+
 def test_mask_erosion_in_millimetres_follows_each_axis_spacing():
     """3 mm on a grid of spacing (x, y, z) = (1, 1.5, 3) mm is a radius of 3, 2 and 1 voxels along x, y, z."""
     mask = np.zeros((20, 30, 40), dtype=bool)

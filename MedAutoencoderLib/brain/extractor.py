@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from MedAutoencoderLib.errors import InputImageError, ModelFileError
 from MedAutoencoderLib.networks.onednn import convolutions_by_onednn
-from MedAutoencoderLib.preprocessing.morphology import bounding_box, dilate_euclidean
+from MedAutoencoderLib.preprocessing.morphology import bounding_box, dilate_euclidean, largest_component
 
 MODEL_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                           "brain_extractor.pt")
@@ -194,13 +194,6 @@ def network_input(array: np.ndarray, network: torch.nn.Module) -> torch.Tensor:
     return scan.contiguous(memory_format=torch.channels_last_3d)
 
 
-def predict_tissue(network: torch.nn.Module, array: np.ndarray) -> np.ndarray:
-    """Class probabilities (4, D, H, W) of a normalised 2 mm array (sizes multiples of the network's stride)."""
-    with torch.inference_mode():
-        logits = network(torch.from_numpy(array)[None, None])
-    return torch.softmax(logits[0], 0).numpy()
-
-
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes`` (6-connected background), by labelling the background once: its
     components that do not touch the array's border are holes (one labelling instead of iterated dilations)."""
@@ -252,21 +245,6 @@ def _with_6_neighbours(mask: np.ndarray, border: bool = True) -> np.ndarray:
     out[[0, -1]] = True
     out[:, [0, -1]] = True
     out[:, :, [0, -1]] = True
-    return out
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of ``mask`` (labelled within its bounding box)."""
-    box = bounding_box(mask)
-    if box is None:
-        return mask
-    labels, n = ndi.label(mask[box])
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    out = np.zeros_like(mask)
-    out[box] = labels == np.argmax(sizes)
     return out
 
 
@@ -365,7 +343,7 @@ def extract_brain(image: sitk.Image, name: str = "", config: ExtractionConfig = 
     with torch.inference_mode():
         probabilities = torch.softmax(network(network_input(array, network))[0], 0).cpu()
         brain_p = (1.0 - probabilities[0]).numpy()
-    brain = _filled_region(_largest_component(brain_p > config.threshold))
+    brain = _filled_region(largest_component(brain_p > config.threshold))
     # what follows looks at the brain and its surface only: in its box grown by one voxel (the same figures)
     box = bounding_box(brain, 1) or tuple(slice(0, 0) for _ in brain.shape)
     offset = np.array([b.start for b in box])

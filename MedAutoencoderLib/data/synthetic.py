@@ -25,6 +25,7 @@ from scipy import ndimage
 from MedAutoencoderLib.data.template import load_template, template_brain_mask
 from MedAutoencoderLib.errors import ConfigurationError, InputImageError, OutputExistsError
 from MedAutoencoderLib.io.volumes import same_grid
+from MedAutoencoderLib.preprocessing.morphology import largest_component
 
 LESION_KINDS: tuple[str, ...] = ("hyper", "hypo", "mass", "subtle", "foreign")
 
@@ -449,21 +450,13 @@ def _random_lesion_shape(
     noise = ndimage.gaussian_filter(rng.standard_normal(ellipsoid_radius.shape), noise_sigma_voxels)
     noise /= max(float(noise.std()), 1e-12)
     radius_map = ellipsoid_radius + rng.uniform(0.15, 0.4) * noise
-    inside = _largest_component((radius_map < 1.0) & (ellipsoid_radius < 1.0))
+    inside = largest_component((radius_map < 1.0) & (ellipsoid_radius < 1.0))
     if not inside.any():
         inside = ellipsoid_radius < 0.5
     fringe = ndimage.gaussian_filter(inside.astype(np.float32), _LESION_EDGE_SIGMA_VOXELS)
     fringe[fringe < 0.01] = 0.0
     weight = np.maximum(inside.astype(np.float32), fringe)  # full change inside, partial volume outside
     return _LesionShape(inside=inside, weight=weight, radius_map=radius_map)
-
-
-def _largest_component(binary: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(binary)
-    if count <= 1:
-        return binary
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
 
 
 def _bright_level(site: _LesionSite, rng: np.random.Generator) -> float:

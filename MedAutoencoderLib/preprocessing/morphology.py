@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy import ndimage as ndi
 
 Radius = Tuple[int, int, int]  # (z, y, x) voxels
 
@@ -110,3 +111,26 @@ def bounding_box(mask: np.ndarray, grow: int = 0) -> Optional[Tuple[slice, ...]]
         start = (box[axis].start or 0) + int(hits[0])
         box[axis] = slice(start, start + int(hits[-1] - hits[0]) + 1)
     return tuple(slice(max(b.start - grow, 0), min(b.stop + grow, n)) for b, n in zip(box, mask.shape))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of ``mask`` (face-connected; the first in raster order among equals),
+    labelled within its bounding box, which gives the same labels' order as the whole array.
+
+    Args:
+        mask: a boolean array of any dimension.
+
+    Returns:
+        A boolean array of ``mask``'s shape; ``mask`` itself when it has one component or none.
+    """
+    box = bounding_box(mask)
+    if box is None:
+        return mask
+    labels, count = ndi.label(mask[box])
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    out = np.zeros_like(mask)
+    out[box] = labels == np.argmax(sizes)
+    return out
