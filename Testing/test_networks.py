@@ -73,11 +73,10 @@ def test_dae_pads_its_upsampled_maps_only_where_sizes_need_it(size):
     x = torch.rand(3, 1, size, size)
     with torch.no_grad():
         ours = network(x)["reconstruction"]
-        assert [up.is_pad for up in ups] == [size % 16 != 0] * 4
+        assert [up.is_pad for up in ups] == [size % 16 != 0] * 4 and ours.shape == x.shape
         for up in ups:
             up.is_pad = True  # MONAI's own way
-        monai_way = network.unet(x)
-    assert torch.equal(ours, monai_way) and ours.shape == x.shape
+        assert torch.equal(ours, network.unet(x))  # without the copies (32) or with them (40, as MONAI)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -233,9 +232,20 @@ def test_restoration_corruption_paints_one_anomaly_inside_the_foreground_only():
         ModelConfig(noise="blobs").validate()
 
 
+def _onednn_ran(run) -> bool:
+    from torch.profiler import profile
+
+    with profile() as trace:
+        run()
+    return any(event.key == "aten::mkldnn_convolution" for event in trace.key_averages())
+
+
 def test_onednn_convolutions_compute_what_pytorchs_do():
-    """The extractor's thin 3D convolutions go to oneDNN (PyTorch would unfold them): the same function within float
-    rounding, on channels-last and plain inputs; other types, and layers that are not zero-padded Conv3d, as before."""
+    """The extractor's thin 3D convolutions go to oneDNN (PyTorch would unfold them: N x C x D x H <= 20480 here):
+    the same function within float rounding, on channels-last and plain inputs, the same state dict; other types,
+    unbatched inputs, autocast, oneDNN switched off, and layers that are not zero-padded Conv3d, as before."""
+    import platform
+
     from MedAutoencoderLib.networks.onednn import OneDnnConv3d, convolutions_by_onednn
 
     torch.manual_seed(0)
@@ -243,16 +253,26 @@ def test_onednn_convolutions_compute_what_pytorchs_do():
                                   torch.nn.Conv3d(8, 16, 3, stride=2, padding=1),
                                   torch.nn.Conv3d(16, 4, 3, padding=1, padding_mode="replicate"),
                                   torch.nn.ConvTranspose3d(4, 2, 3, stride=2, padding=1, output_padding=1)).eval()
+    names = list(network.state_dict())
     x = torch.rand(1, 1, 24, 40, 40)
     with torch.no_grad():
         expected = network(x)
+        assert not _onednn_ran(lambda: network(x))  # PyTorch's own choice for these sizes
         convolutions_by_onednn(network)
-        wrapped = [type(m) for m in network]
-        assert wrapped[:3] == ([OneDnnConv3d, torch.nn.PReLU, OneDnnConv3d] if torch.backends.mkldnn.is_available()
-                               else [torch.nn.Conv3d, torch.nn.PReLU, torch.nn.Conv3d])
-        assert wrapped[3:] == [torch.nn.Conv3d, torch.nn.ConvTranspose3d]
+        converted = [type(m) for m in network]
+        assert list(network.state_dict()) == names
+        if not (torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")):
+            assert converted[:3] == [torch.nn.Conv3d, torch.nn.PReLU, torch.nn.Conv3d]
+            return
+        assert converted == [OneDnnConv3d, torch.nn.PReLU, OneDnnConv3d, torch.nn.Conv3d, torch.nn.ConvTranspose3d]
+        assert _onednn_ran(lambda: network(x))
         torch.testing.assert_close(network(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(network(x.contiguous(memory_format=torch.channels_last_3d)), expected,
                                    rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(network(x[0]), expected[0], rtol=1e-5, atol=1e-5)  # unbatched: Conv3d's way
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not _onednn_ran(lambda: network(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert network[0](x).dtype == torch.bfloat16  # autocast's type, as Conv3d gives
         double = network.double()
         torch.testing.assert_close(double(x.double()), expected.double(), rtol=1e-5, atol=1e-5)

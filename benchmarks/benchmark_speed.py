@@ -9,9 +9,10 @@ several runs, the ratio, training throughput and the process's peak resident mem
 first with glibc's default allocator, as a MONAI user's script would; then the allocator is set as
 ``python -m MedAutoencoderLib`` sets it (:mod:`MedAutoencoderLib.runtime.allocator`) for ours, and the plain pipeline
 runs once more with that setting too, for a like-for-like ratio, and both alternate run by run (``--pairs``): the
-ratio of each pair, taken at one moment of a machine whose speed drifts, is the steadier figure. Last, whole one-volume command-line processes are
-timed, as each Slicer job ran before the standby worker (imports and first-use costs included), and detections
-sent to a standby worker (``python -m MedAutoencoderLib serve``), as the Slicer module now runs them.
+ratio of each pair, taken at one moment of a machine whose speed drifts, is the steadier figure. Last, whole
+one-volume command-line processes are timed, as each Slicer job ran before the standby worker (imports and
+first-use costs included), and detections sent to a standby worker (``python -m MedAutoencoderLib serve``), as the
+Slicer module now runs them.
 
     pip install -e ".[bench]"  # nibabel, which MONAI's LoadImage reads NIfTI with
     python benchmarks/benchmark_speed.py --repeats 5 [--device cuda]
@@ -110,12 +111,12 @@ def timed(function: Callable[[], None], repeats: int) -> List[float]:
 
 
 def alternated_seconds(runs: Dict[str, Callable[[], None]], pairs: int) -> Dict[str, List[float]]:
-    """Seconds of each of ``runs``, run one after the other ``pairs`` times: each pair sees the same moment of the
-    machine, whose speed drifts by 10-20 % within minutes, so the ratio of a pair is steadier than that of medians
-    taken minutes apart."""
+    """Seconds of each of ``runs``, run one after the other ``pairs`` times, in turn first and last (ABBA): each pair
+    sees the same moment of the machine, whose speed drifts by 10-20 % within minutes, so the ratio of a pair is
+    steadier than that of medians taken minutes apart."""
     seconds: Dict[str, List[float]] = {name: [] for name in runs}
-    for _ in range(pairs):
-        for name, run in runs.items():
+    for pair in range(pairs):
+        for name, run in (list(runs.items()) if pair % 2 == 0 else list(runs.items())[::-1]):
             start = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - start)
@@ -252,7 +253,8 @@ def main() -> None:
     parser.add_argument("--ahead", type=int, nargs="+", default=[0, 2],
                         help="read-ahead depths of that batch (detect --prepare-ahead)")
     parser.add_argument("--pairs", type=int, default=15,
-                        help="detect and the plain pipeline alternated this many times for the like-for-like ratio")
+                        help="detect and the plain pipeline alternated this many times for the like-for-like ratio "
+                             "(0: skip)")
     parser.add_argument("--no-extras", action="store_true",
                         help="detect and its stages only (no batch, command-line processes, worker or training)")
     args = parser.parse_args()
@@ -286,13 +288,16 @@ def main() -> None:
         report(f"speed-up: {statistics.median(plain) / statistics.median(ours):.2f}x (each as it runs); "
                f"{statistics.median(plain_same_allocator) / statistics.median(ours):.2f}x (both with our allocator "
                f"setting{'' if allocator_set else ': not available here'})")
-        alternated = alternated_seconds({"ours": lambda: detect_files([volume], folder / "ours", model, overwrite=True),
-                                         "plain": lambda: plain_run(volume, folder / "plain")}, args.pairs)
-        ratios = [p / o for p, o in zip(alternated["plain"], alternated["ours"])]
-        report(f"like for like, alternated one run each {args.pairs} times (both with our allocator setting): "
-               f"detect median {statistics.median(alternated['ours']):.2f} s, plain pipeline median "
-               f"{statistics.median(alternated['plain']):.2f} s; speed-up per pair median {statistics.median(ratios):.2f}x "
-               f"(range {min(ratios):.2f}-{max(ratios):.2f}x)")
+        if args.pairs > 0:
+            alternated = alternated_seconds({"ours": lambda: detect_files([volume], folder / "ours", model,
+                                                                          overwrite=True),
+                                             "plain": lambda: plain_run(volume, folder / "plain")}, args.pairs)
+            ratios = [p / o for p, o in zip(alternated["plain"], alternated["ours"])]
+            report(f"like for like, alternated one run each {args.pairs} times (both with our allocator setting"
+                   f"{'' if allocator_set else ': not available here'}): detect median "
+                   f"{statistics.median(alternated['ours']):.2f} s, plain pipeline median "
+                   f"{statistics.median(alternated['plain']):.2f} s; speed-up per pair median "
+                   f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")
         report("stages of our detection, each timed alone (medians, s):")
         for name, seconds in stage_seconds(volume, folder, model, args.repeats).items():
             report(f"  {name:<50}{seconds:>6.2f}")

@@ -23,5 +23,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "require_scoring_region", "score_volume", "reconstruct_and_score", "calibrate_threshold", "anomaly_score",
         "voxel_volume_ml", "min_component_voxels", "component_labels_in_box", "labels_above", "threshold_mask",
         "describe_components", "describe_labels", "describe_labels_in_box", "reconstruction_on_input_grid",
-        "finish_detection"],
+        "anomaly_map_on_input_grid", "finish_detection"],
 })

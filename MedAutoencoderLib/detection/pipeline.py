@@ -143,9 +143,11 @@ def detect_prepared(prepared: PreparedVolume, model: LoadedModel, options: Optio
     healthy = healthy_error_level(model, contrast.get("contrast"))
     scored = to_error_level(score_volume(prepared, reconstruction, record.detection), healthy)
     anomaly_map = anomaly_map_on_input_grid(prepared, scored)
-    if on_output is not None:  # written while its components are found (read-only from here on)
+    map_values = sitk.GetArrayViewFromImage(anomaly_map)  # taken before a writer holds the image too
+    if on_output is not None:  # written while its components are found
         on_output("anomaly_map", anomaly_map)
-    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection, anomaly_map)
+    result = finish_detection(prepared, reconstruction_image, scored, threshold, record.detection, anomaly_map,
+                              map_values)
     result.summary.update(calibrated_threshold=calibrated_threshold(model, contrast.get("contrast")),
                           threshold_source="calibrated" if options.threshold is None else "user", **contrast)
     result.summary["error_level"], warning = _error_level_entry(scored, healthy)

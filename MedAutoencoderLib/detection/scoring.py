@@ -315,21 +315,44 @@ def reconstruction_on_input_grid(prepared: PreparedVolume, reconstruction: np.nd
 
 
 def anomaly_map_on_input_grid(prepared: PreparedVolume, scored: ScoredVolume) -> sitk.Image:
-    """The anomaly scores on the input's grid (zero beyond the model grid)."""
+    """The anomaly scores on the input's grid.
+
+    Args:
+        prepared: the volume on the model grid, with its input (:func:`~MedAutoencoderLib.preprocessing.prepare_volume`).
+        scored: its scores on the model grid (:func:`score_volume`).
+
+    Returns:
+        A float32 image on the input's exact grid, zero beyond the model grid.
+    """
     return prepared.to_input_grid(scored.score_map)
 
 
 def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image, scored: ScoredVolume,
-                     threshold: float, config: DetectionConfig,
-                     anomaly_map: Optional[sitk.Image] = None) -> DetectionResult:
-    """Map the scores back onto the input grid (unless ``anomaly_map`` is that already), threshold there and
-    summarise."""
+                     threshold: float, config: DetectionConfig, anomaly_map: Optional[sitk.Image] = None,
+                     map_values: Optional[np.ndarray] = None) -> DetectionResult:
+    """Map the scores back onto the input grid, threshold there and summarise.
+
+    Args:
+        prepared: the volume on the model grid, with its input.
+        reconstruction_image: the reconstruction on the input's grid (:func:`reconstruction_on_input_grid`).
+        scored: the scores on the model grid.
+        threshold: anomaly-map value above which a voxel is anomalous.
+        config: the model's detection settings (smallest component kept).
+        anomaly_map: the scores on the input's grid when made already (:func:`anomaly_map_on_input_grid`).
+        map_values: ``anomaly_map``'s voxels, an array view taken before the image went to another thread (a
+            writer): SimpleITK copies an image whose view is taken while another holder (ITK's writer) has it.
+
+    Returns:
+        The three output images and the summary.
+    """
     if anomaly_map is None:
         anomaly_map = anomaly_map_on_input_grid(prepared, scored)
+    values = sitk.GetArrayViewFromImage(anomaly_map) if map_values is None else map_values
     # components found once, in the box of the voxels above the threshold (the rest of the grid holds none)
-    box_labels, box = _components_of(anomaly_map, threshold, config.min_component_ml)
+    box_labels, box = component_labels_in_box(values, threshold, min_component_voxels(
+        voxel_volume_ml(anomaly_map), config.min_component_ml))
     mask = _box_on_grid(box_labels > 0, box, anomaly_map, np.uint8)
-    components = describe_labels_in_box(box_labels, box, anomaly_map, sitk.GetArrayViewFromImage(anomaly_map))
+    components = describe_labels_in_box(box_labels, box, anomaly_map, values)
     summary = {
         "input": prepared.name,
         "anomaly_score": round(anomaly_score(scored), 6),

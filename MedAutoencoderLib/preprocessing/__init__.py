@@ -10,7 +10,7 @@ from MedAutoencoderLib._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "fingerprint": ["PLANNABLE", "VolumeFingerprint", "CohortFingerprint", "GridPlan", "fingerprint_volume",
         "fingerprint_cohort", "plan_preprocessing"],
-    "morphology": ["Radius", "ball_as_boxes", "dilate", "erode", "close", "largest_component"],
+    "morphology": ["Radius", "ball_as_boxes", "dilate", "erode", "close", "bounding_box", "largest_component"],
     "prepare": ["PreparedVolume", "otsu_foreground", "fill_holes_per_slice", "foreground_centroid", "model_grid",
-        "normalise", "prepare_volume", "erode_mask"],
+        "normalise", "prepare_volume", "erode_mask", "as_float32"],
 })

@@ -1,4 +1,5 @@
-"""Binary dilation, erosion and closing of (z, y, x) masks with ITK's ball, in NumPy.
+"""Binary dilation, erosion and closing of (z, y, x) masks with ITK's ball, in NumPy; bounding boxes and the
+largest connected component of a mask.
 
 Why not ``sitk.BinaryErode`` and friends: on the model grid they take 0.17-0.25 s each on two cores, which was
 a tenth of a detection. ITK's ball of radius ``r`` (per axis) holds the offsets ``d`` with

@@ -66,7 +66,14 @@ def _require_room(grid: sitk.Image, bytes_per_voxel: int) -> None:
 
 
 def as_float32(image: sitk.Image) -> sitk.Image:
-    """``image`` with float32 voxels: itself when it has them (``sitk.Cast`` would copy every voxel), else a cast."""
+    """``image`` with float32 voxels.
+
+    Args:
+        image: any scalar image.
+
+    Returns:
+        ``image`` itself when its voxels are float32 (``sitk.Cast`` would copy every one), else a float32 copy.
+    """
     return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
