@@ -215,10 +215,11 @@ def component_labels_in_box(values: np.ndarray, threshold: float,
     return sitk.GetArrayFromImage(labels), box
 
 
-def _components_of(anomaly_map: sitk.Image, threshold: float,
-                   min_component_ml: float) -> Tuple[np.ndarray, Tuple[slice, ...]]:
-    """:func:`component_labels_in_box` of the map's voxels above ``threshold``, ``min_component_ml`` in voxels."""
-    return component_labels_in_box(sitk.GetArrayViewFromImage(anomaly_map), threshold,
+def _components_of(anomaly_map: sitk.Image, threshold: float, min_component_ml: float,
+                   values: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """:func:`component_labels_in_box` of the map's voxels (``values`` when given: a view of them taken before)
+    above ``threshold``, ``min_component_ml`` in voxels."""
+    return component_labels_in_box(sitk.GetArrayViewFromImage(anomaly_map) if values is None else values, threshold,
                                    min_component_voxels(voxel_volume_ml(anomaly_map), min_component_ml))
 
 
@@ -349,8 +350,7 @@ def finish_detection(prepared: PreparedVolume, reconstruction_image: sitk.Image,
         anomaly_map = anomaly_map_on_input_grid(prepared, scored)
     values = sitk.GetArrayViewFromImage(anomaly_map) if map_values is None else map_values
     # components found once, in the box of the voxels above the threshold (the rest of the grid holds none)
-    box_labels, box = component_labels_in_box(values, threshold, min_component_voxels(
-        voxel_volume_ml(anomaly_map), config.min_component_ml))
+    box_labels, box = _components_of(anomaly_map, threshold, config.min_component_ml, values)
     mask = _box_on_grid(box_labels > 0, box, anomaly_map, np.uint8)
     components = describe_labels_in_box(box_labels, box, anomaly_map, values)
     summary = {
